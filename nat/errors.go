@@ -1,0 +1,38 @@
+package nat
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors, checked with errors.Is. The API maps them to HTTP status
+// codes in one place (statusOf).
+var (
+	// ErrInvalid marks bad input: the request is refused with 400.
+	ErrInvalid = errors.New("invalid request")
+	// ErrNotFound marks a rule that does not exist: 404.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict marks a request that collides with another rule: 409.
+	ErrConflict = errors.New("conflict")
+	// ErrPortInUse marks a port another program holds: 409.
+	ErrPortInUse = errors.New("port in use")
+	// ErrUnavailable marks a capability the daemon cannot reach now: 503.
+	ErrUnavailable = errors.New("unavailable")
+)
+
+// FieldError is bad input in one named field of a request.
+type FieldError struct {
+	// Field is the request field's wire name, such as "ext_ip".
+	Field string
+	// Msg says what is wrong with it.
+	Msg string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// Unwrap makes every FieldError an ErrInvalid.
+func (e *FieldError) Unwrap() error { return ErrInvalid }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}

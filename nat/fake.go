@@ -1,0 +1,94 @@
+package nat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// Fake is a strict in-memory Backend for tests: adding a forward whose
+// endpoint is present, or deleting one that is absent, fails the whole
+// transaction and changes nothing, as the kernel does.
+type Fake struct {
+	mu       sync.Mutex
+	forwards map[Endpoint]Forward
+	// FailNext, when set, makes the next Apply or Replace return it and
+	// change nothing. It is cleared when used.
+	FailNext error
+	// Transactions counts successful Apply and Replace calls.
+	Transactions int
+}
+
+// NewFake returns an empty Fake.
+func NewFake() *Fake { return &Fake{forwards: map[Endpoint]Forward{}} }
+
+// Name implements Backend.
+func (f *Fake) Name() string { return "fake" }
+
+// Replace implements Backend.
+func (f *Fake) Replace(_ context.Context, rs Ruleset) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.takeFailure(); err != nil {
+		return err
+	}
+	next := map[Endpoint]Forward{}
+	for _, fw := range rs.Forwards {
+		if _, dup := next[fw.Endpoint()]; dup {
+			return fmt.Errorf("fake replace: %s twice", fw.Endpoint())
+		}
+		next[fw.Endpoint()] = fw
+	}
+	f.forwards = next
+	f.Transactions++
+	return nil
+}
+
+// Apply implements Backend.
+func (f *Fake) Apply(_ context.Context, c Change) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.takeFailure(); err != nil {
+		return err
+	}
+	next := make(map[Endpoint]Forward, len(f.forwards))
+	for k, v := range f.forwards {
+		next[k] = v
+	}
+	for _, fw := range c.Del {
+		if cur, ok := next[fw.Endpoint()]; !ok || cur != fw {
+			return fmt.Errorf("fake apply: deleting absent %s", fw)
+		}
+		delete(next, fw.Endpoint())
+	}
+	for _, fw := range c.Add {
+		if _, ok := next[fw.Endpoint()]; ok {
+			return fmt.Errorf("fake apply: adding present %s", fw)
+		}
+		next[fw.Endpoint()] = fw
+	}
+	f.forwards = next
+	f.Transactions++
+	return nil
+}
+
+func (f *Fake) takeFailure() error {
+	err := f.FailNext
+	f.FailNext = nil
+	if err != nil {
+		return errors.Join(errors.New("fake backend failure"), err)
+	}
+	return nil
+}
+
+// Dump renders what the fake holds, like Ruleset.String.
+func (f *Fake) Dump() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rs := Ruleset{}
+	for _, fw := range f.forwards {
+		rs.Forwards = append(rs.Forwards, fw)
+	}
+	return rs.String()
+}

@@ -1,0 +1,244 @@
+package nat
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+)
+
+// DNAT forwards ports of an external address to an internal host. Rules with
+// the same ID (addresses, protocol and interface) are one rule whose Ports
+// is the union of what was added.
+type DNAT struct {
+	// ExtIP is the address clients connect to.
+	ExtIP netip.Addr `json:"ext_ip"`
+	// IntIP is the internal host the traffic is forwarded to.
+	IntIP netip.Addr `json:"int_ip"`
+	// Ports lists the external ports and where each goes.
+	Ports PortList `json:"ports"`
+	// Proto is tcp or udp.
+	Proto Proto `json:"proto"`
+	// ExtIf, when set, limits the rule to traffic arriving on this interface.
+	ExtIf string `json:"ext_if,omitempty"`
+	// PreserveSrcIP is kept for clients of the earlier API. natmap never
+	// masquerades forwarded traffic, so the source address is always kept.
+	PreserveSrcIP bool `json:"preserve_src_ip,omitempty"`
+}
+
+// DNATID identifies a DNAT rule: everything but its ports.
+type DNATID struct {
+	// ExtIP is the rule's external address.
+	ExtIP netip.Addr
+	// IntIP is the rule's internal address.
+	IntIP netip.Addr
+	// Proto is the rule's protocol.
+	Proto Proto
+	// ExtIf is the rule's interface, or "".
+	ExtIf string
+}
+
+// ID returns the rule's identity.
+func (d DNAT) ID() DNATID {
+	return DNATID{ExtIP: d.ExtIP, IntIP: d.IntIP, Proto: d.Proto, ExtIf: d.ExtIf}
+}
+
+func (d DNAT) String() string {
+	s := fmt.Sprintf("%s %s ports %s -> %s", d.Proto, d.ExtIP, d.Ports, d.IntIP)
+	if d.ExtIf != "" {
+		s += " on " + d.ExtIf
+	}
+	return s
+}
+
+// Validate checks a rule as a whole; errors name the field at fault.
+func (d DNAT) Validate() error {
+	if err := checkHostAddr("ext_ip", d.ExtIP); err != nil {
+		return err
+	}
+	if err := checkHostAddr("int_ip", d.IntIP); err != nil {
+		return err
+	}
+	if d.ExtIP.Is4() != d.IntIP.Is4() {
+		return fieldErr("int_ip", "%s and ext_ip %s are of different IP versions", d.IntIP, d.ExtIP)
+	}
+	if len(d.Ports) == 0 {
+		return fieldErr("ports", "the list is empty")
+	}
+	if d.Proto != ProtoTCP && d.Proto != ProtoUDP {
+		return fieldErr("proto", "unknown protocol %s (want tcp or udp)", d.Proto)
+	}
+	if d.ExtIf != "" {
+		if err := CheckIfName(d.ExtIf); err != nil {
+			return &FieldError{Field: "ext_if", Msg: err.Error()}
+		}
+	}
+	return nil
+}
+
+func checkHostAddr(field string, a netip.Addr) error {
+	switch {
+	case !a.IsValid():
+		return fieldErr(field, "missing address")
+	case a.Zone() != "":
+		return fieldErr(field, "%s: zoned addresses are not supported", a)
+	case a.IsUnspecified():
+		return fieldErr(field, "%s is not a specific address", a)
+	case a.IsMulticast():
+		return fieldErr(field, "%s is a multicast address", a)
+	}
+	return nil
+}
+
+var ifNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+
+// CheckIfName accepts a Linux interface name: 1-15 bytes of letters, digits
+// and "_.-", not "." or "..". Wildcards such as iptables' "eth+" are refused.
+func CheckIfName(name string) error {
+	switch {
+	case len(name) > 15:
+		return fmt.Errorf("interface name %q is %d bytes long (the kernel allows 15)", name, len(name))
+	case name == "" || name == "." || name == "..":
+		return fmt.Errorf("%q is not an interface name", name)
+	case !ifNameRE.MatchString(name):
+		return fmt.Errorf("interface name %q has characters other than letters, digits and _.-", name)
+	}
+	return nil
+}
+
+// ParseAddr parses a host address for the named field. IPv4-mapped IPv6
+// addresses are unmapped.
+func ParseAddr(field, s string) (netip.Addr, error) {
+	if strings.TrimSpace(s) == "" {
+		return netip.Addr{}, fieldErr(field, "missing address")
+	}
+	a, err := netip.ParseAddr(strings.TrimSpace(s))
+	if err != nil {
+		return netip.Addr{}, fieldErr(field, "%q is not an IP address", s)
+	}
+	return a.Unmap(), nil
+}
+
+// Forward is one kernel forward: an external address, port and protocol
+// (optionally only on one interface) and the internal address and port.
+type Forward struct {
+	// ExtIf limits the forward to one input interface when set.
+	ExtIf string
+	// Proto is the protocol.
+	Proto Proto
+	// Ext is the external address and port.
+	Ext netip.AddrPort
+	// Int is the internal address and port.
+	Int netip.AddrPort
+}
+
+func (f Forward) String() string {
+	s := fmt.Sprintf("dnat %s %s -> %s", f.Proto, f.Ext, f.Int)
+	if f.ExtIf != "" {
+		s += " iif " + f.ExtIf
+	}
+	return s
+}
+
+// Endpoint returns the external side, the part a reservation holds.
+func (f Forward) Endpoint() Endpoint { return Endpoint{Addr: f.Ext, Proto: f.Proto} }
+
+// Endpoint is an address, port and protocol: the key of a reservation and
+// of a forward (one external endpoint goes to one place).
+type Endpoint struct {
+	// Addr is the address and port.
+	Addr netip.AddrPort
+	// Proto is the protocol.
+	Proto Proto
+}
+
+func (e Endpoint) String() string { return e.Addr.String() + "/" + e.Proto.String() }
+
+// Forwards expands a rule into its kernel forwards, in port order.
+func (d DNAT) Forwards() []Forward {
+	pairs := d.Ports.Pairs()
+	out := make([]Forward, len(pairs))
+	for i, p := range pairs {
+		out[i] = Forward{
+			ExtIf: d.ExtIf,
+			Proto: d.Proto,
+			Ext:   netip.AddrPortFrom(d.ExtIP, p.Ext),
+			Int:   netip.AddrPortFrom(d.IntIP, p.Int),
+		}
+	}
+	return out
+}
+
+// compareForwards orders forwards for stable output.
+func compareForwards(a, b Forward) int {
+	if c := a.Ext.Compare(b.Ext); c != 0 {
+		return c
+	}
+	if c := int(a.Proto) - int(b.Proto); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ExtIf, b.ExtIf)
+}
+
+// compareDNAT orders rules for stable output.
+func compareDNAT(a, b DNAT) int {
+	if c := a.ExtIP.Compare(b.ExtIP); c != 0 {
+		return c
+	}
+	if c := int(a.Proto) - int(b.Proto); c != 0 {
+		return c
+	}
+	if c := int(a.Ports[0].From) - int(b.Ports[0].From); c != 0 {
+		return c
+	}
+	if c := a.IntIP.Compare(b.IntIP); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ExtIf, b.ExtIf)
+}
+
+// State is natmap's desired configuration: what the state file holds.
+type State struct {
+	// Dnats are the static DNAT rules.
+	Dnats []DNAT `json:"dnats"`
+	// IPForward records that `fwd` enabled IPv4 forwarding; the daemon
+	// enables it again at start.
+	IPForward bool `json:"ip_forward,omitempty"`
+	// IPv6Forward records the same for IPv6.
+	IPv6Forward bool `json:"ipv6_forward,omitempty"`
+}
+
+// Validate checks every rule and that no two rules forward the same
+// external endpoint.
+func (s State) Validate() error {
+	seen := map[Endpoint]DNAT{}
+	ids := map[DNATID]bool{}
+	for i, d := range s.Dnats {
+		if err := d.Validate(); err != nil {
+			return fmt.Errorf("dnats[%d]: %w", i, err)
+		}
+		if ids[d.ID()] {
+			return fmt.Errorf("dnats[%d]: %s appears twice: %w", i, d, ErrInvalid)
+		}
+		ids[d.ID()] = true
+		for _, f := range d.Forwards() {
+			if other, dup := seen[f.Endpoint()]; dup {
+				return fmt.Errorf("dnats[%d]: %s is also forwarded by %s: %w", i, f.Endpoint(), other, ErrConflict)
+			}
+			seen[f.Endpoint()] = d
+		}
+	}
+	return nil
+}
+
+// Clone returns a deep copy.
+func (s State) Clone() State {
+	c := s
+	c.Dnats = make([]DNAT, len(s.Dnats))
+	for i, d := range s.Dnats {
+		d.Ports = slices.Clone(d.Ports)
+		c.Dnats[i] = d
+	}
+	return c
+}

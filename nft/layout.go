@@ -1,0 +1,223 @@
+package nft
+
+import (
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+
+	"github.com/lab-ops/natmap/nat"
+)
+
+// TableName is natmap's table, of family inet. natmap touches no other.
+const TableName = "natmap"
+
+// Connection marks natmap sets on the flows it forwards (ct mark bits).
+const (
+	// MarkDNAT is set on every connection natmap DNATs; the forward chain
+	// (and, on Docker hosts, a DOCKER-USER rule) accepts such traffic.
+	MarkDNAT = 0x01000000
+	// MarkLocal is set on connections the host itself makes to a forward;
+	// they are masqueraded so the internal host can always answer.
+	MarkLocal = 0x02000000
+)
+
+// Chain priorities: just before the standard NAT priorities, so natmap's
+// forwards win over other tables' at the same hook (Docker and iptables-nft
+// sit at exactly -100 and 100), and order is never left undefined.
+const (
+	prioDNAT = -101
+	prioSNAT = 99
+)
+
+// family is IPv4 or IPv6: where the destination address sits and how long
+// it is.
+type family struct {
+	suffix  string // set name suffix: "4" or "6"
+	nfproto byte   // NFPROTO_IPV4 or NFPROTO_IPV6
+	addr    nftables.SetDatatype
+	addrLen uint32
+	daddr   uint32 // offset of the destination address in the header
+}
+
+var (
+	ipv4 = family{suffix: "4", nfproto: unix.NFPROTO_IPV4, addr: nftables.TypeIPAddr, addrLen: 4, daddr: 16}
+	ipv6 = family{suffix: "6", nfproto: unix.NFPROTO_IPV6, addr: nftables.TypeIP6Addr, addrLen: 16, daddr: 24}
+)
+
+func familyOf(f nat.Forward) family {
+	if f.Ext.Addr().Is4() {
+		return ipv4
+	}
+	return ipv6
+}
+
+// lookup is one kind of forward lookup: a family, with or without the input
+// interface in the key. Each kind has a set of keys (to mark the flow) and a
+// map from the same keys to the target address and port.
+type lookup struct {
+	fam family
+	iif bool
+}
+
+var lookups = []lookup{{ipv4, true}, {ipv4, false}, {ipv6, true}, {ipv6, false}}
+
+func lookupOf(f nat.Forward) lookup { return lookup{fam: familyOf(f), iif: f.ExtIf != ""} }
+
+func (l lookup) suffix() string {
+	if l.iif {
+		return l.fam.suffix + "if"
+	}
+	return l.fam.suffix
+}
+
+func (l lookup) keyType() nftables.SetDatatype {
+	types := []nftables.SetDatatype{l.fam.addr, nftables.TypeInetProto, nftables.TypeInetService}
+	if l.iif {
+		types = append([]nftables.SetDatatype{nftables.TypeIFName}, types...)
+	}
+	return nftables.MustConcatSetType(types...)
+}
+
+// sets returns the key set and the target map of this lookup.
+func (l lookup) sets(t *nftables.Table) (keys, targets *nftables.Set) {
+	keys = &nftables.Set{Table: t, Name: "match" + l.suffix(), Concatenation: true, KeyType: l.keyType()}
+	targets = &nftables.Set{
+		Table: t, Name: "dnat" + l.suffix(), IsMap: true, Concatenation: true, KeyType: l.keyType(),
+		DataType: nftables.MustConcatSetType(l.fam.addr, nftables.TypeInetService),
+	}
+	return keys, targets
+}
+
+// key is the bytes of a forward's key: [ifname .] daddr . l4proto . dport,
+// each field padded to 4 bytes.
+func key(f nat.Forward) []byte {
+	var b []byte
+	if f.ExtIf != "" {
+		name := make([]byte, 16)
+		copy(name, f.ExtIf)
+		b = append(b, name...)
+	}
+	b = append(b, f.Ext.Addr().AsSlice()...)
+	b = append(b, byte(f.Proto), 0, 0, 0)
+	b = append(b, binaryutil.BigEndian.PutUint16(f.Ext.Port())...)
+	return append(b, 0, 0)
+}
+
+// value is the bytes of a forward's target: daddr . dport.
+func value(f nat.Forward) []byte {
+	b := f.Int.Addr().AsSlice()
+	return append(b, append(binaryutil.BigEndian.PutUint16(f.Int.Port()), 0, 0)...)
+}
+
+func element(f nat.Forward, withValue bool) nftables.SetElement {
+	e := nftables.SetElement{Key: key(f)}
+	if withValue {
+		e.Val = value(f)
+	}
+	return e
+}
+
+// loadKey loads the lookup key into consecutive 32-bit registers from
+// NFT_REG32_00, as nft does.
+func (l lookup) loadKey() []expr.Any {
+	reg := uint32(unix.NFT_REG32_00)
+	var out []expr.Any
+	if l.iif {
+		out = append(out, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg})
+		reg += 4
+	}
+	out = append(out, &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: l.fam.daddr, Len: l.fam.addrLen})
+	reg += l.fam.addrLen / 4
+	out = append(out, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg})
+	reg++
+	return append(out, &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
+}
+
+// dnatRule: for packets of this family whose key is in the key set, set
+// the mark bits on the connection and DNAT to the target from the map.
+//
+//	[iifname .] ip daddr . meta l4proto . th dport @matchX ct mark set ct mark | MARK
+//	  dnat ip to [iifname .] ip daddr . meta l4proto . th dport map @dnatX
+func (l lookup) dnatRule(t *nftables.Table, c *nftables.Chain, keys, targets *nftables.Set, mark uint32) *nftables.Rule {
+	first := uint32(unix.NFT_REG32_00)
+	exprs := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l.fam.nfproto}},
+	}
+	exprs = append(exprs, l.loadKey()...)
+	exprs = append(exprs, &expr.Lookup{SourceRegister: first, SetName: keys.Name, SetID: keys.ID})
+	exprs = append(exprs, setMark(mark)...)
+	exprs = append(exprs, l.loadKey()...)
+	exprs = append(exprs,
+		&expr.Lookup{SourceRegister: first, DestRegister: first, IsDestRegSet: true, SetName: targets.Name, SetID: targets.ID},
+		&expr.NAT{
+			Type:        expr.NATTypeDestNAT,
+			Family:      uint32(l.fam.nfproto),
+			RegAddrMin:  first,
+			RegProtoMin: first + l.fam.addrLen/4,
+		},
+	)
+	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs, UserData: comment("natmap: dnat ipv" + l.fam.suffix + ifWord(l.iif))}
+}
+
+func ifWord(iif bool) string {
+	if iif {
+		return " by interface"
+	}
+	return ""
+}
+
+// setMark is `ct mark set ct mark | mark`.
+func setMark(mark uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(^mark), Xor: binaryutil.NativeEndian.PutUint32(mark)},
+		&expr.Ct{Register: 1, Key: expr.CtKeyMARK, SourceRegister: true},
+	}
+}
+
+// hasMark is `ct mark & mark == mark`.
+func hasMark(mark uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(mark), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(mark)},
+	}
+}
+
+func comment(s string) []byte { return userdata.AppendString(nil, userdata.TypeComment, s) }
+
+// chains are natmap's base chains.
+type chains struct {
+	prerouting, output, postrouting, forward *nftables.Chain
+}
+
+func newChains(t *nftables.Table) chains {
+	accept := nftables.ChainPolicyAccept
+	mk := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
+		return &nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: prio, Policy: &accept}
+	}
+	return chains{
+		prerouting:  mk("prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityRef(prioDNAT)),
+		output:      mk("output", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityRef(prioDNAT)),
+		postrouting: mk("postrouting", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityRef(prioSNAT)),
+		forward:     mk("forward", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter),
+	}
+}
+
+// masqueradeLocal: connections the host itself made to a forward leave
+// with the address of the interface they leave by.
+func masqueradeLocal(t *nftables.Table, c *nftables.Chain) *nftables.Rule {
+	exprs := append(hasMark(MarkLocal), &expr.Counter{}, &expr.Masq{})
+	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs, UserData: comment("natmap: masquerade the host's own forwarded connections")}
+}
+
+// acceptForwarded accepts natmap's forwarded flows in the forward hook.
+func acceptForwarded(t *nftables.Table, c *nftables.Chain) *nftables.Rule {
+	exprs := append(hasMark(MarkDNAT), &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept})
+	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs, UserData: comment("natmap: accept forwarded flows")}
+}

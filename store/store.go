@@ -1,0 +1,173 @@
+// Package store keeps natmap's desired state in a versioned JSON file.
+//
+// Writes are atomic: the new content goes to a temporary file in the same
+// directory, which is synced, renamed over the state file, and the directory
+// is synced, so a crash at any moment leaves either the old file or the new
+// one, never a mix. A file that cannot be read or parsed is an error naming
+// the file and the problem; it is never replaced by an empty state.
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lab-ops/natmap/nat"
+)
+
+// Version is the format version this package writes and reads.
+const Version = 1
+
+// file is the on-disk shape: the state with a version.
+type file struct {
+	Version int `json:"version"`
+	nat.State
+}
+
+// File is a state file. It implements nat.Store.
+type File struct {
+	// Path is the state file's path.
+	Path string
+}
+
+// Load reads the state. A missing file is an empty state; anything else that
+// is not a valid state file is an error naming the file.
+func (f *File) Load() (nat.State, error) {
+	b, err := os.ReadFile(f.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nat.State{}, nil
+	}
+	if err != nil {
+		return nat.State{}, fmt.Errorf("reading state file %s: %w", f.Path, err)
+	}
+	st, err := Decode(b)
+	if err != nil {
+		return nat.State{}, fmt.Errorf("state file %s: %w", f.Path, err)
+	}
+	return st, nil
+}
+
+// Decode parses and validates the content of a state file.
+func Decode(b []byte) (nat.State, error) {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nat.State{}, errors.New("the file is empty (a valid state file has at least {\"version\": 1})")
+	}
+	var probe struct {
+		Version *int `json:"version"`
+	}
+	if err := json.Unmarshal(b, &probe); err != nil {
+		return nat.State{}, fmt.Errorf("not valid JSON: %w", err)
+	}
+	if probe.Version == nil {
+		return nat.State{}, errors.New(`no "version" key`)
+	}
+	if *probe.Version != Version {
+		return nat.State{}, fmt.Errorf("format version %d is not supported (this natmap reads version %d)", *probe.Version, Version)
+	}
+	var st file
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&st); err != nil {
+		return nat.State{}, fmt.Errorf("not a natmap state: %w", err)
+	}
+	if err := st.State.Validate(); err != nil {
+		return nat.State{}, err
+	}
+	return st.State, nil
+}
+
+// Encode renders a state as the file content.
+func Encode(st nat.State) ([]byte, error) {
+	if st.Dnats == nil {
+		st.Dnats = []nat.DNAT{}
+	}
+	b, err := json.MarshalIndent(file{Version: Version, State: st}, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+// Save replaces the state file atomically, with mode 0600.
+func (f *File) Save(st nat.State) error {
+	b, err := Encode(st)
+	if err != nil {
+		return fmt.Errorf("encoding state: %w", err)
+	}
+	return writeAtomic(f.Path, b)
+}
+
+// writeAtomic is: temp file, write, fsync, rename, fsync the directory.
+func writeAtomic(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", dir, err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("writing state file %s: %w", path, err)
+	}
+	done := false
+	defer func() {
+		if !done {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := tmp.Chmod(0o600); err != nil {
+		return fmt.Errorf("writing state file %s: %w", path, err)
+	}
+	if _, err := tmp.Write(b); err != nil {
+		return fmt.Errorf("writing state file %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("syncing state file %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("writing state file %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("replacing state file %s: %w", path, err)
+	}
+	done = true
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Lock takes an exclusive lock on PATH.lock, so that two daemons never
+// share a state file. The lock lasts until the returned file is closed or
+// the process ends.
+func Lock(path string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", filepath.Dir(path), err)
+	}
+	lf, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening lock file: %w", err)
+	}
+	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lf.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another natmap daemon is using state file %s", path)
+		}
+		return nil, fmt.Errorf("locking %s.lock: %w", path, err)
+	}
+	return lf, nil
+}
