@@ -33,7 +33,6 @@ func newBackend(t *testing.T) (*Backend, *netnstest.NS) {
 	return b, ns
 }
 
-
 func listTable(t *testing.T, ns *netnstest.NS) string {
 	t.Helper()
 	return ns.MustRun(t, "nft", "list", "table", "inet", TableName)

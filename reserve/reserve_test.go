@@ -86,6 +86,3 @@ func TestReserveIPv6(t *testing.T) {
 	}
 	c.Close()
 }
-
-
-
