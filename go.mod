@@ -3,6 +3,7 @@ module github.com/lab-ops/natmap
 go 1.26.0
 
 require (
+	github.com/alecthomas/kong v1.17.0
 	github.com/google/nftables v0.3.0
 	github.com/mdlayher/netlink v1.11.2
 	github.com/vishvananda/netns v0.0.5

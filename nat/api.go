@@ -222,6 +222,8 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any, optional bool) er
 		return fmt.Errorf("request body: larger than %d bytes: %w", MaxBodyBytes, ErrInvalid)
 	case errors.As(err, &syntax):
 		return fmt.Errorf("request body: malformed JSON at byte %d: %v: %w", syntax.Offset, err, ErrInvalid)
+	case errors.As(err, &typ) && typ.Field == "":
+		return fmt.Errorf("request body: want a JSON object, got %s: %w", typ.Value, ErrInvalid)
 	case errors.As(err, &typ):
 		return &FieldError{Field: typ.Field, Msg: fmt.Sprintf("want a JSON %s, got %s", typ.Type.Kind(), typ.Value)}
 	case strings.HasPrefix(err.Error(), "json: unknown field "):

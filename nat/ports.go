@@ -161,7 +161,7 @@ func parsePort(s string) (uint16, error) {
 		return 0, fmt.Errorf("missing port number")
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil {
+	if err != nil || strings.TrimLeft(s, "0123456789") != "" {
 		return 0, fmt.Errorf("%q is not a port number", s)
 	}
 	if n < 1 || n > 65535 {

@@ -34,6 +34,9 @@ type file struct {
 type File struct {
 	// Path is the state file's path.
 	Path string
+	// rename replaces the file; os.Rename unless a test stands in for a
+	// crash before it.
+	rename func(oldpath, newpath string) error
 }
 
 // Load reads the state. A missing file is an empty state; anything else that
@@ -100,11 +103,15 @@ func (f *File) Save(st nat.State) error {
 	if err != nil {
 		return fmt.Errorf("encoding state: %w", err)
 	}
-	return writeAtomic(f.Path, b)
+	rename := f.rename
+	if rename == nil {
+		rename = os.Rename
+	}
+	return writeAtomic(f.Path, b, rename)
 }
 
 // writeAtomic is: temp file, write, fsync, rename, fsync the directory.
-func writeAtomic(path string, b []byte) error {
+func writeAtomic(path string, b []byte, rename func(oldpath, newpath string) error) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
@@ -132,7 +139,7 @@ func writeAtomic(path string, b []byte) error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("writing state file %s: %w", path, err)
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("replacing state file %s: %w", path, err)
 	}
 	done = true

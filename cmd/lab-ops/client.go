@@ -1,0 +1,99 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"syscall"
+	"time"
+
+	"github.com/lab-ops/natmap/nat"
+)
+
+// client speaks the daemon's HTTP/JSON API over its Unix socket.
+type client struct {
+	socket string
+	http   *http.Client
+	out    *output
+}
+
+func newClient(g *Globals, out *output) *client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", g.Socket)
+		},
+	}
+	return &client{socket: g.Socket, http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}, out: out}
+}
+
+// apiError is an error reply of the daemon.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+// call sends body (if not nil) as JSON and decodes a JSON reply into reply
+// (if not nil). It returns the reply's headers.
+func (c *client) call(method, path string, body, reply any) (http.Header, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+		c.out.debugf(2, "> %s %s %s", method, path, b)
+	} else {
+		c.out.debugf(2, "> %s %s", method, path)
+	}
+	req, err := http.NewRequest(method, "http://localhost"+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, c.explain(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if err != nil {
+		return nil, fmt.Errorf("reading the daemon's reply: %w", err)
+	}
+	c.out.debugf(2, "< %s %s", resp.Status, bytes.TrimSpace(b))
+	if resp.StatusCode != http.StatusOK {
+		var e nat.ErrorResponse
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = fmt.Sprintf("the daemon answered %s: %s", resp.Status, bytes.TrimSpace(b))
+		}
+		return nil, &apiError{status: resp.StatusCode, msg: e.Error}
+	}
+	if reply != nil && len(bytes.TrimSpace(b)) > 0 {
+		if err := json.Unmarshal(b, reply); err != nil {
+			return nil, fmt.Errorf("decoding the daemon's reply: %w", err)
+		}
+	}
+	return resp.Header, nil
+}
+
+// explain turns a failure to reach the daemon into advice.
+func (c *client) explain(err error) error {
+	const advice = "is it running? start it with `sudo lab-ops natmap daemon` or `sudo systemctl start natmap`"
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		return fmt.Errorf("cannot reach the natmap daemon: no socket at %s (%s)", c.socket, advice)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("cannot reach the natmap daemon: nothing listens on %s (%s)", c.socket, advice)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("permission denied on %s: join the natmap group (then log in again) or use sudo", c.socket)
+	}
+	return fmt.Errorf("talking to the natmap daemon at %s: %w", c.socket, err)
+}

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/lab-ops/natmap/nat"
+)
+
+// DnatCmd adds or deletes a static DNAT rule.
+type DnatCmd struct {
+	ExtIP  string `name:"ext-ip" required:"" help:"External address clients connect to." placeholder:"IP"`
+	IntIP  string `name:"int-ip" required:"" help:"Internal host to forward to." placeholder:"IP"`
+	Ports  string `required:"" help:"Ports: a comma-separated list of ports and ranges, EXT:INT to translate (25,465,8000-8100,2222:22)." placeholder:"LIST"`
+	Proto  string `default:"tcp" help:"Protocol: tcp or udp."`
+	ExtIf  string `name:"ext-if" help:"Only forward traffic arriving on this interface." placeholder:"IF"`
+	Delete bool   `help:"Delete the rule (or these ports of it) instead of adding it."`
+}
+
+// Run sends the rule to the daemon.
+func (c *DnatCmd) Run(g *Globals, out *output) error {
+	cfg := nat.DnatConfig{ExtIP: c.ExtIP, IntIP: c.IntIP, Ports: c.Ports, Proto: c.Proto}
+	if c.ExtIf != "" {
+		cfg.ExtIf = &c.ExtIf
+	}
+	cl := newClient(g, out)
+	if c.Delete {
+		if _, err := cl.call(http.MethodDelete, "/dnat", cfg, nil); err != nil {
+			return err
+		}
+		out.done(map[string]any{"deleted": cfg}, "dnat deleted: %s", describe(cfg))
+		return nil
+	}
+	var echo nat.DnatConfig
+	h, err := cl.call(http.MethodPost, "/dnat", cfg, &echo)
+	if err != nil {
+		return err
+	}
+	verb := "added"
+	if h.Get(nat.ChangedHeader) == "false" {
+		verb = "already present, nothing changed"
+	}
+	out.done(echo, "dnat %s: %s", verb, describe(echo))
+	return nil
+}
+
+func describe(c nat.DnatConfig) string {
+	s := fmt.Sprintf("%s %s ports %s -> %s", strings.ToLower(orTCP(c.Proto)), c.ExtIP, c.Ports, c.IntIP)
+	if c.ExtIf != nil && *c.ExtIf != "" {
+		s += " on " + *c.ExtIf
+	}
+	return s
+}
+
+func orTCP(p string) string {
+	if p == "" {
+		return "tcp"
+	}
+	return p
+}
+
+// LsCmd lists rules.
+type LsCmd struct {
+	Filter string `arg:"" optional:"" help:"Only rules whose addresses, interface or container name/ID contain this text."`
+}
+
+// Run prints the rules as a table or as the API's JSON.
+func (c *LsCmd) Run(g *Globals, out *output) error {
+	var list nat.ListResponse
+	if _, err := newClient(g, out).call(http.MethodGet, "/mappings", nil, &list); err != nil {
+		return err
+	}
+	if c.Filter != "" {
+		list.Dnats = filterDnats(list.Dnats, c.Filter)
+	}
+	if out.json {
+		out.printJSON(list)
+		return nil
+	}
+	rows := make([][]string, 0, len(list.Dnats))
+	for _, d := range list.Dnats {
+		ifname := "*"
+		if d.ExtIf != nil {
+			ifname = *d.ExtIf
+		}
+		status := d.Status
+		if d.Reason != "" {
+			status += " (" + d.Reason + ")"
+		}
+		rows = append(rows, []string{"dnat", d.ExtIP, d.Ports, d.Proto, d.IntIP, ifname, status})
+	}
+	if len(rows) == 0 {
+		fmt.Fprintln(out.stdout, "no rules")
+		return nil
+	}
+	out.table([]string{"KIND", "EXT-IP", "PORTS", "PROTO", "INT-IP", "EXT-IF", "STATUS"}, rows)
+	return nil
+}
+
+func filterDnats(ds []nat.DnatEntry, f string) []nat.DnatEntry {
+	var out []nat.DnatEntry
+	for _, d := range ds {
+		ifname := ""
+		if d.ExtIf != nil {
+			ifname = *d.ExtIf
+		}
+		if strings.Contains(d.ExtIP, f) || strings.Contains(d.IntIP, f) || strings.Contains(ifname, f) {
+			out = append(out, d)
+		}
+	}
+	if out == nil {
+		out = []nat.DnatEntry{}
+	}
+	return out
+}
+
+// StatusCmd shows the daemon's status.
+type StatusCmd struct{}
+
+// Run prints the status.
+func (c *StatusCmd) Run(g *Globals, out *output) error {
+	var st nat.StatusResponse
+	if _, err := newClient(g, out).call(http.MethodGet, "/status", nil, &st); err != nil {
+		return err
+	}
+	if out.json {
+		out.printJSON(st)
+		return nil
+	}
+	fmt.Fprintf(out.stdout, "natmap %s, up %s\n", st.Version, time.Duration(st.UptimeSeconds)*time.Second)
+	fmt.Fprintf(out.stdout, "backend: %s (%s)\n", st.Backend, st.BackendReason)
+	fmt.Fprintf(out.stdout, "dnat rules: %d, forwarded ports: %d (%d inactive), reserved ports: %d\n",
+		st.Rules.Dnats, st.Rules.Forwards, st.Rules.Inactive, st.Rules.Reservations)
+	fmt.Fprintf(out.stdout, "changes since start: %d, IP forwarding set by natmap: %v\n", st.Rules.Changes, st.Rules.IPForward)
+	return nil
+}
+
+// FwdCmd enables IP forwarding through the daemon.
+type FwdCmd struct {
+	IPv6 bool `name:"ipv6" help:"Enable IPv6 forwarding too (note: a host that takes its IPv6 address from router advertisements then needs accept_ra=2)."`
+}
+
+// Run asks the daemon to enable forwarding.
+func (c *FwdCmd) Run(g *Globals, out *output) error {
+	req := nat.FwdRequest{IPv6: c.IPv6}
+	if _, err := newClient(g, out).call(http.MethodPost, "/fwd", req, nil); err != nil {
+		return err
+	}
+	what := "IPv4 forwarding enabled"
+	if c.IPv6 {
+		what = "IPv4 and IPv6 forwarding enabled"
+	}
+	out.done(req, "%s (and enabled again at every daemon start)", what)
+	return nil
+}
+
+// ClearCmd removes every rule.
+type ClearCmd struct{}
+
+// Run asks the daemon to clear.
+func (c *ClearCmd) Run(g *Globals, out *output) error {
+	if _, err := newClient(g, out).call(http.MethodDelete, "/clear", nil, nil); err != nil {
+		return err
+	}
+	out.done(map[string]bool{"cleared": true}, "all natmap rules cleared and their ports released")
+	return nil
+}

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/lab-ops/natmap/nat"
+	"github.com/lab-ops/natmap/nft"
+	"github.com/lab-ops/natmap/reserve"
+	"github.com/lab-ops/natmap/store"
+)
+
+// DaemonCmd runs the daemon.
+type DaemonCmd struct {
+	State         string        `default:"/var/lib/natmap/state.json" type:"path" help:"State file." placeholder:"PATH"`
+	SocketGroup   string        `default:"natmap" help:"Group that may use the socket (mode 0660)." placeholder:"NAME"`
+	Backend       string        `default:"auto" enum:"auto,nftables" help:"Kernel backend: ${enum}."`
+	RetryInterval time.Duration `default:"30s" help:"How often to retry forwards whose port another program holds."`
+}
+
+// Run starts the daemon and serves until SIGTERM or SIGINT. On exit the
+// kernel rules stay in place, so traffic keeps flowing across a restart or
+// an upgrade; `clear` is how rules are removed.
+func (d *DaemonCmd) Run(g *Globals, out *output) error {
+	log := slog.New(slog.NewTextHandler(out.stderr, &slog.HandlerOptions{Level: logLevel(g.Verbose), AddSource: g.Verbose >= 2}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	if err := refuseLiveSocket(g.Socket); err != nil {
+		return err
+	}
+	lock, err := store.Lock(d.State)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	file := &store.File{Path: d.State}
+	st, err := file.Load()
+	if err != nil {
+		return fmt.Errorf("refusing to start, the state file is left as it is: %w", err)
+	}
+	backend, reason := nft.New(), "auto: nftables is the backend of this build"
+	if d.Backend == "nftables" {
+		reason = "chosen with --backend nftables"
+	}
+	defer backend.Close()
+	log.Info("backend chosen", "backend", backend.Name(), "reason", reason)
+
+	svc := nat.NewService(backend, reserve.Sockets{}, file, hostSystem{}, log)
+	if err := svc.Start(ctx, st); err != nil {
+		return err
+	}
+	defer svc.Close()
+
+	ln, err := listen(g.Socket, d.SocketGroup, log)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           nat.NewHandler(svc, nat.Info{Version: version(), BackendReason: reason, Started: time.Now()}, log),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       time.Minute,
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	go retryLoop(ctx, svc, d.RetryInterval)
+	log.Info("serving", "socket", g.Socket, "state", d.State, "version", version())
+
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		return fmt.Errorf("serving %s: %w", g.Socket, err)
+	}
+	log.Info("stopping; kernel rules stay in place")
+	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil {
+		log.Warn("closing connections", "err", err)
+	}
+	os.Remove(g.Socket)
+	return nil
+}
+
+func logLevel(verbose int) slog.Level {
+	if verbose >= 1 {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
+}
+
+// refuseLiveSocket fails when a daemon answers on path; a stale socket
+// file (nobody listening) is removed.
+func refuseLiveSocket(path string) error {
+	conn, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		conn.Close()
+		return fmt.Errorf("another natmap daemon is serving %s", path)
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("removing stale socket %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// listen opens the socket with mode 0660, owned by root and group. A missing
+// group leaves the socket to root alone, with a warning.
+func listen(path, group string, log *slog.Logger) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("creating the socket's directory: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	gid := 0
+	if gr, err := user.LookupGroup(group); err != nil {
+		log.Warn("socket group not found: only root can use the socket (create the group, or run `lab-ops natmap install`)", "group", group, "err", err)
+	} else if gid, err = strconv.Atoi(gr.Gid); err != nil {
+		gid = 0
+	}
+	if err := os.Chown(path, 0, gid); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("setting the owner of %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("setting the mode of %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+func retryLoop(ctx context.Context, svc *nat.Service, every time.Duration) {
+	if every <= 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			svc.RetryInactive(ctx)
+		}
+	}
+}
+
+// hostSystem changes host settings through /proc/sys.
+type hostSystem struct{}
+
+// EnableForwarding implements nat.System.
+func (hostSystem) EnableForwarding(ipv6 bool) error {
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
+		return err
+	}
+	if ipv6 {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1\n"), 0o644)
+	}
+	return nil
+}

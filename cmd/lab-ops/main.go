@@ -1,0 +1,103 @@
+// Command lab-ops is the natmap CLI and daemon: `lab-ops natmap ...`.
+//
+// Every rule command is a thin client of the daemon's socket API; the
+// daemon (`lab-ops natmap daemon`) is the one writer of the host's NAT.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"slices"
+
+	"github.com/alecthomas/kong"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailed  = 1 // the request was refused or failed
+	exitUsage   = 2 // the command line is wrong
+	exitUnknown = 1
+)
+
+// CLI is the whole command line.
+type CLI struct {
+	Globals
+
+	Natmap NatmapCmd `cmd:"" help:"Manage the host's NAT: DNAT, port reservations, the natmap daemon."`
+}
+
+// NatmapCmd groups natmap's commands.
+type NatmapCmd struct {
+	Daemon DaemonCmd `cmd:"" help:"Run the natmap daemon (as root): it owns the NAT rules and serves the socket API."`
+	Dnat   DnatCmd   `cmd:"" help:"Forward ports of an external address to an internal host (--delete to remove)."`
+	Ls     LsCmd     `cmd:"" aliases:"list" help:"List every rule natmap manages, with its status."`
+	Status StatusCmd `cmd:"" help:"Show the daemon's backend, version and rule counts."`
+	Fwd    FwdCmd    `cmd:"" help:"Enable IP forwarding (required for DNAT), now and at every daemon start."`
+	Clear  ClearCmd  `cmd:"" help:"Remove every natmap rule, release every reserved port and reset the state."`
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	var cli CLI
+	exitCode := -1
+	parser, err := kong.New(&cli,
+		kong.Name("lab-ops"),
+		kong.Description("natmap: the single authority for this host's NAT."),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { exitCode = code }),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Vars{"version": version()},
+	)
+	if err != nil {
+		fmt.Fprintln(stderr, "internal error:", err)
+		return exitUnknown
+	}
+	ctx, err := parser.Parse(args)
+	if exitCode >= 0 { // --help and the like
+		return exitCode
+	}
+	out := &output{stdout: stdout, stderr: stderr, json: slices.Contains(args, "--json")}
+	if err != nil {
+		out.fail(fmt.Errorf("%w (see lab-ops --help)", err))
+		return exitUsage
+	}
+	out = newOutput(&cli.Globals, stdout, stderr)
+	if err := ctx.Run(&cli.Globals, out); err != nil {
+		out.fail(err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			return exitUsage
+		}
+		return exitFailed
+	}
+	return exitOK
+}
+
+// usageError is a command line that parsed but makes no sense.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+// version is the module version, or the VCS revision of a development build.
+func version() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	if v := info.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			return "dev-" + s.Value[:12]
+		}
+	}
+	return "dev"
+}

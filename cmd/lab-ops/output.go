@@ -1,0 +1,121 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/alecthomas/kong"
+	"golang.org/x/sys/unix"
+)
+
+// Globals are the options every command takes.
+type Globals struct {
+	Socket  string           `help:"Path to the natmap daemon's Unix socket." default:"/run/natmap.sock" env:"NATMAP_SOCKET" type:"path" placeholder:"PATH"`
+	JSON    bool             `help:"Output in JSON format instead of tables and sentences."`
+	Color   string           `help:"Output coloring: ${enum}. Table headers are colorized when enabled; NO_COLOR turns auto off." enum:"auto,always,never" default:"auto"`
+	Verbose int              `help:"Increase verbosity (repeatable: -v, -vv, -vvv)." short:"v" type:"counter"`
+	Version kong.VersionFlag `help:"Print the version and exit."`
+}
+
+// output prints results as sentences and tables, or as pure JSON.
+type output struct {
+	stdout, stderr io.Writer
+	json           bool
+	color          bool
+	verbose        int
+}
+
+func newOutput(g *Globals, stdout, stderr io.Writer) *output {
+	return &output{stdout: stdout, stderr: stderr, json: g.JSON, color: useColor(g.Color, stdout), verbose: g.Verbose}
+}
+
+// useColor resolves --color: auto means a terminal, NO_COLOR unset and
+// TERM not "dumb".
+func useColor(mode string, w io.Writer) bool {
+	switch mode {
+	case "always":
+		return true
+	case "never":
+		return false
+	}
+	if os.Getenv("NO_COLOR") != "" || os.Getenv("TERM") == "dumb" {
+		return false
+	}
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// done reports a success: a sentence, or v as JSON.
+func (o *output) done(v any, format string, args ...any) {
+	if o.json {
+		o.printJSON(v)
+		return
+	}
+	fmt.Fprintf(o.stdout, format+"\n", args...)
+}
+
+func (o *output) printJSON(v any) {
+	enc := json.NewEncoder(o.stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		fmt.Fprintln(o.stderr, "encoding JSON:", err)
+	}
+}
+
+// fail reports an error: on stderr, or as {"error": ...} on stdout with
+// --json so that scripts always get JSON.
+func (o *output) fail(err error) {
+	if o.json {
+		o.printJSON(map[string]string{"error": err.Error()})
+		return
+	}
+	fmt.Fprintln(o.stderr, "error:", err)
+}
+
+// debugf prints at the given verbosity on stderr.
+func (o *output) debugf(level int, format string, args ...any) {
+	if o.verbose >= level {
+		fmt.Fprintf(o.stderr, format+"\n", args...)
+	}
+}
+
+const (
+	headerOn  = "\x1b[1;36m"
+	headerOff = "\x1b[0m"
+)
+
+// table prints rows under a header, aligned on the plain text so that
+// color codes do not upset the columns.
+func (o *output) table(header []string, rows [][]string) {
+	widths := make([]int, len(header))
+	for _, r := range append([][]string{header}, rows...) {
+		for i, c := range r {
+			widths[i] = max(widths[i], len(c))
+		}
+	}
+	line := func(cells []string, color bool) {
+		var b strings.Builder
+		for i, c := range cells {
+			pad := ""
+			if i < len(cells)-1 {
+				pad = strings.Repeat(" ", widths[i]-len(c)+2)
+			}
+			if color {
+				c = headerOn + c + headerOff
+			}
+			b.WriteString(c + pad)
+		}
+		fmt.Fprintln(o.stdout, b.String())
+	}
+	line(header, o.color)
+	for _, r := range rows {
+		line(r, false)
+	}
+}

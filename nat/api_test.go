@@ -1,0 +1,146 @@
+package nat
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func serve(t *testing.T, r *rig, method, path, body string) (int, string, http.Header) {
+	t.Helper()
+	h := NewHandler(r.svc, Info{Version: "test"}, nil)
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	b, _ := io.ReadAll(w.Result().Body)
+	return w.Code, string(b), w.Result().Header
+}
+
+func TestAPIBadInput(t *testing.T) {
+	r := newRig(t, State{})
+	if code, body, _ := serve(t, r, "POST", "/dnat", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25","proto":"tcp","ext_if":null,"preserve_src_ip":false}`); code != 200 {
+		t.Fatalf("good request: %d %s", code, body)
+	}
+	ok := `"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"80","proto":"tcp"`
+	tests := []struct{ name, body, want string }{
+		{"bad IP", `{"ext_ip":"203.0.113.430","int_ip":"10.0.0.101","ports":"80"}`, `ext_ip: "203.0.113.430" is not an IP address`},
+		{"missing int_ip", `{"ext_ip":"203.0.113.43","ports":"80"}`, "int_ip: missing address"},
+		{"IPv4 with IPv6", `{"ext_ip":"203.0.113.43","int_ip":"fd00::1","ports":"80"}`, "int_ip: fd00::1 and ext_ip 203.0.113.43 are of different IP versions"},
+		{"unspecified", `{"ext_ip":"0.0.0.0","int_ip":"10.0.0.1","ports":"80"}`, "ext_ip: 0.0.0.0 is not a specific address"},
+		{"port 0", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"0"}`, "ports: port 0 is out of range 1-65535"},
+		{"port 65536", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"65536"}`, "ports: port 65536 is out of range"},
+		{"abc", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"abc"}`, `ports: "abc" is not a port number`},
+		{"empty list", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":""}`, "ports: the list is empty"},
+		{"reversed range", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"90-80"}`, "ports: range 90-80 is reversed"},
+		{"unknown protocol", `{` + ok[:strings.LastIndex(ok, `,"proto"`)] + `,"proto":"sctp"}`, `proto: unknown protocol "sctp"`},
+		{"long interface", `{` + ok + `,"ext_if":"averyveryverylongif"}`, `ext_if: interface name "averyveryverylongif" is 19 bytes long`},
+		{"wildcard interface", `{` + ok + `,"ext_if":"eth+"}`, `ext_if: interface name "eth+" has characters`},
+		{"malformed JSON", `{"ext_ip": "203.0.113.43",`, "request body"},
+		{"not an object", `[1,2]`, "request body"},
+		{"wrong type", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":80}`, "ports: want a JSON string, got number"},
+		{"unknown field", `{` + ok + `,"extra":1}`, `request body: unknown field "extra"`},
+		{"trailing data", `{` + ok + `}{}`, "unexpected data after the JSON object"},
+		{"empty body", ``, "request body: empty"},
+		{"body over 1 MiB", `{` + ok + `,"ext_if":"` + strings.Repeat("x", MaxBodyBytes) + `"}`, "larger than 1048576 bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := r.snapshot()
+			for _, method := range []string{"POST", "DELETE"} {
+				code, body, _ := serve(t, r, method, "/dnat", tt.body)
+				var e ErrorResponse
+				if err := json.Unmarshal([]byte(body), &e); err != nil {
+					t.Fatalf("%s: reply is not JSON: %q", method, body)
+				}
+				if code != 400 || !strings.Contains(e.Error, tt.want) {
+					t.Errorf("%s: %d %q, want 400 saying %q", method, code, e.Error, tt.want)
+				}
+			}
+			if after := r.snapshot(); after != before {
+				t.Errorf("a bad request changed things:\n%s", after)
+			}
+		})
+	}
+}
+
+func TestAPIStatusCodesAndShapes(t *testing.T) {
+	r := newRig(t, State{})
+	add := `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"465,25","proto":"tcp","ext_if":null,"preserve_src_ip":false}`
+	code, body, h := serve(t, r, "POST", "/dnat", add)
+	if code != 200 || h.Get(ChangedHeader) != "true" {
+		t.Fatalf("add: %d %s %v", code, body, h)
+	}
+	var echo DnatConfig
+	if err := json.Unmarshal([]byte(body), &echo); err != nil || echo.Ports != "25,465" || echo.Proto != "tcp" || echo.ExtIf != nil {
+		t.Fatalf("echo %s (%v)", body, err)
+	}
+	if code, _, h := serve(t, r, "POST", "/dnat", add); code != 200 || h.Get(ChangedHeader) != "false" {
+		t.Fatalf("second add: %d %v", code, h)
+	}
+	if code, body, _ := serve(t, r, "POST", "/dnat", strings.Replace(add, "10.0.0.101", "10.0.0.102", 1)); code != 409 || !strings.Contains(body, "already forwarded") {
+		t.Fatalf("conflict: %d %s", code, body)
+	}
+	code, body, _ = serve(t, r, "GET", "/rules", "")
+	if code != 200 || strings.TrimSpace(body) != `[{"kind":"dnat","ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":[25,465],"proto":"tcp"}]` {
+		t.Fatalf("rules: %d %s", code, body)
+	}
+	code, body, _ = serve(t, r, "GET", "/mappings", "")
+	var list map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(body), &list); err != nil || code != 200 {
+		t.Fatalf("mappings: %d %s", code, body)
+	}
+	for _, k := range []string{"docker", "dnats", "snats", "hairpins", "policy_routes"} {
+		if _, ok := list[k]; !ok {
+			t.Errorf("mappings lacks %q: %s", k, body)
+		}
+	}
+	if code, _, _ := serve(t, r, "DELETE", "/dnat", strings.Replace(add, "465,25", "8080", 1)); code != 404 {
+		t.Fatalf("delete missing: %d", code)
+	}
+	if code, _, _ := serve(t, r, "DELETE", "/dnat", add); code != 200 {
+		t.Fatalf("delete: %d", code)
+	}
+	if code, body, _ := serve(t, r, "PUT", "/dnat", add); code != 405 || !strings.Contains(body, `"error"`) {
+		t.Fatalf("PUT: %d %s", code, body)
+	}
+	if code, body, _ := serve(t, r, "GET", "/nope", ""); code != 404 || !strings.Contains(body, `"error"`) {
+		t.Fatalf("unknown route: %d %s", code, body)
+	}
+	if code, body, _ := serve(t, r, "GET", "/status", ""); code != 200 || !strings.Contains(body, `"backend":"fake"`) {
+		t.Fatalf("status: %d %s", code, body)
+	}
+	if code, _, _ := serve(t, r, "POST", "/fwd", ""); code != 200 || !r.store.last.IPForward {
+		t.Fatalf("fwd: %d, stored %v", code, r.store.last.IPForward)
+	}
+	if code, _, _ := serve(t, r, "DELETE", "/clear", ""); code != 200 {
+		t.Fatalf("clear: %d", code)
+	}
+}
+
+// FuzzDnatBody: no request body makes the API panic or answer 5xx, and
+// every refusal is a 4xx with a JSON error.
+func FuzzDnatBody(f *testing.F) {
+	f.Add(`{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25,465","proto":"tcp"}`)
+	f.Add(`{"ext_ip":"2001:db8::1","int_ip":"fd00::1","ports":"80:8080","ext_if":"eth0"}`)
+	f.Add(`{}`)
+	f.Add(`[]`)
+	f.Fuzz(func(t *testing.T, body string) {
+		r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
+		r.svc = NewService(r.fake, r.res, r.store, &noSystem{}, nil)
+		for _, method := range []string{"POST", "DELETE"} {
+			code, reply, _ := serve(t, r, method, "/dnat", body)
+			if code >= 500 {
+				t.Fatalf("%s %q: %d %s", method, body, code, reply)
+			}
+			if code != 200 {
+				var e ErrorResponse
+				if json.Unmarshal([]byte(reply), &e) != nil || e.Error == "" {
+					t.Fatalf("%s %q: %d with no JSON error: %s", method, body, code, reply)
+				}
+			}
+		}
+	})
+}

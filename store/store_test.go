@@ -1,0 +1,144 @@
+package store
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/lab-ops/natmap/nat"
+)
+
+func sample(t *testing.T) nat.State {
+	t.Helper()
+	ports, err := nat.ParsePorts("25,465,2222:22")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nat.State{IPForward: true, Dnats: []nat.DNAT{{
+		ExtIP: netip.MustParseAddr("203.0.113.43"), IntIP: netip.MustParseAddr("10.0.0.101"),
+		Ports: ports, Proto: nat.ProtoTCP, ExtIf: "vmbr0",
+	}}}
+}
+
+func TestSaveLoadRoundTrip(t *testing.T) {
+	f := &File{Path: filepath.Join(t.TempDir(), "sub", "state.json")}
+	if st, err := f.Load(); err != nil || len(st.Dnats) != 0 {
+		t.Fatalf("missing file: %+v %v", st, err)
+	}
+	want := sample(t)
+	if err := f.Save(want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Dnats) != 1 || got.Dnats[0].String() != want.Dnats[0].String() || !got.IPForward {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	fi, err := os.Stat(f.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, want 0600", fi.Mode().Perm())
+	}
+}
+
+// A crash between writing the temporary file and renaming it leaves the old
+// state file whole, and the leftover does not disturb later saves.
+func TestCrashBeforeRenameKeepsOldFile(t *testing.T) {
+	dir := t.TempDir()
+	f := &File{Path: filepath.Join(dir, "state.json")}
+	if err := f.Save(sample(t)); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := os.ReadFile(f.Path)
+	crash := errors.New("killed before rename")
+	f.rename = func(string, string) error { return crash }
+	if err := f.Save(nat.State{}); !errors.Is(err, crash) {
+		t.Fatalf("save: %v", err)
+	}
+	now, _ := os.ReadFile(f.Path)
+	if string(now) != string(old) {
+		t.Fatalf("state file changed:\n%s", now)
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".tmp-") {
+			t.Errorf("temporary file %s left behind", e.Name())
+		}
+	}
+	// A real crash leaves the temp file; the next load ignores it.
+	if err := os.WriteFile(filepath.Join(dir, ".state.json.tmp-123"), []byte("{half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.rename = nil
+	if st, err := f.Load(); err != nil || len(st.Dnats) != 1 {
+		t.Fatalf("load after crash: %+v %v", st, err)
+	}
+}
+
+func TestLoadRefusesBadFiles(t *testing.T) {
+	tests := []struct{ name, content, want string }{
+		{"empty", "", "the file is empty"},
+		{"not JSON", "natmap", "not valid JSON"},
+		{"truncated", `{"version": 1, "dnats": [{"ext_ip": "203.0`, "not valid JSON"},
+		{"no version", `{"dnats": []}`, `no "version" key`},
+		{"future version", `{"version": 9, "dnats": []}`, "format version 9 is not supported"},
+		{"unknown field", `{"version": 1, "dnats": [], "mystery": true}`, `unknown field "mystery"`},
+		{"bad address", `{"version": 1, "dnats": [{"ext_ip": "nope", "int_ip": "10.0.0.1", "ports": "25", "proto": "tcp"}]}`, "not a natmap state"},
+		{"bad ports", `{"version": 1, "dnats": [{"ext_ip": "203.0.113.1", "int_ip": "10.0.0.1", "ports": "0", "proto": "tcp"}]}`, "port 0 is out of range"},
+		{"conflict", `{"version": 1, "dnats": [{"ext_ip": "203.0.113.1", "int_ip": "10.0.0.1", "ports": "25", "proto": "tcp"}, {"ext_ip": "203.0.113.1", "int_ip": "10.0.0.2", "ports": "25", "proto": "tcp"}]}`, "is also forwarded by"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "state.json")
+			if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := (&File{Path: path}).Load()
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), path) {
+				t.Fatalf("load: %v, want an error naming %s and saying %q", err, path, tt.want)
+			}
+			if b, _ := os.ReadFile(path); string(b) != tt.content {
+				t.Fatal("the file changed")
+			}
+		})
+	}
+}
+
+func TestLockIsExclusive(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	l, err := Lock(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Lock(path); err == nil || !strings.Contains(err.Error(), "another natmap daemon") {
+		t.Fatalf("second lock: %v", err)
+	}
+	l.Close()
+	l2, err := Lock(path)
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	l2.Close()
+}
+
+// FuzzDecode: no state file content panics the decoder.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"version":1,"dnats":[{"ext_ip":"203.0.113.1","int_ip":"10.0.0.1","ports":"25","proto":"tcp"}]}`))
+	f.Add([]byte(`{"version":1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st, err := Decode(b)
+		if err != nil {
+			return
+		}
+		if err := st.Validate(); err != nil {
+			t.Fatalf("decoded an invalid state: %v", err)
+		}
+	})
+}
