@@ -66,6 +66,8 @@ func New(t testing.TB, prefix string) *NS {
 		}
 	})
 	ns.MustRun(t, "ip", "link", "set", "lo", "up")
+	// No duplicate address detection: addresses are usable at once.
+	ns.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 	return ns
 }
 
@@ -157,9 +159,5 @@ func (ns *NS) AddAddr(t testing.TB, link, addr string) {
 	if addr == "" {
 		return
 	}
-	args := []string{"addr", "add", addr, "dev", link}
-	if strings.Contains(addr, ":") {
-		args = append([]string{"-6"}, append(args, "nodad")...)
-	}
-	ns.MustRun(t, "ip", args...)
+	ns.MustRun(t, "ip", "addr", "add", addr, "dev", link)
 }
