@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lab-ops/natmap/nat"
+	"github.com/lab-ops/natmap/nft"
 )
 
 func TestIntegrationDNATForwardsRealTraffic(t *testing.T) {
@@ -304,5 +306,74 @@ func TestIntegrationCLIBadInputChangesNothing(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(l.state); string(after) != string(state) {
 		t.Errorf("the state changed:\n%s", after)
+	}
+}
+
+// TestIntegrationRestoreTenThousandForwards starts the daemon on a state
+// file holding 10,000 forwards: every one is reserved and installed, counted
+// back from the kernel, and traffic flows through one of them.
+func TestIntegrationRestoreTenThousandForwards(t *testing.T) {
+	l := newLab(t)
+	serve(t, l.server, "bulk", serverIP+":80")
+	var rules []string
+	for i := 0; i < 10; i++ {
+		// 1,000 ports each, all translated to port 80.
+		from := 20000 + i*1000
+		rules = append(rules, fmt.Sprintf(`{"ext_ip":"%s","int_ip":"%s","ports":"%d-%d:%d-%d","proto":"tcp"}`,
+			extIP, fmt.Sprintf("10.0.1.%d", i+1), from, from+999, 1000, 1999))
+	}
+	// One more rule sends port 19999 to the real server.
+	rules = append(rules, fmt.Sprintf(`{"ext_ip":"%s","int_ip":"%s","ports":"19999:80","proto":"tcp"}`, extIP, serverIP))
+	state := `{"version": 1, "dnats": [` + strings.Join(rules, ",") + `]}`
+	if err := os.WriteFile(l.state, []byte(state), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	l.startDaemon()
+	t.Logf("daemon served 10,001 forwards %v after start", time.Since(start).Round(time.Millisecond))
+
+	b := nft.New(nft.WithNetNS(int(l.router.Open(t).Fd())))
+	defer b.Close()
+	n, err := b.Count()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 10001 {
+		t.Fatalf("the kernel holds %d forwards, want 10001", n)
+	}
+	var st nat.StatusResponse
+	if err := json.Unmarshal([]byte(l.mustCLI("--json", "status")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Rules.Reservations != 10001 || st.Rules.Inactive != 0 {
+		t.Fatalf("status: %+v", st.Rules)
+	}
+	expectReach(t, l.client, "tcp", extIP+":19999", "bulk")
+}
+
+func TestIntegrationFwdPersistsAndSocketGroup(t *testing.T) {
+	l := newLab(t)
+	l.router.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+	l.startDaemon()
+	l.mustCLI("fwd")
+	if got := strings.TrimSpace(l.router.MustRun(t, "sysctl", "-n", "net.ipv4.ip_forward")); got != "1" {
+		t.Fatalf("ip_forward after fwd: %s", got)
+	}
+	// The setting is part of the state: a restart enables it again.
+	l.stopDaemon()
+	l.router.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+	l.startDaemon()
+	if got := strings.TrimSpace(l.router.MustRun(t, "sysctl", "-n", "net.ipv4.ip_forward")); got != "1" {
+		t.Fatalf("ip_forward after restart: %s", got)
+	}
+	// A missing socket group is a warning and a root-only socket.
+	l.stopDaemon()
+	l.startDaemon("--socket-group", "natmap-no-such-group")
+	if !strings.Contains(l.daemonLog.String(), "socket group not found") {
+		t.Errorf("no warning about the group:\n%s", l.daemonLog)
+	}
+	var fi syscall.Stat_t
+	if err := syscall.Stat(l.socket, &fi); err != nil || fi.Gid != 0 || fi.Mode&0o777 != 0o660 {
+		t.Errorf("socket gid %d mode %o: %v", fi.Gid, fi.Mode&0o777, err)
 	}
 }

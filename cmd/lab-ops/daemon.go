@@ -12,6 +12,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -37,6 +38,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
+	raiseFileLimit(log)
 	if err := refuseLiveSocket(g.Socket); err != nil {
 		return err
 	}
@@ -157,6 +159,27 @@ func retryLoop(ctx context.Context, svc *nat.Service, every time.Duration) {
 			svc.RetryInactive(ctx)
 		}
 	}
+}
+
+// raiseFileLimit lifts the open-file limit as far as the kernel allows:
+// every reserved port is a file descriptor.
+func raiseFileLimit(log *slog.Logger) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	want := lim.Max
+	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && n > want {
+			want = n
+		}
+	}
+	next := syscall.Rlimit{Cur: want, Max: want}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &next); err != nil {
+		next = syscall.Rlimit{Cur: lim.Max, Max: lim.Max}
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &next)
+	}
+	log.Debug("open-file limit", "limit", next.Cur)
 }
 
 // hostSystem changes host settings through /proc/sys.
