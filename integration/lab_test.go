@@ -51,7 +51,7 @@ type lab struct {
 	t                                    *testing.T
 	client, clientB, router, lan, server *netnstest.NS
 	server2                              *netnstest.NS
-	dir, socket, state                   string
+	dir, socket, state, saved, extIf     string
 	daemon                               *exec.Cmd
 	daemonLog                            *syncBuffer
 	daemonDone                           chan error
@@ -64,12 +64,17 @@ const (
 	serverIP = "10.0.0.101"
 )
 
-func newLab(t *testing.T) *lab {
+func newLab(t *testing.T) *lab { return newLabWith(t, "ext0") }
+
+// newLabWith builds the lab with the router's external interface named
+// extIf (the spec's examples use vmbr0).
+func newLabWith(t *testing.T, extIf string) *lab {
 	t.Helper()
 	netnstest.RequirePrivileges(t, "nft")
 	l := &lab{t: t, dir: t.TempDir()}
 	l.socket = filepath.Join(l.dir, "natmap.sock")
 	l.state = filepath.Join(l.dir, "state.json")
+	l.saved = filepath.Join(l.dir, "saved.nft")
 	l.client = netnstest.New(t, "nmc")
 	l.clientB = netnstest.New(t, "nmb")
 	l.router = netnstest.New(t, "nmr")
@@ -77,12 +82,13 @@ func newLab(t *testing.T) *lab {
 	l.server = netnstest.New(t, "nms")
 	l.server2 = netnstest.New(t, "nms2")
 
-	netnstest.Link(t, l.client, "c0", clientIP+"/24", l.router, "ext0", "203.0.113.1/24")
+	l.extIf = extIf
+	netnstest.Link(t, l.client, "c0", clientIP+"/24", l.router, extIf, "203.0.113.1/24")
 	netnstest.Link(t, l.clientB, "b0", "198.51.100.10/24", l.router, "ext1", "198.51.100.1/24")
-	l.router.AddAddr(t, "ext0", extIP+"/32")
+	l.router.AddAddr(t, extIf, extIP+"/32")
 	l.client.AddAddr(t, "c0", "2001:db8:1::10/64")
-	l.router.AddAddr(t, "ext0", "2001:db8:1::1/64")
-	l.router.AddAddr(t, "ext0", extIP6+"/128")
+	l.router.AddAddr(t, extIf, "2001:db8:1::1/64")
+	l.router.AddAddr(t, extIf, extIP6+"/128")
 
 	l.lan.MustRun(t, "ip", "link", "add", "br0", "type", "bridge")
 	l.lan.MustRun(t, "ip", "link", "set", "br0", "up")
@@ -117,7 +123,8 @@ func (l *lab) startDaemon(extra ...string) {
 }
 
 func (l *lab) tryStartDaemon(extra ...string) error {
-	args := append([]string{"natmap", "daemon", "--state", l.state, "--socket", l.socket, "--socket-group", "root", "--retry-interval", "1s"}, extra...)
+	args := append([]string{"natmap", "daemon", "--state", l.state, "--socket", l.socket, "--socket-group", "root",
+		"--retry-interval", "1s", "--save-path", l.saved}, extra...)
 	cmd := l.router.Cmd(binary, args...)
 	l.daemonLog = &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = l.daemonLog, l.daemonLog

@@ -1,12 +1,14 @@
 package nat
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -19,7 +21,8 @@ const MaxBodyBytes = 1 << 20
 // request changed something, "false" when it was already in place.
 const ChangedHeader = "Natmap-Changed"
 
-// Info describes the daemon for GET /status.
+// Info describes the daemon for GET /status, and lends the API what it
+// needs beyond the Service.
 type Info struct {
 	// Version is the daemon's version.
 	Version string
@@ -27,6 +30,12 @@ type Info struct {
 	BackendReason string
 	// Started is when the daemon began serving.
 	Started time.Time
+	// Render writes a ruleset in the form the host reloads at boot without
+	// the daemon (for nftables, a file for `nft -f`).
+	Render func(Ruleset) []byte
+	// Save writes a rendered ruleset to the daemon's save path and
+	// returns the path.
+	Save func([]byte) (string, error)
 }
 
 type api struct {
@@ -42,83 +51,123 @@ func NewHandler(svc *Service, info Info, log *slog.Logger) http.Handler {
 	}
 	a := &api{svc: svc, info: info, log: log}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /dnat", a.addDNAT)
-	mux.HandleFunc("DELETE /dnat", a.deleteDNAT)
+	mux.HandleFunc("POST /dnat", mutate(a, DnatConfig.toDNAT, func(ctx context.Context, d DNAT) (bool, error) {
+		_, changed, err := svc.AddDNAT(ctx, d)
+		return changed, err
+	}))
+	mux.HandleFunc("DELETE /dnat", mutate(a, DnatConfig.toDNAT, deleted(svc.DeleteDNAT)))
+	mux.HandleFunc("POST /hairpin", mutate(a, HairpinConfig.toHairpin, func(ctx context.Context, h Hairpin) (bool, error) {
+		_, changed, err := svc.AddHairpin(ctx, h)
+		return changed, err
+	}))
+	mux.HandleFunc("DELETE /hairpin", mutate(a, HairpinConfig.toHairpin, deleted(svc.DeleteHairpin)))
+	mux.HandleFunc("POST /snat", mutate(a, SnatConfig.toSNAT, svc.AddSNAT))
+	mux.HandleFunc("DELETE /snat", mutate(a, SnatConfig.toSNAT, deleted(svc.DeleteSNAT)))
+	mux.HandleFunc("POST /policy-route", mutate(a, PolicyRouteConfig.toPolicyRoute, func(_ context.Context, p PolicyRoute) (bool, error) {
+		return svc.AddPolicyRoute(p)
+	}))
+	mux.HandleFunc("DELETE /policy-route", mutate(a, PolicyRouteConfig.toPolicyRoute, func(_ context.Context, p PolicyRoute) (bool, error) {
+		return true, svc.DeletePolicyRoute(p)
+	}))
 	mux.HandleFunc("GET /mappings", a.mappings)
 	mux.HandleFunc("GET /rules", a.rules)
 	mux.HandleFunc("DELETE /clear", a.clear)
 	mux.HandleFunc("GET /status", a.status)
 	mux.HandleFunc("POST /fwd", a.fwd)
+	mux.HandleFunc("POST /save", a.save)
+	mux.HandleFunc("GET /ruleset", a.ruleset)
 	mux.HandleFunc("/", a.noRoute)
 	return mux
 }
 
-func (a *api) addDNAT(w http.ResponseWriter, r *http.Request) {
-	var c DnatConfig
-	if err := decodeBody(w, r, &c, false); err != nil {
-		a.fail(w, r, err)
-		return
+// mutate is the handler of a POST or DELETE of one rule: decode the wire
+// config C, parse it into the rule R, run op, and echo the config on POST
+// (empty on DELETE), with the Natmap-Changed header.
+func mutate[C any, R any](a *api, parse func(C) (R, error), op func(context.Context, R) (bool, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var c C
+		if err := decodeBody(w, r, &c, false); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		rule, err := parse(c)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		changed, err := op(r.Context(), rule)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		w.Header().Set(ChangedHeader, fmt.Sprint(changed))
+		if r.Method == http.MethodDelete {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		reply(w, http.StatusOK, echo(rule))
 	}
-	d, err := c.toDNAT()
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	_, changed, err := a.svc.AddDNAT(r.Context(), d)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	w.Header().Set(ChangedHeader, fmt.Sprint(changed))
-	reply(w, http.StatusOK, ConfigOf(d))
 }
 
-func (a *api) deleteDNAT(w http.ResponseWriter, r *http.Request) {
-	var c DnatConfig
-	if err := decodeBody(w, r, &c, false); err != nil {
-		a.fail(w, r, err)
-		return
+// echo renders a parsed rule back in its wire shape.
+func echo(rule any) any {
+	switch v := rule.(type) {
+	case DNAT:
+		return ConfigOf(v)
+	case Hairpin:
+		return HairpinConfigOf(v)
+	case SNAT:
+		return SnatConfigOf(v)
+	case PolicyRoute:
+		return PolicyRouteConfigOf(v)
 	}
-	d, err := c.toDNAT()
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	if err := a.svc.DeleteDNAT(r.Context(), d); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	w.Header().Set(ChangedHeader, "true")
-	w.WriteHeader(http.StatusOK)
+	return rule
+}
+
+func deleted[R any](del func(context.Context, R) error) func(context.Context, R) (bool, error) {
+	return func(ctx context.Context, rule R) (bool, error) { return true, del(ctx, rule) }
 }
 
 func (a *api) mappings(w http.ResponseWriter, r *http.Request) {
-	resp := ListResponse{Docker: []any{}, Dnats: []DnatEntry{}, Snats: []any{}, Hairpins: []any{}, PolicyRoutes: []any{}}
-	for _, st := range a.svc.List() {
+	l := a.svc.List()
+	resp := ListResponse{Docker: []any{}, Dnats: []DnatEntry{}, Snats: []SnatEntry{}, Hairpins: []HairpinEntry{}, PolicyRoutes: []PolicyRouteEntry{}}
+	for _, st := range l.Dnats {
 		resp.Dnats = append(resp.Dnats, DnatEntry{DnatConfig: ConfigOf(st.Rule), Status: st.Status, Reason: st.Reason})
+	}
+	for _, st := range l.Hairpins {
+		resp.Hairpins = append(resp.Hairpins, HairpinEntry{HairpinConfig: HairpinConfigOf(st.Rule), Status: st.Status, Reason: st.Reason})
+	}
+	for _, sn := range l.Snats {
+		resp.Snats = append(resp.Snats, SnatEntry{SnatConfig: SnatConfigOf(sn), Status: "active"})
+	}
+	for _, st := range l.PolicyRoutes {
+		resp.PolicyRoutes = append(resp.PolicyRoutes, PolicyRouteEntry{PolicyRouteConfig: PolicyRouteConfigOf(st.Rule), Status: st.Status, Reason: st.Reason})
 	}
 	reply(w, http.StatusOK, resp)
 }
 
 func (a *api) rules(w http.ResponseWriter, r *http.Request) {
+	l := a.svc.List()
 	live := []LiveRule{}
-	for _, st := range a.svc.List() {
-		var ports []uint16
-		for _, p := range st.Rule.Ports.Pairs() {
-			if !slices.Contains(st.Inactive, p.Ext) {
-				ports = append(ports, p.Ext)
+	add := func(kind string, ext, in netip.Addr, ports PortList, proto Proto, inactive []uint16) {
+		var installed []uint16
+		for _, p := range ports.Pairs() {
+			if !slices.Contains(inactive, p.Ext) {
+				installed = append(installed, p.Ext)
 			}
 		}
-		if len(ports) == 0 {
-			continue
+		if len(installed) > 0 {
+			live = append(live, LiveRule{Kind: kind, ExtIP: ext.String(), IntIP: in.String(), Ports: installed, Proto: proto.String()})
 		}
-		live = append(live, LiveRule{
-			Kind:  "dnat",
-			ExtIP: st.Rule.ExtIP.String(),
-			IntIP: st.Rule.IntIP.String(),
-			Ports: ports,
-			Proto: st.Rule.Proto.String(),
-		})
+	}
+	for _, st := range l.Dnats {
+		add("dnat", st.Rule.ExtIP, st.Rule.IntIP, st.Rule.Ports, st.Rule.Proto, st.Inactive)
+	}
+	for _, st := range l.Hairpins {
+		add("hairpin", st.Rule.ExtIP, st.Rule.IntIP, st.Rule.Ports, st.Rule.Proto, st.Inactive)
+	}
+	for _, sn := range l.Snats {
+		live = append(live, LiveRule{Kind: "snat", ExtIP: sn.ExtIP.String(), IntIP: prefixString(sn.IntNet), Ports: []uint16{}})
 	}
 	reply(w, http.StatusOK, live)
 }
@@ -155,7 +204,40 @@ func (a *api) fwd(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusOK, req)
 }
 
-var knownPaths = []string{"/dnat", "/mappings", "/rules", "/clear", "/status", "/fwd"}
+// save writes the active ruleset to the daemon's save path. The path is the
+// daemon's, never the client's: a socket user must not choose where root
+// writes.
+func (a *api) save(w http.ResponseWriter, r *http.Request) {
+	var req struct{}
+	if err := decodeBody(w, r, &req, true); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if a.info.Render == nil || a.info.Save == nil {
+		a.fail(w, r, fmt.Errorf("saving is not available with this backend: %w", ErrUnavailable))
+		return
+	}
+	rs := a.svc.Ruleset()
+	path, err := a.info.Save(a.info.Render(rs))
+	if err != nil {
+		a.fail(w, r, fmt.Errorf("saving the ruleset: %w", err))
+		return
+	}
+	a.log.Info("ruleset saved", "path", path, "forwards", len(rs.Forwards))
+	reply(w, http.StatusOK, SaveResponse{Path: path, Forwards: len(rs.Forwards)})
+}
+
+// ruleset returns the active ruleset as the backend's reload file.
+func (a *api) ruleset(w http.ResponseWriter, r *http.Request) {
+	if a.info.Render == nil {
+		a.fail(w, r, fmt.Errorf("rendering is not available with this backend: %w", ErrUnavailable))
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write(a.info.Render(a.svc.Ruleset()))
+}
+
+var knownPaths = []string{"/dnat", "/hairpin", "/snat", "/policy-route", "/mappings", "/rules", "/clear", "/status", "/fwd", "/save", "/ruleset"}
 
 func (a *api) noRoute(w http.ResponseWriter, r *http.Request) {
 	if slices.Contains(knownPaths, r.URL.Path) {

@@ -129,7 +129,7 @@ func FuzzDnatBody(f *testing.F) {
 	f.Add(`[]`)
 	f.Fuzz(func(t *testing.T, body string) {
 		r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
-		r.svc = NewService(r.fake, r.res, r.store, &noSystem{}, nil)
+		r.svc = NewService(r.deps())
 		for _, method := range []string{"POST", "DELETE"} {
 			code, reply, _ := serve(t, r, method, "/dnat", body)
 			if code >= 500 {

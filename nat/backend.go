@@ -3,6 +3,7 @@ package nat
 import (
 	"context"
 	"io"
+	"net/netip"
 	"slices"
 	"strings"
 )
@@ -40,14 +41,51 @@ type System interface {
 	EnableForwarding(ipv6 bool) error
 }
 
+// Router programs policy routes (ip rules and routing tables).
+type Router interface {
+	// CheckGateway fails, wrapping ErrInvalid, unless via is on a directly
+	// connected network.
+	CheckGateway(via netip.Addr) error
+	// ConnectedPrefix is the directly connected network that holds ip, or
+	// ip alone when it is reached through a gateway.
+	ConnectedPrefix(ip netip.Addr) (netip.Prefix, error)
+	// AddPolicyRoute installs p; installing what is there is a no-op.
+	AddPolicyRoute(p PolicyRoute) error
+	// DeletePolicyRoute removes p's rule, and the routes natmap put in its
+	// table when lastInTable is set.
+	DeletePolicyRoute(p PolicyRoute, lastInTable bool) error
+}
+
+// Rules are the NAT rules that are few and live one rule each: SNATs and
+// hairpin masquerades, in the order they must be evaluated.
+type Rules struct {
+	// SNATs are the SNAT rules, most specific source first.
+	SNATs []SNAT
+	// Masquerades are the hairpin masquerades.
+	Masquerades []Masquerade
+}
+
 // Ruleset is the whole kernel content natmap owns.
 type Ruleset struct {
 	// Forwards are the active DNAT forwards.
 	Forwards []Forward
+	Rules
 }
 
-// String renders the ruleset one forward a line, sorted.
-func (r Ruleset) String() string { return renderForwards("", r.Forwards) }
+// String renders the ruleset one rule a line: forwards sorted, the other
+// rules in evaluation order.
+func (r Ruleset) String() string { return renderForwards("", r.Forwards) + r.Rules.render("") }
+
+func (r Rules) render(prefix string) string {
+	var b strings.Builder
+	for _, m := range r.Masquerades {
+		b.WriteString(prefix + m.String() + "\n")
+	}
+	for _, s := range r.SNATs {
+		b.WriteString(prefix + s.String() + "\n")
+	}
+	return b.String()
+}
 
 // Change is one transaction's worth of kernel edits.
 type Change struct {
@@ -55,16 +93,22 @@ type Change struct {
 	Del []Forward
 	// Add are forwards to add.
 	Add []Forward
+	// Rules, when set, replace every SNAT and masquerade rule.
+	Rules *Rules
 }
 
 // Empty reports whether the change does nothing.
-func (c Change) Empty() bool { return len(c.Add) == 0 && len(c.Del) == 0 }
+func (c Change) Empty() bool { return len(c.Add) == 0 && len(c.Del) == 0 && c.Rules == nil }
 
-// String renders the change as "-" and "+" lines.
-func (c Change) String() string { return renderForwards("- ", c.Del) + renderForwards("+ ", c.Add) }
-
-// Inverse returns the change that undoes c.
-func (c Change) Inverse() Change { return Change{Del: c.Add, Add: c.Del} }
+// String renders the change as "-" and "+" lines, and "=" lines for the
+// rules that replace the old ones.
+func (c Change) String() string {
+	s := renderForwards("- ", c.Del) + renderForwards("+ ", c.Add)
+	if c.Rules != nil {
+		s += c.Rules.render("= ")
+	}
+	return s
+}
 
 func renderForwards(prefix string, fs []Forward) string {
 	sorted := slices.Clone(fs)

@@ -13,6 +13,7 @@ import (
 type Fake struct {
 	mu       sync.Mutex
 	forwards map[Endpoint]Forward
+	rules    Rules
 	// FailNext, when set, makes the next Apply or Replace return it and
 	// change nothing. It is cleared when used.
 	FailNext error
@@ -41,6 +42,7 @@ func (f *Fake) Replace(_ context.Context, rs Ruleset) error {
 		next[fw.Endpoint()] = fw
 	}
 	f.forwards = next
+	f.rules = rs.Rules
 	f.Transactions++
 	return nil
 }
@@ -69,6 +71,9 @@ func (f *Fake) Apply(_ context.Context, c Change) error {
 		next[fw.Endpoint()] = fw
 	}
 	f.forwards = next
+	if c.Rules != nil {
+		f.rules = *c.Rules
+	}
 	f.Transactions++
 	return nil
 }
@@ -86,7 +91,7 @@ func (f *Fake) takeFailure() error {
 func (f *Fake) Dump() string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	rs := Ruleset{}
+	rs := Ruleset{Rules: f.rules}
 	for _, fw := range f.forwards {
 		rs.Forwards = append(rs.Forwards, fw)
 	}

@@ -239,9 +239,10 @@ func (l *PortList) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// Has reports whether the external port p is in the list.
-func (l PortList) Has(p uint16) bool {
-	_, found := slices.BinarySearchFunc(l, p, func(m PortMap, p uint16) int {
+// Target returns the internal port of the external port p, if p is in the
+// list.
+func (l PortList) Target(p uint16) (uint16, bool) {
+	i, found := slices.BinarySearchFunc(l, p, func(m PortMap, p uint16) int {
 		switch {
 		case m.To < p:
 			return -1
@@ -250,5 +251,17 @@ func (l PortList) Has(p uint16) bool {
 		}
 		return 0
 	})
-	return found
+	if !found {
+		return 0, false
+	}
+	return l[i].Target + (p - l[i].From), true
+}
+
+// Without returns the list less the external ports of other.
+func (l PortList) Without(other PortList) PortList {
+	left := slices.DeleteFunc(l.Pairs(), func(p PortPair) bool {
+		_, drop := other.Target(p.Ext)
+		return drop
+	})
+	return PortListOf(left)
 }

@@ -83,15 +83,18 @@ func TestPortListPairsAndHas(t *testing.T) {
 			t.Fatalf("pairs %v, want %v", got, want)
 		}
 	}
-	for _, p := range []uint16{2222, 8000, 8001, 8002} {
-		if !l.Has(p) {
-			t.Errorf("Has(%d) = false", p)
+	for ext, want := range map[uint16]uint16{2222: 22, 8000: 8000, 8001: 8001, 8002: 8002} {
+		if got, ok := l.Target(ext); !ok || got != want {
+			t.Errorf("Target(%d) = %d, %v; want %d", ext, got, ok, want)
 		}
 	}
 	for _, p := range []uint16{22, 7999, 8003, 1} {
-		if l.Has(p) {
-			t.Errorf("Has(%d) = true", p)
+		if _, ok := l.Target(p); ok {
+			t.Errorf("Target(%d) found", p)
 		}
+	}
+	if got := l.Without(PortList{{From: 8001, To: 8001, Target: 8001}}).String(); got != "2222:22,8000,8002" {
+		t.Errorf("Without = %s", got)
 	}
 	if got := PortListOf(got).String(); got != l.String() {
 		t.Errorf("PortListOf(Pairs) = %s, want %s", got, l)

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
-	"slices"
 	"strings"
 )
 
@@ -202,6 +201,12 @@ func compareDNAT(a, b DNAT) int {
 type State struct {
 	// Dnats are the static DNAT rules.
 	Dnats []DNAT `json:"dnats"`
+	// Snats are the SNAT rules.
+	Snats []SNAT `json:"snats"`
+	// Hairpins are the hairpin rules.
+	Hairpins []Hairpin `json:"hairpins"`
+	// PolicyRoutes are the policy routes.
+	PolicyRoutes []PolicyRoute `json:"policy_routes"`
 	// IPForward records that `fwd` enabled IPv4 forwarding; the daemon
 	// enables it again at start.
 	IPForward bool `json:"ip_forward,omitempty"`
@@ -209,36 +214,74 @@ type State struct {
 	IPv6Forward bool `json:"ipv6_forward,omitempty"`
 }
 
-// Validate checks every rule and that no two rules forward the same
-// external endpoint.
+// Validate checks every rule, that no external endpoint goes to two
+// places, and that no rule appears twice.
 func (s State) Validate() error {
-	seen := map[Endpoint]DNAT{}
-	ids := map[DNATID]bool{}
-	for i, d := range s.Dnats {
-		if err := d.Validate(); err != nil {
-			return fmt.Errorf("dnats[%d]: %w", i, err)
-		}
-		if ids[d.ID()] {
-			return fmt.Errorf("dnats[%d]: %s appears twice: %w", i, d, ErrInvalid)
-		}
-		ids[d.ID()] = true
-		for _, f := range d.Forwards() {
-			if other, dup := seen[f.Endpoint()]; dup {
-				return fmt.Errorf("dnats[%d]: %s is also forwarded by %s: %w", i, f.Endpoint(), other, ErrConflict)
+	seen := map[Endpoint]Forward{}
+	claim := func(where string, fs []Forward) error {
+		for _, f := range fs {
+			if other, dup := seen[f.Endpoint()]; dup && other != f {
+				return fmt.Errorf("%s: %s is also forwarded to %s: %w", where, f.Endpoint(), other.Int, ErrConflict)
 			}
-			seen[f.Endpoint()] = d
+			seen[f.Endpoint()] = f
 		}
+		return nil
+	}
+	dnats := map[DNATID]bool{}
+	for i, d := range s.Dnats {
+		where := fmt.Sprintf("dnats[%d]", i)
+		if err := d.Validate(); err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+		if dnats[d.ID()] {
+			return fmt.Errorf("%s: %s appears twice: %w", where, d, ErrInvalid)
+		}
+		dnats[d.ID()] = true
+		if err := claim(where, d.Forwards()); err != nil {
+			return err
+		}
+	}
+	hairpins := map[HairpinID]bool{}
+	for i, h := range s.Hairpins {
+		where := fmt.Sprintf("hairpins[%d]", i)
+		if err := h.Validate(); err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+		if !h.LanCIDR.IsValid() {
+			return fmt.Errorf("%s: %w", where, fieldErr("lan_cidr", "missing"))
+		}
+		if hairpins[h.ID()] {
+			return fmt.Errorf("%s: %s appears twice: %w", where, h, ErrInvalid)
+		}
+		hairpins[h.ID()] = true
+		if err := claim(where, h.dnat().Forwards()); err != nil {
+			return err
+		}
+	}
+	snats := map[SNATID]bool{}
+	for i, sn := range s.Snats {
+		if err := sn.Validate(); err != nil {
+			return fmt.Errorf("snats[%d]: %w", i, err)
+		}
+		if snats[sn.ID()] {
+			return fmt.Errorf("snats[%d]: %s appears twice: %w", i, sn, ErrInvalid)
+		}
+		snats[sn.ID()] = true
+	}
+	routes := map[PolicyRoute]bool{}
+	via := map[uint32]netip.Addr{}
+	for i, p := range s.PolicyRoutes {
+		if err := p.Validate(); err != nil {
+			return fmt.Errorf("policy_routes[%d]: %w", i, err)
+		}
+		if routes[p] {
+			return fmt.Errorf("policy_routes[%d]: %s appears twice: %w", i, p, ErrInvalid)
+		}
+		routes[p] = true
+		if v, ok := via[p.Table]; ok && v != p.Via {
+			return fmt.Errorf("policy_routes[%d]: table %d already routes via %s: %w", i, p.Table, v, ErrConflict)
+		}
+		via[p.Table] = p.Via
 	}
 	return nil
-}
-
-// Clone returns a deep copy.
-func (s State) Clone() State {
-	c := s
-	c.Dnats = make([]DNAT, len(s.Dnats))
-	for i, d := range s.Dnats {
-		d.Ports = slices.Clone(d.Ports)
-		c.Dnats[i] = d
-	}
-	return c
 }

@@ -6,10 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
-	"slices"
-	"sort"
-	"strings"
 	"sync"
 )
 
@@ -23,38 +19,63 @@ type Service struct {
 	reserver Reserver
 	store    Store
 	sys      System
+	router   Router
 	log      *slog.Logger
 
 	mu       sync.Mutex
-	state    State                // IP forwarding flags; rules live in rules
-	rules    map[DNATID]DNAT      // every rule, active or not
-	forwards map[Endpoint]Forward // every forward of every rule
-	inactive map[Endpoint]string  // forwards not in the kernel, and why
-	holds    map[Endpoint]*hold   // reservations and how many forwards use each
-	changes  int                  // changes applied since start
+	state    State // IP forwarding flags; rules live in the maps below
+	dnats    map[DNATID]DNAT
+	hairpins map[HairpinID]Hairpin
+	snats    map[SNATID]SNAT
+	routes   map[PolicyRoute]string // value: why the route is not installed, or ""
+	forwards map[Endpoint]fwdEntry  // every forward of every dnat and hairpin
+	inactive map[Endpoint]string    // forwards not in the kernel, and why
+	holds    map[Endpoint]io.Closer // one reservation per forward in the kernel
+	changes  int                    // changes applied since start
 }
 
-type hold struct {
-	c     io.Closer
-	users int
+// fwdEntry is a forward and how many rules (a dnat, a hairpin) use it.
+type fwdEntry struct {
+	f      Forward
+	owners int
+}
+
+// Deps are the Service's collaborators.
+type Deps struct {
+	// Backend programs the NAT rules.
+	Backend Backend
+	// Reserver holds ports.
+	Reserver Reserver
+	// Store persists the state.
+	Store Store
+	// System changes host settings.
+	System System
+	// Router programs policy routes.
+	Router Router
+	// Log receives the service's log lines; nil discards them.
+	Log *slog.Logger
 }
 
 // NewService returns a Service with no rules. Call Start to restore a
 // saved state before serving requests.
-func NewService(b Backend, r Reserver, st Store, sys System, log *slog.Logger) *Service {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+func NewService(d Deps) *Service {
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
 	}
 	return &Service{
-		backend:  b,
-		reserver: r,
-		store:    st,
-		sys:      sys,
-		log:      log,
-		rules:    map[DNATID]DNAT{},
-		forwards: map[Endpoint]Forward{},
+		backend:  d.Backend,
+		reserver: d.Reserver,
+		store:    d.Store,
+		sys:      d.System,
+		router:   d.Router,
+		log:      d.Log,
+		dnats:    map[DNATID]DNAT{},
+		hairpins: map[HairpinID]Hairpin{},
+		snats:    map[SNATID]SNAT{},
+		routes:   map[PolicyRoute]string{},
+		forwards: map[Endpoint]fwdEntry{},
 		inactive: map[Endpoint]string{},
-		holds:    map[Endpoint]*hold{},
+		holds:    map[Endpoint]io.Closer{},
 	}
 }
 
@@ -63,8 +84,8 @@ func (s *Service) BackendName() string { return s.backend.Name() }
 
 // Start restores st: it reserves every port still free, marks the forwards
 // whose port another program holds inactive (they stay in the state and are
-// retried by RetryInactive), and replaces natmap's kernel rules with the
-// active forwards in one transaction.
+// retried by RetryInactive), replaces natmap's kernel rules with the active
+// ones in one transaction, and installs the policy routes.
 func (s *Service) Start(ctx context.Context, st State) error {
 	if err := st.Validate(); err != nil {
 		return fmt.Errorf("restoring state: %w", err)
@@ -72,26 +93,46 @@ func (s *Service) Start(ctx context.Context, st State) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.state = State{IPForward: st.IPForward, IPv6Forward: st.IPv6Forward}
+	tx := &txn{} // never rolled back: Start builds from nothing
 	for _, d := range st.Dnats {
-		s.rules[d.ID()] = d
-		for _, f := range d.Forwards() {
-			s.forwards[f.Endpoint()] = f
-			if err := s.take(f.Endpoint()); err != nil {
-				s.inactive[f.Endpoint()] = err.Error()
-				s.log.Warn("forward inactive: port taken by another program", "forward", f.String(), "err", err)
-			}
+		s.dnats[d.ID()] = d
+		if _, err := s.own(tx, d.Forwards()); err != nil {
+			return err
+		}
+	}
+	for _, h := range st.Hairpins {
+		s.hairpins[h.ID()] = h
+		if _, err := s.own(tx, h.dnat().Forwards()); err != nil {
+			return err
+		}
+	}
+	for _, sn := range st.Snats {
+		s.snats[sn.ID()] = sn
+	}
+	for ep, e := range s.forwards {
+		if err := s.take(ep); err != nil {
+			s.inactive[ep] = err.Error()
+			s.log.Warn("forward inactive: port taken by another program", "forward", e.f.String(), "err", err)
 		}
 	}
 	if err := s.backend.Replace(ctx, s.activeRuleset()); err != nil {
 		s.releaseAllHolds()
 		return fmt.Errorf("installing %d forwards with %s: %w", len(s.forwards)-len(s.inactive), s.backend.Name(), err)
 	}
+	for _, p := range st.PolicyRoutes {
+		s.routes[p] = ""
+		if err := s.router.AddPolicyRoute(p); err != nil {
+			s.routes[p] = err.Error()
+			s.log.Warn("policy route not installed", "route", p.String(), "err", err)
+		}
+	}
 	if st.IPForward || st.IPv6Forward {
 		if err := s.sys.EnableForwarding(st.IPv6Forward); err != nil {
 			s.log.Warn("enabling IP forwarding again failed", "err", err)
 		}
 	}
-	s.log.Info("state restored", "rules", len(s.rules), "forwards", len(s.forwards), "inactive", len(s.inactive), "backend", s.backend.Name())
+	s.log.Info("state restored", "dnats", len(s.dnats), "hairpins", len(s.hairpins), "snats", len(s.snats),
+		"policy_routes", len(s.routes), "forwards", len(s.forwards), "inactive", len(s.inactive), "backend", s.backend.Name())
 	return nil
 }
 
@@ -104,112 +145,66 @@ func (s *Service) AddDNAT(ctx context.Context, d DNAT) (rule DNAT, changed bool,
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var fresh []Forward
-	for _, f := range d.Forwards() {
-		cur, exists := s.forwards[f.Endpoint()]
-		if !exists {
-			fresh = append(fresh, f)
-			continue
-		}
-		if cur != f {
-			return DNAT{}, false, fmt.Errorf("%s is already forwarded to %s%s: %w", f.Endpoint(), cur.Int, ifSuffix(cur.ExtIf), ErrConflict)
-		}
-	}
-	old, hadRule := s.rules[d.ID()]
-	if len(fresh) == 0 {
+	old, had := s.dnats[d.ID()]
+	add := missingFrom(old.Ports, d)
+	if len(add) == 0 {
 		return old, false, nil
 	}
-	taken, err := s.takeAll(fresh)
-	if err != nil {
-		return DNAT{}, false, err
-	}
-	if err := s.backend.Apply(ctx, Change{Add: fresh}); err != nil {
-		s.releaseAll(taken)
-		return DNAT{}, false, fmt.Errorf("adding dnat %s: %w", d, err)
-	}
 	rule = d
-	if hadRule {
+	if had {
 		rule = old
-		rule.Ports = PortListOf(append(old.Ports.Pairs(), pairsOf(fresh)...))
+		rule.Ports = PortListOf(append(old.Ports.Pairs(), pairsOf(add)...))
 		rule.PreserveSrcIP = old.PreserveSrcIP || d.PreserveSrcIP
 	}
-	s.rules[d.ID()] = rule
-	for _, f := range fresh {
-		s.forwards[f.Endpoint()] = f
-	}
-	if err := s.persist(); err != nil {
-		for _, f := range fresh {
-			delete(s.forwards, f.Endpoint())
-		}
-		s.restoreRule(d.ID(), old, hadRule)
-		s.undo(ctx, Change{Add: fresh})
-		s.releaseAll(taken)
+	tx := &txn{}
+	fresh, err := s.own(tx, add)
+	if err != nil {
+		tx.rollback()
 		return DNAT{}, false, err
 	}
-	s.changes++
+	put(tx, s.dnats, d.ID(), rule)
+	if err := s.commit(ctx, tx, fresh, nil, false); err != nil {
+		return DNAT{}, false, fmt.Errorf("adding dnat %s: %w", d, err)
+	}
 	s.log.Info("dnat added", "rule", d.String())
 	return rule, true, nil
 }
 
 // DeleteDNAT removes d's ports from the rule with d's ID. Every port of d
 // must be forwarded by that rule, or nothing is changed and the error wraps
-// ErrNotFound. Only the reservations of the removed ports are released.
+// ErrNotFound. Only the reservations of forwards no rule uses any more are
+// released.
 func (s *Service) DeleteDNAT(ctx context.Context, d DNAT) error {
 	if err := d.Validate(); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old, ok := s.rules[d.ID()]
+	old, ok := s.dnats[d.ID()]
 	if !ok {
 		return fmt.Errorf("no dnat rule %s -> %s (%s%s): %w", d.ExtIP, d.IntIP, d.Proto, ifSuffix(d.ExtIf), ErrNotFound)
 	}
-	gone := d.Forwards()
-	var active []Forward
-	for _, f := range gone {
-		if cur, ok := s.forwards[f.Endpoint()]; !ok || cur != f {
-			return fmt.Errorf("port %d/%s is not forwarded by dnat %s: %w", f.Ext.Port(), f.Proto, old, ErrNotFound)
-		}
-		if _, off := s.inactive[f.Endpoint()]; !off {
-			active = append(active, f)
-		}
+	if miss := missingFrom(old.Ports, d); len(miss) > 0 {
+		return fmt.Errorf("port %d/%s is not forwarded by dnat %s: %w", miss[0].Ext.Port(), d.Proto, old, ErrNotFound)
 	}
-	if err := s.backend.Apply(ctx, Change{Del: active}); err != nil {
-		return fmt.Errorf("deleting dnat %s: %w", d, err)
-	}
-	left := slices.DeleteFunc(old.Ports.Pairs(), func(p PortPair) bool { return d.Ports.Has(p.Ext) })
-	if len(left) == 0 {
-		delete(s.rules, d.ID())
+	tx := &txn{}
+	gone := s.disown(tx, d.Forwards())
+	if left := old.Ports.Without(d.Ports); len(left) == 0 {
+		drop(tx, s.dnats, d.ID())
 	} else {
 		rule := old
-		rule.Ports = PortListOf(left)
-		s.rules[d.ID()] = rule
+		rule.Ports = left
+		put(tx, s.dnats, d.ID(), rule)
 	}
-	for _, f := range gone {
-		delete(s.forwards, f.Endpoint())
+	if err := s.commit(ctx, tx, nil, gone, false); err != nil {
+		return fmt.Errorf("deleting dnat %s: %w", d, err)
 	}
-	if err := s.persist(); err != nil {
-		for _, f := range gone {
-			s.forwards[f.Endpoint()] = f
-		}
-		s.rules[d.ID()] = old
-		s.undo(ctx, Change{Del: active})
-		return err
-	}
-	for _, f := range gone {
-		if _, off := s.inactive[f.Endpoint()]; off {
-			delete(s.inactive, f.Endpoint())
-			continue
-		}
-		s.release(f.Endpoint())
-	}
-	s.changes++
 	s.log.Info("dnat deleted", "rule", d.String())
 	return nil
 }
 
-// Clear removes every rule from the kernel and the state and releases every
-// reservation. IP forwarding settings stay.
+// Clear removes every rule and policy route from the kernel and the state
+// and releases every reservation. IP forwarding settings stay.
 func (s *Service) Clear(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -217,18 +212,34 @@ func (s *Service) Clear(ctx context.Context) error {
 	if err := s.backend.Replace(ctx, Ruleset{}); err != nil {
 		return fmt.Errorf("clearing rules: %w", err)
 	}
-	rules, forwards, inactive := s.rules, s.forwards, s.inactive
-	s.rules, s.forwards, s.inactive = map[DNATID]DNAT{}, map[Endpoint]Forward{}, map[Endpoint]string{}
+	dnats, hairpins, snats, routes := s.dnats, s.hairpins, s.snats, s.routes
+	forwards, inactive := s.forwards, s.inactive
+	s.dnats, s.hairpins, s.snats = map[DNATID]DNAT{}, map[HairpinID]Hairpin{}, map[SNATID]SNAT{}
+	s.forwards, s.inactive, s.routes = map[Endpoint]fwdEntry{}, map[Endpoint]string{}, map[PolicyRoute]string{}
 	if err := s.persist(); err != nil {
-		s.rules, s.forwards, s.inactive = rules, forwards, inactive
+		s.dnats, s.hairpins, s.snats, s.routes = dnats, hairpins, snats, routes
+		s.forwards, s.inactive = forwards, inactive
 		if uerr := s.backend.Replace(ctx, before); uerr != nil {
 			s.log.Error("restoring rules after a failed clear", "err", uerr)
 		}
 		return err
 	}
 	s.releaseAllHolds()
+	lastUse := map[uint32]int{}
+	for p := range routes {
+		lastUse[p.Table]++
+	}
+	for p, reason := range routes {
+		lastUse[p.Table]--
+		if reason != "" {
+			continue
+		}
+		if err := s.router.DeletePolicyRoute(p, lastUse[p.Table] == 0); err != nil {
+			s.log.Error("removing a policy route while clearing", "route", p.String(), "err", err)
+		}
+	}
 	s.changes++
-	s.log.Info("all rules cleared", "rules", len(rules))
+	s.log.Info("all rules cleared", "dnats", len(dnats), "hairpins", len(hairpins), "snats", len(snats), "policy_routes", len(routes))
 	return nil
 }
 
@@ -263,7 +274,7 @@ func (s *Service) RetryInactive(ctx context.Context) int {
 			s.inactive[ep] = err.Error()
 			continue
 		}
-		back = append(back, s.forwards[ep])
+		back = append(back, s.forwards[ep].f)
 	}
 	if len(back) == 0 {
 		return 0
@@ -290,21 +301,97 @@ func (s *Service) Close() {
 	s.releaseAllHolds()
 }
 
-func (s *Service) activeRuleset() Ruleset {
-	rs := Ruleset{Forwards: make([]Forward, 0, len(s.forwards))}
-	for ep, f := range s.forwards {
-		if _, off := s.inactive[ep]; !off {
-			rs.Forwards = append(rs.Forwards, f)
+// own adds a user to each forward. A forward whose endpoint another rule
+// sends elsewhere is a conflict. It returns the forwards new to the model.
+func (s *Service) own(tx *txn, fs []Forward) ([]Forward, error) {
+	var fresh []Forward
+	for _, f := range fs {
+		e, ok := s.forwards[f.Endpoint()]
+		switch {
+		case !ok:
+			fresh = append(fresh, f)
+			put(tx, s.forwards, f.Endpoint(), fwdEntry{f: f, owners: 1})
+		case e.f != f:
+			return nil, fmt.Errorf("%s is already forwarded to %s%s: %w", f.Endpoint(), e.f.Int, ifSuffix(e.f.ExtIf), ErrConflict)
+		default:
+			put(tx, s.forwards, f.Endpoint(), fwdEntry{f: f, owners: e.owners + 1})
 		}
 	}
-	return rs
+	return fresh, nil
 }
 
-// snapshot is the persisted form of the current model, rules sorted.
-func (s *Service) snapshot() State {
-	st := s.state
-	st.Dnats = slices.SortedFunc(maps.Values(s.rules), compareDNAT)
-	return st
+// disown removes a user from each forward and returns those left with none.
+func (s *Service) disown(tx *txn, fs []Forward) []Forward {
+	var gone []Forward
+	for _, f := range fs {
+		e := s.forwards[f.Endpoint()]
+		if e.owners <= 1 {
+			drop(tx, s.forwards, f.Endpoint())
+			gone = append(gone, f)
+			continue
+		}
+		put(tx, s.forwards, f.Endpoint(), fwdEntry{f: f, owners: e.owners - 1})
+	}
+	return gone
+}
+
+// commit makes the model changes recorded in tx real: it reserves the
+// fresh forwards, applies the kernel change in one transaction (with the
+// SNAT and masquerade rules rebuilt when rules is set), persists, and
+// releases what the gone forwards held. On failure everything, tx
+// included, is put back as it was.
+func (s *Service) commit(ctx context.Context, tx *txn, fresh, gone []Forward, rules bool) error {
+	taken, err := s.takeAll(fresh)
+	if err != nil {
+		tx.rollback()
+		return err
+	}
+	var activeGone []Forward
+	for _, f := range gone {
+		if _, off := s.inactive[f.Endpoint()]; !off {
+			activeGone = append(activeGone, f)
+		}
+	}
+	ch := Change{Del: activeGone, Add: fresh}
+	if rules {
+		r := s.rules()
+		ch.Rules = &r
+	}
+	if err := s.backend.Apply(ctx, ch); err != nil {
+		tx.rollback()
+		s.releaseAll(taken)
+		return err
+	}
+	if err := s.persist(); err != nil {
+		tx.rollback()
+		undo := Change{Del: fresh, Add: activeGone}
+		if rules {
+			r := s.rules()
+			undo.Rules = &r
+		}
+		s.revert(ctx, undo)
+		s.releaseAll(taken)
+		return err
+	}
+	for _, f := range gone {
+		if _, off := s.inactive[f.Endpoint()]; off {
+			delete(s.inactive, f.Endpoint())
+			continue
+		}
+		s.release(f.Endpoint())
+	}
+	s.changes++
+	return nil
+}
+
+// revert undoes a kernel change after a later step failed.
+func (s *Service) revert(ctx context.Context, undo Change) {
+	if err := s.backend.Apply(ctx, undo); err != nil {
+		s.log.Error("rolling back a kernel change failed; restoring the whole table", "change", undo.String(), "err", err)
+		if err := s.backend.Replace(ctx, s.activeRuleset()); err != nil {
+			s.log.Error("restoring the whole table failed", "err", err)
+		}
+	}
 }
 
 func (s *Service) persist() error {
@@ -314,35 +401,13 @@ func (s *Service) persist() error {
 	return nil
 }
 
-// undo reverts a kernel change after a later step failed.
-func (s *Service) undo(ctx context.Context, c Change) {
-	if err := s.backend.Apply(ctx, c.Inverse()); err != nil {
-		s.log.Error("rolling back a kernel change failed; restoring the whole table", "change", c.String(), "err", err)
-		if err := s.backend.Replace(ctx, s.activeRuleset()); err != nil {
-			s.log.Error("restoring the whole table failed", "err", err)
-		}
-	}
-}
-
-func (s *Service) restoreRule(id DNATID, old DNAT, had bool) {
-	if had {
-		s.rules[id] = old
-	} else {
-		delete(s.rules, id)
-	}
-}
-
-// take reserves ep, or adds a user to its reservation.
+// take reserves ep.
 func (s *Service) take(ep Endpoint) error {
-	if h, ok := s.holds[ep]; ok {
-		h.users++
-		return nil
-	}
 	c, err := s.reserver.Reserve(ep)
 	if err != nil {
 		return err
 	}
-	s.holds[ep] = &hold{c: c, users: 1}
+	s.holds[ep] = c
 	return nil
 }
 
@@ -360,15 +425,12 @@ func (s *Service) takeAll(fs []Forward) ([]Endpoint, error) {
 }
 
 func (s *Service) release(ep Endpoint) {
-	h, ok := s.holds[ep]
+	c, ok := s.holds[ep]
 	if !ok {
 		return
 	}
-	if h.users--; h.users > 0 {
-		return
-	}
 	delete(s.holds, ep)
-	if err := h.c.Close(); err != nil {
+	if err := c.Close(); err != nil {
 		s.log.Warn("releasing a port", "endpoint", ep.String(), "err", err)
 	}
 }
@@ -380,12 +442,21 @@ func (s *Service) releaseAll(eps []Endpoint) {
 }
 
 func (s *Service) releaseAllHolds() {
-	for ep, h := range s.holds {
-		if err := h.c.Close(); err != nil {
-			s.log.Warn("releasing a port", "endpoint", ep.String(), "err", err)
+	for ep := range s.holds {
+		s.release(ep)
+	}
+}
+
+// missingFrom returns d's forwards whose port is not in have with the same
+// target.
+func missingFrom(have PortList, d DNAT) []Forward {
+	var out []Forward
+	for _, f := range d.Forwards() {
+		if t, ok := have.Target(f.Ext.Port()); !ok || t != f.Int.Port() {
+			out = append(out, f)
 		}
 	}
-	s.holds = map[Endpoint]*hold{}
+	return out
 }
 
 func pairsOf(fs []Forward) []PortPair {
@@ -403,78 +474,6 @@ func ifSuffix(ifname string) string {
 	return " on " + ifname
 }
 
-// RuleStatus is a rule with whether its forwards are in the kernel.
-type RuleStatus struct {
-	// Rule is the rule as stored.
-	Rule DNAT
-	// Status is "active", "inactive" (no forward installed) or "partial".
-	Status string
-	// Reason says why forwards are not installed, when some are not.
-	Reason string
-	// Inactive lists the external ports that are not installed.
-	Inactive []uint16
-}
-
-// List returns every rule with its status, sorted.
-func (s *Service) List() []RuleStatus {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	rules := s.snapshot().Dnats
-	out := make([]RuleStatus, len(rules))
-	for i, d := range rules {
-		var reasons []string
-		var ports []uint16
-		fs := d.Forwards()
-		for _, f := range fs {
-			if why, off := s.inactive[f.Endpoint()]; off {
-				reasons = append(reasons, why)
-				ports = append(ports, f.Ext.Port())
-			}
-		}
-		st := RuleStatus{Rule: d, Status: "active", Inactive: ports}
-		switch {
-		case len(reasons) == len(fs):
-			st.Status = "inactive"
-		case len(reasons) > 0:
-			st.Status = "partial"
-		}
-		sort.Strings(reasons)
-		st.Reason = strings.Join(reasons, "; ")
-		out[i] = st
-	}
-	return out
-}
-
-// Stats are counts for the status report.
-type Stats struct {
-	// Dnats is the number of DNAT rules.
-	Dnats int `json:"dnat"`
-	// Forwards is the number of forwarded ports (one per port and rule).
-	Forwards int `json:"forwards"`
-	// Inactive is how many forwards wait for their port.
-	Inactive int `json:"inactive"`
-	// Reservations is how many ports are held.
-	Reservations int `json:"reservations"`
-	// Changes counts changes applied since the daemon started.
-	Changes int `json:"changes"`
-	// IPForward reports that natmap enabled IPv4 forwarding.
-	IPForward bool `json:"ip_forward"`
-}
-
-// Stats returns counts of what the service holds.
-func (s *Service) Stats() Stats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return Stats{
-		Dnats:        len(s.rules),
-		Forwards:     len(s.forwards),
-		Inactive:     len(s.inactive),
-		Reservations: len(s.holds),
-		Changes:      s.changes,
-		IPForward:    s.state.IPForward,
-	}
-}
-
 // ErrStatus is how the API reports err: the HTTP status of its kind.
 func ErrStatus(err error) int {
 	switch {
@@ -488,4 +487,38 @@ func ErrStatus(err error) int {
 		return 503
 	}
 	return 500
+}
+
+// txn records how to undo changes to the model's maps.
+type txn struct{ undo []func() }
+
+// rollback undoes every recorded change, newest first.
+func (t *txn) rollback() {
+	for i := len(t.undo) - 1; i >= 0; i-- {
+		t.undo[i]()
+	}
+	t.undo = nil
+}
+
+// put sets m[k] = v, recording the undo in t.
+func put[K comparable, V any](t *txn, m map[K]V, k K, v V) {
+	old, had := m[k]
+	m[k] = v
+	t.undo = append(t.undo, func() {
+		if had {
+			m[k] = old
+		} else {
+			delete(m, k)
+		}
+	})
+}
+
+// drop deletes m[k], recording the undo in t.
+func drop[K comparable, V any](t *txn, m map[K]V, k K) {
+	old, had := m[k]
+	if !had {
+		return
+	}
+	delete(m, k)
+	t.undo = append(t.undo, func() { m[k] = old })
 }

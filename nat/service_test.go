@@ -61,7 +61,7 @@ func (m *memStore) Save(s State) error {
 		return err
 	}
 	m.saves++
-	m.last = s.Clone()
+	m.last = s
 	return nil
 }
 
@@ -70,16 +70,84 @@ type noSystem struct{ enabled int }
 func (n *noSystem) EnableForwarding(bool) error { n.enabled++; return nil }
 
 type rig struct {
-	svc   *Service
-	fake  *Fake
-	res   *fakeReserver
-	store *memStore
+	svc    *Service
+	fake   *Fake
+	res    *fakeReserver
+	store  *memStore
+	router *fakeRouter
+}
+
+func (r *rig) deps() Deps {
+	if r.router == nil {
+		r.router = newFakeRouter()
+	}
+	return Deps{Backend: r.fake, Reserver: r.res, Store: r.store, System: &noSystem{}, Router: r.router}
+}
+
+// fakeRouter keeps policy routes in memory; 10.0.0.0/24 and fd00::/64 are
+// its connected networks.
+type fakeRouter struct {
+	routes map[PolicyRoute]bool
+	tables map[uint32]bool
+}
+
+func newFakeRouter() *fakeRouter {
+	return &fakeRouter{routes: map[PolicyRoute]bool{}, tables: map[uint32]bool{}}
+}
+
+var connected = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("fd00::/64")}
+
+func (f *fakeRouter) CheckGateway(via netip.Addr) error {
+	for _, p := range connected {
+		if p.Contains(via) {
+			return nil
+		}
+	}
+	return fmt.Errorf("via %s is on no directly connected network: %w", via, ErrInvalid)
+}
+
+func (f *fakeRouter) ConnectedPrefix(ip netip.Addr) (netip.Prefix, error) {
+	for _, p := range connected {
+		if p.Contains(ip) {
+			return p, nil
+		}
+	}
+	return netip.PrefixFrom(ip, ip.BitLen()), nil
+}
+
+func (f *fakeRouter) AddPolicyRoute(p PolicyRoute) error {
+	f.routes[p] = true
+	f.tables[p.Table] = true
+	return nil
+}
+
+func (f *fakeRouter) DeletePolicyRoute(p PolicyRoute, last bool) error {
+	if !f.routes[p] {
+		return fmt.Errorf("deleting absent %s", p)
+	}
+	delete(f.routes, p)
+	if last {
+		delete(f.tables, p.Table)
+	}
+	return nil
+}
+
+func (f *fakeRouter) dump() string {
+	var out []string
+	for p := range f.routes {
+		out = append(out, p.String())
+	}
+	for t := range f.tables {
+		out = append(out, fmt.Sprint("table ", t))
+	}
+	slices.Sort(out)
+	return strings.Join(out, "; ")
 }
 
 func newRig(t *testing.T, st State) *rig {
 	t.Helper()
 	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
-	r.svc = NewService(r.fake, r.res, r.store, &noSystem{}, nil)
+	r.svc = NewService(r.deps())
 	if err := r.svc.Start(context.Background(), st); err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +156,7 @@ func newRig(t *testing.T, st State) *rig {
 
 // snapshot is everything a failed request must leave as it was.
 func (r *rig) snapshot() string {
-	return fmt.Sprintf("kernel:\n%sheld: %s\nsaves: %d\nrules: %v", r.fake.Dump(), r.res.dump(), r.store.saves, r.svc.List())
+	return fmt.Sprintf("kernel:\n%sheld: %s\nsaves: %d\nroutes: %s\nrules: %+v", r.fake.Dump(), r.res.dump(), r.store.saves, r.router.dump(), r.svc.List())
 }
 
 func dnat(t *testing.T, ext, in, ports, proto, ifname string) DNAT {
@@ -240,14 +308,14 @@ func TestStartWithTakenPortKeepsRuleInactiveAndRetries(t *testing.T) {
 	busy := Endpoint{Addr: netip.MustParseAddrPort("203.0.113.43:465"), Proto: ProtoTCP}
 	busy80 := Endpoint{Addr: netip.MustParseAddrPort("203.0.113.43:80"), Proto: ProtoTCP}
 	r.res.busy[busy], r.res.busy[busy80] = true, true
-	r.svc = NewService(r.fake, r.res, r.store, &noSystem{}, nil)
+	r.svc = NewService(r.deps())
 	if err := r.svc.Start(ctx, st); err != nil {
 		t.Fatal(err)
 	}
 	if got := r.fake.Dump(); got != "dnat tcp 203.0.113.43:25 -> 10.0.0.101:25\n" {
 		t.Fatalf("kernel after start:\n%s", got)
 	}
-	list := r.svc.List()
+	list := r.svc.List().Dnats
 	if list[0].Status != "partial" || !strings.Contains(list[0].Reason, "203.0.113.43:465/tcp is in use") {
 		t.Fatalf("first rule: %+v", list[0])
 	}
@@ -261,7 +329,7 @@ func TestStartWithTakenPortKeepsRuleInactiveAndRetries(t *testing.T) {
 	if n := r.svc.RetryInactive(ctx); n != 1 {
 		t.Fatalf("retry brought back %d forwards, want 1", n)
 	}
-	if list := r.svc.List(); list[0].Status != "active" || list[1].Status != "inactive" {
+	if list := r.svc.List().Dnats; list[0].Status != "active" || list[1].Status != "inactive" {
 		t.Fatalf("after retry: %+v", list)
 	}
 	// Deleting an inactive rule releases nothing (it holds nothing).
@@ -281,7 +349,7 @@ func TestClear(t *testing.T) {
 	if err := r.svc.Clear(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if r.fake.Dump() != "" || r.res.dump() != "" || len(r.store.last.Dnats) != 0 || len(r.svc.List()) != 0 {
+	if r.fake.Dump() != "" || r.res.dump() != "" || len(r.store.last.Dnats) != 0 || len(r.svc.List().Dnats) != 0 {
 		t.Fatalf("after clear:\n%s", r.snapshot())
 	}
 }
@@ -289,7 +357,7 @@ func TestClear(t *testing.T) {
 func TestStartRefusesInvalidState(t *testing.T) {
 	d := dnat(t, "203.0.113.43", "10.0.0.101", "25", "tcp", "")
 	other := dnat(t, "203.0.113.43", "10.0.0.102", "25", "tcp", "")
-	svc := NewService(NewFake(), newFakeReserver(), &memStore{}, &noSystem{}, nil)
+	svc := NewService((&rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}).deps())
 	if err := svc.Start(ctx, State{Dnats: []DNAT{d, other}}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("start with two rules on one port: %v", err)
 	}

@@ -28,6 +28,66 @@ type DnatEntry struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// SnatConfig is the body of POST and DELETE /snat.
+type SnatConfig struct {
+	// IntIP is the internal address or CIDR.
+	IntIP string `json:"int_ip"`
+	// ExtIP is the source address given to the traffic.
+	ExtIP string `json:"ext_ip"`
+	// ExtIf is the interface the traffic leaves by (required).
+	ExtIf string `json:"ext_if"`
+}
+
+// SnatEntry is one SNAT rule in a ListResponse.
+type SnatEntry struct {
+	SnatConfig
+	// Status is always "active".
+	Status string `json:"status"`
+}
+
+// HairpinConfig is the body of POST and DELETE /hairpin.
+type HairpinConfig struct {
+	// ExtIP is the external address.
+	ExtIP string `json:"ext_ip"`
+	// IntIP is the service's internal address.
+	IntIP string `json:"int_ip"`
+	// Ports is a port list, as for DNAT.
+	Ports string `json:"ports"`
+	// Proto is "tcp" (the default when empty) or "udp".
+	Proto string `json:"proto"`
+	// LanCIDR is the network whose connections are masqueraded; null for
+	// the connected network of int_ip.
+	LanCIDR *string `json:"lan_cidr"`
+}
+
+// HairpinEntry is one hairpin rule in a ListResponse.
+type HairpinEntry struct {
+	HairpinConfig
+	// Status is "active", "inactive" or "partial".
+	Status string `json:"status"`
+	// Reason says why some forwards are not installed.
+	Reason string `json:"reason,omitempty"`
+}
+
+// PolicyRouteConfig is the body of POST and DELETE /policy-route.
+type PolicyRouteConfig struct {
+	// SrcIP is the source address whose traffic is routed.
+	SrcIP string `json:"src_ip"`
+	// Via is the gateway.
+	Via string `json:"via"`
+	// Table is the routing table (1-252, 256 and above).
+	Table uint32 `json:"table"`
+}
+
+// PolicyRouteEntry is one policy route in a ListResponse.
+type PolicyRouteEntry struct {
+	PolicyRouteConfig
+	// Status is "active" or "inactive".
+	Status string `json:"status"`
+	// Reason says why the route is not installed.
+	Reason string `json:"reason,omitempty"`
+}
+
 // ListResponse is the reply of GET /mappings.
 type ListResponse struct {
 	// Docker lists container mappings.
@@ -35,11 +95,19 @@ type ListResponse struct {
 	// Dnats lists static DNAT rules.
 	Dnats []DnatEntry `json:"dnats"`
 	// Snats lists SNAT rules.
-	Snats []any `json:"snats"`
+	Snats []SnatEntry `json:"snats"`
 	// Hairpins lists hairpin rules.
-	Hairpins []any `json:"hairpins"`
+	Hairpins []HairpinEntry `json:"hairpins"`
 	// PolicyRoutes lists policy routes.
-	PolicyRoutes []any `json:"policy_routes"`
+	PolicyRoutes []PolicyRouteEntry `json:"policy_routes"`
+}
+
+// SaveResponse is the reply of POST /save.
+type SaveResponse struct {
+	// Path is the file the daemon wrote.
+	Path string `json:"path"`
+	// Forwards is how many forwards the file holds.
+	Forwards int `json:"forwards"`
 }
 
 // LiveRule is one entry of GET /rules: what is installed in the kernel.
@@ -121,4 +189,67 @@ func ConfigOf(d DNAT) DnatConfig {
 		c.ExtIf = &ifname
 	}
 	return c
+}
+
+// toSNAT parses and validates a request body.
+func (c SnatConfig) toSNAT() (SNAT, error) {
+	in, err := ParsePrefix("int_ip", c.IntIP)
+	if err != nil {
+		return SNAT{}, err
+	}
+	ext, err := ParseAddr("ext_ip", c.ExtIP)
+	if err != nil {
+		return SNAT{}, err
+	}
+	sn := SNAT{IntNet: in, ExtIP: ext, ExtIf: c.ExtIf}
+	return sn, sn.Validate()
+}
+
+// SnatConfigOf renders a rule in the wire shape.
+func SnatConfigOf(s SNAT) SnatConfig {
+	return SnatConfig{IntIP: prefixString(s.IntNet), ExtIP: s.ExtIP.String(), ExtIf: s.ExtIf}
+}
+
+// toHairpin parses and validates a request body.
+func (c HairpinConfig) toHairpin() (Hairpin, error) {
+	d, err := DnatConfig{ExtIP: c.ExtIP, IntIP: c.IntIP, Ports: c.Ports, Proto: c.Proto}.toDNAT()
+	if err != nil {
+		return Hairpin{}, err
+	}
+	h := Hairpin{ExtIP: d.ExtIP, IntIP: d.IntIP, Ports: d.Ports, Proto: d.Proto}
+	if c.LanCIDR != nil && *c.LanCIDR != "" {
+		if h.LanCIDR, err = ParsePrefix("lan_cidr", *c.LanCIDR); err != nil {
+			return Hairpin{}, err
+		}
+	}
+	return h, h.Validate()
+}
+
+// HairpinConfigOf renders a rule in the wire shape.
+func HairpinConfigOf(h Hairpin) HairpinConfig {
+	c := HairpinConfig{ExtIP: h.ExtIP.String(), IntIP: h.IntIP.String(), Ports: h.Ports.String(), Proto: h.Proto.String()}
+	if h.LanCIDR.IsValid() {
+		lan := h.LanCIDR.String()
+		c.LanCIDR = &lan
+	}
+	return c
+}
+
+// toPolicyRoute parses and validates a request body.
+func (c PolicyRouteConfig) toPolicyRoute() (PolicyRoute, error) {
+	src, err := ParseAddr("src_ip", c.SrcIP)
+	if err != nil {
+		return PolicyRoute{}, err
+	}
+	via, err := ParseAddr("via", c.Via)
+	if err != nil {
+		return PolicyRoute{}, err
+	}
+	p := PolicyRoute{SrcIP: src, Via: via, Table: c.Table}
+	return p, p.Validate()
+}
+
+// PolicyRouteConfigOf renders a route in the wire shape.
+func PolicyRouteConfigOf(p PolicyRoute) PolicyRouteConfig {
+	return PolicyRouteConfig{SrcIP: p.SrcIP.String(), Via: p.Via.String(), Table: p.Table}
 }

@@ -98,7 +98,7 @@ func (b *Backend) Replace(_ context.Context, rs nat.Ruleset) error {
 		sets[l] = [2]*nftables.Set{keys, targets}
 	}
 	ch := newChains(t)
-	for _, chain := range []*nftables.Chain{ch.prerouting, ch.output, ch.postrouting, ch.forward} {
+	for _, chain := range []*nftables.Chain{regularChain(t, hairpinChain), regularChain(t, snatChain), ch.prerouting, ch.output, ch.postrouting, ch.forward} {
 		c.AddChain(chain)
 	}
 	for _, l := range lookups {
@@ -109,7 +109,10 @@ func (b *Backend) Replace(_ context.Context, rs nat.Ruleset) error {
 		}
 	}
 	c.AddRule(masqueradeLocal(t, ch.postrouting))
+	c.AddRule(jump(t, ch.postrouting, hairpinChain))
+	c.AddRule(jump(t, ch.postrouting, snatChain))
 	c.AddRule(acceptForwarded(t, ch.forward))
+	addRules(c, t, rs.Rules)
 	return b.flush(c, fmt.Sprintf("replacing table inet %s with %d forwards", TableName, len(rs.Forwards)))
 }
 
@@ -139,6 +142,11 @@ func (b *Backend) Apply(_ context.Context, ch nat.Change) error {
 		if err := addElements(c, keys, targets, add[l]); err != nil {
 			return b.abandon(err)
 		}
+	}
+	if ch.Rules != nil {
+		c.FlushChain(regularChain(t, hairpinChain))
+		c.FlushChain(regularChain(t, snatChain))
+		addRules(c, t, *ch.Rules)
 	}
 	return b.flush(c, fmt.Sprintf("removing %d and adding %d forwards", len(ch.Del), len(ch.Add)))
 }

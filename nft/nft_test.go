@@ -71,10 +71,36 @@ func TestIntegrationGoldenSequence(t *testing.T) {
 	if err := b.Apply(ctx, nat.Change{Add: []nat.Forward{ssh, web, v6, v6if}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Apply(ctx, nat.Change{Del: []nat.Forward{dns}}); err != nil {
+	rules := nat.Rules{
+		SNATs: []nat.SNAT{
+			{IntNet: netip.MustParsePrefix("10.0.0.101/32"), ExtIP: netip.MustParseAddr("203.0.113.44"), ExtIf: "vmbr0"},
+			{IntNet: netip.MustParsePrefix("10.0.0.0/24"), ExtIP: netip.MustParseAddr("203.0.113.43"), ExtIf: "vmbr0"},
+			{IntNet: netip.MustParsePrefix("10.1.0.0/17"), ExtIP: netip.MustParseAddr("203.0.113.43"), ExtIf: "vmbr0"},
+			{IntNet: netip.MustParsePrefix("fd00::/64"), ExtIP: netip.MustParseAddr("2001:db8::43"), ExtIf: "tailscale0"},
+		},
+		Masquerades: []nat.Masquerade{
+			{Src: netip.MustParsePrefix("10.0.0.0/24"), Dst: netip.MustParseAddr("10.0.0.101"), Proto: nat.ProtoTCP, From: 25, To: 25},
+			{Src: netip.MustParsePrefix("10.0.0.0/24"), Dst: netip.MustParseAddr("10.0.0.101"), Proto: nat.ProtoUDP, From: 8000, To: 8100},
+			{Src: netip.MustParsePrefix("fd00::/64"), Dst: netip.MustParseAddr("fd00::101"), Proto: nat.ProtoTCP, From: 8080, To: 8080},
+		},
+	}
+	if err := b.Apply(ctx, nat.Change{Del: []nat.Forward{dns}, Rules: &rules}); err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "sequence.nft", listTable(t, ns))
+
+	// Render writes a script that builds the same table.
+	rendered := netnstest.New(t, "nmnft")
+	script := filepath.Join(t.TempDir(), "render.nft")
+	rs := nat.Ruleset{Forwards: []nat.Forward{smtp, ssh, web, v6, v6if}, Rules: rules}
+	if err := os.WriteFile(script, Render(rs), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rendered.MustRun(t, "nft", "-f", script)
+	rendered.MustRun(t, "nft", "-f", script) // loading twice replaces, never duplicates
+	if got, want := listTable(t, rendered), listTable(t, ns); got != want {
+		t.Errorf("the rendered script builds:\n%s\nthe backend built:\n%s\nscript:\n%s", got, want, Render(rs))
+	}
 
 	// The listing loads back with nft -f into another namespace.
 	other := netnstest.New(t, "nmnft")

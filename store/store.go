@@ -107,18 +107,24 @@ func (f *File) Save(st nat.State) error {
 	if rename == nil {
 		rename = os.Rename
 	}
-	return writeAtomic(f.Path, b, rename)
+	return writeAtomic(f.Path, b, 0o600, rename)
+}
+
+// WriteFile replaces path atomically with b (mode perm): a reader sees the
+// old content or the new, never a mix, even across a crash.
+func WriteFile(path string, b []byte, perm os.FileMode) error {
+	return writeAtomic(path, b, perm, os.Rename)
 }
 
 // writeAtomic is: temp file, write, fsync, rename, fsync the directory.
-func writeAtomic(path string, b []byte, rename func(oldpath, newpath string) error) error {
+func writeAtomic(path string, b []byte, perm os.FileMode, rename func(oldpath, newpath string) error) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("writing state file %s: %w", path, err)
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	done := false
 	defer func() {
@@ -127,20 +133,20 @@ func writeAtomic(path string, b []byte, rename func(oldpath, newpath string) err
 			os.Remove(tmp.Name())
 		}
 	}()
-	if err := tmp.Chmod(0o600); err != nil {
-		return fmt.Errorf("writing state file %s: %w", path, err)
+	if err := tmp.Chmod(perm); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	if _, err := tmp.Write(b); err != nil {
-		return fmt.Errorf("writing state file %s: %w", path, err)
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("syncing state file %s: %w", path, err)
+		return fmt.Errorf("syncing %s: %w", path, err)
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing state file %s: %w", path, err)
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	if err := rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replacing state file %s: %w", path, err)
+		return fmt.Errorf("replacing %s: %w", path, err)
 	}
 	done = true
 	return syncDir(dir)

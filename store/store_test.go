@@ -92,7 +92,7 @@ func TestLoadRefusesBadFiles(t *testing.T) {
 		{"unknown field", `{"version": 1, "dnats": [], "mystery": true}`, `unknown field "mystery"`},
 		{"bad address", `{"version": 1, "dnats": [{"ext_ip": "nope", "int_ip": "10.0.0.1", "ports": "25", "proto": "tcp"}]}`, "not a natmap state"},
 		{"bad ports", `{"version": 1, "dnats": [{"ext_ip": "203.0.113.1", "int_ip": "10.0.0.1", "ports": "0", "proto": "tcp"}]}`, "port 0 is out of range"},
-		{"conflict", `{"version": 1, "dnats": [{"ext_ip": "203.0.113.1", "int_ip": "10.0.0.1", "ports": "25", "proto": "tcp"}, {"ext_ip": "203.0.113.1", "int_ip": "10.0.0.2", "ports": "25", "proto": "tcp"}]}`, "is also forwarded by"},
+		{"conflict", `{"version": 1, "dnats": [{"ext_ip": "203.0.113.1", "int_ip": "10.0.0.1", "ports": "25", "proto": "tcp"}, {"ext_ip": "203.0.113.1", "int_ip": "10.0.0.2", "ports": "25", "proto": "tcp"}]}`, "is also forwarded to 10.0.0.1:25"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

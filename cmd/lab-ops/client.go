@@ -40,6 +40,18 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.msg }
 
+// text returns a plain-text reply.
+func (c *client) text(method, path string) ([]byte, error) {
+	var raw rawReply
+	if _, err := c.call(method, path, nil, &raw); err != nil {
+		return nil, err
+	}
+	return raw, nil
+}
+
+// rawReply takes a reply as it is.
+type rawReply []byte
+
 // call sends body (if not nil) as JSON and decodes a JSON reply into reply
 // (if not nil). It returns the reply's headers.
 func (c *client) call(method, path string, body, reply any) (http.Header, error) {
@@ -75,6 +87,10 @@ func (c *client) call(method, path string, body, reply any) (http.Header, error)
 			e.Error = fmt.Sprintf("the daemon answered %s: %s", resp.Status, bytes.TrimSpace(b))
 		}
 		return nil, &apiError{status: resp.StatusCode, msg: e.Error}
+	}
+	if raw, ok := reply.(*rawReply); ok {
+		*raw = b
+		return resp.Header, nil
 	}
 	if reply != nil && len(bytes.TrimSpace(b)) > 0 {
 		if err := json.Unmarshal(b, reply); err != nil {

@@ -73,45 +73,87 @@ func (c *LsCmd) Run(g *Globals, out *output) error {
 		return err
 	}
 	if c.Filter != "" {
-		list.Dnats = filterDnats(list.Dnats, c.Filter)
+		list = filterList(list, c.Filter)
 	}
 	if out.json {
 		out.printJSON(list)
 		return nil
 	}
-	rows := make([][]string, 0, len(list.Dnats))
-	for _, d := range list.Dnats {
-		ifname := "*"
-		if d.ExtIf != nil {
-			ifname = *d.ExtIf
-		}
-		status := d.Status
-		if d.Reason != "" {
-			status += " (" + d.Reason + ")"
-		}
-		rows = append(rows, []string{"dnat", d.ExtIP, d.Ports, d.Proto, d.IntIP, ifname, status})
-	}
+	rows := listRows(list)
 	if len(rows) == 0 {
 		fmt.Fprintln(out.stdout, "no rules")
 		return nil
 	}
-	out.table([]string{"KIND", "EXT-IP", "PORTS", "PROTO", "INT-IP", "EXT-IF", "STATUS"}, rows)
+	out.table([]string{"KIND", "EXT-IP", "PORTS", "PROTO", "INT-IP", "DETAIL", "STATUS"}, rows)
 	return nil
 }
 
-func filterDnats(ds []nat.DnatEntry, f string) []nat.DnatEntry {
-	var out []nat.DnatEntry
-	for _, d := range ds {
+func withReason(status, reason string) string {
+	if reason == "" {
+		return status
+	}
+	return status + " (" + reason + ")"
+}
+
+func listRows(l nat.ListResponse) [][]string {
+	var rows [][]string
+	for _, d := range l.Dnats {
+		detail := "any interface"
+		if d.ExtIf != nil {
+			detail = "in " + *d.ExtIf
+		}
+		rows = append(rows, []string{"dnat", d.ExtIP, d.Ports, d.Proto, d.IntIP, detail, withReason(d.Status, d.Reason)})
+	}
+	for _, h := range l.Hairpins {
+		lan := ""
+		if h.LanCIDR != nil {
+			lan = "lan " + *h.LanCIDR
+		}
+		rows = append(rows, []string{"hairpin", h.ExtIP, h.Ports, h.Proto, h.IntIP, lan, withReason(h.Status, h.Reason)})
+	}
+	for _, s := range l.Snats {
+		rows = append(rows, []string{"snat", s.ExtIP, "-", "-", s.IntIP, "out " + s.ExtIf, s.Status})
+	}
+	for _, p := range l.PolicyRoutes {
+		rows = append(rows, []string{"policy-route", "-", "-", "-", p.SrcIP, fmt.Sprintf("via %s table %d", p.Via, p.Table), withReason(p.Status, p.Reason)})
+	}
+	return rows
+}
+
+// filterList keeps the rules whose addresses or interfaces contain f.
+func filterList(l nat.ListResponse, f string) nat.ListResponse {
+	has := func(fields ...string) bool {
+		for _, s := range fields {
+			if strings.Contains(s, f) {
+				return true
+			}
+		}
+		return false
+	}
+	out := nat.ListResponse{Docker: l.Docker, Dnats: []nat.DnatEntry{}, Snats: []nat.SnatEntry{}, Hairpins: []nat.HairpinEntry{}, PolicyRoutes: []nat.PolicyRouteEntry{}}
+	for _, d := range l.Dnats {
 		ifname := ""
 		if d.ExtIf != nil {
 			ifname = *d.ExtIf
 		}
-		if strings.Contains(d.ExtIP, f) || strings.Contains(d.IntIP, f) || strings.Contains(ifname, f) {
-			out = append(out, d)
+		if has(d.ExtIP, d.IntIP, ifname) {
+			out.Dnats = append(out.Dnats, d)
 		}
 	}
-	if out == nil {
-		out = []nat.DnatEntry{}
+	for _, h := range l.Hairpins {
+		if has(h.ExtIP, h.IntIP) {
+			out.Hairpins = append(out.Hairpins, h)
+		}
+	}
+	for _, s := range l.Snats {
+		if has(s.ExtIP, s.IntIP, s.ExtIf) {
+			out.Snats = append(out.Snats, s)
+		}
+	}
+	for _, p := range l.PolicyRoutes {
+		if has(p.SrcIP, p.Via) {
+			out.PolicyRoutes = append(out.PolicyRoutes, p)
+		}
 	}
 	return out
 }
@@ -131,8 +173,10 @@ func (c *StatusCmd) Run(g *Globals, out *output) error {
 	}
 	fmt.Fprintf(out.stdout, "natmap %s, up %s\n", st.Version, time.Duration(st.UptimeSeconds)*time.Second)
 	fmt.Fprintf(out.stdout, "backend: %s (%s)\n", st.Backend, st.BackendReason)
-	fmt.Fprintf(out.stdout, "dnat rules: %d, forwarded ports: %d (%d inactive), reserved ports: %d\n",
-		st.Rules.Dnats, st.Rules.Forwards, st.Rules.Inactive, st.Rules.Reservations)
+	fmt.Fprintf(out.stdout, "rules: %d dnat, %d hairpin, %d snat, %d policy routes\n",
+		st.Rules.Dnats, st.Rules.Hairpins, st.Rules.Snats, st.Rules.PolicyRoutes)
+	fmt.Fprintf(out.stdout, "forwarded ports: %d (%d inactive), reserved ports: %d\n",
+		st.Rules.Forwards, st.Rules.Inactive, st.Rules.Reservations)
 	fmt.Fprintf(out.stdout, "changes since start: %d, IP forwarding set by natmap: %v\n", st.Rules.Changes, st.Rules.IPForward)
 	return nil
 }

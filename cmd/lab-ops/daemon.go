@@ -19,6 +19,7 @@ import (
 	"github.com/lab-ops/natmap/nat"
 	"github.com/lab-ops/natmap/nft"
 	"github.com/lab-ops/natmap/reserve"
+	"github.com/lab-ops/natmap/route"
 	"github.com/lab-ops/natmap/store"
 )
 
@@ -28,6 +29,7 @@ type DaemonCmd struct {
 	SocketGroup   string        `default:"natmap" help:"Group that may use the socket (mode 0660)." placeholder:"NAME"`
 	Backend       string        `default:"auto" enum:"auto,nftables" help:"Kernel backend: ${enum}."`
 	RetryInterval time.Duration `default:"30s" help:"How often to retry forwards whose port another program holds."`
+	SavePath      string        `default:"/etc/natmap/natmap.nft" type:"path" help:"Where save writes the ruleset (an nft -f script)." placeholder:"PATH"`
 }
 
 // Run starts the daemon and serves until SIGTERM or SIGINT. On exit the
@@ -59,7 +61,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	defer backend.Close()
 	log.Info("backend chosen", "backend", backend.Name(), "reason", reason)
 
-	svc := nat.NewService(backend, reserve.Sockets{}, file, hostSystem{}, log)
+	svc := nat.NewService(nat.Deps{Backend: backend, Reserver: reserve.Sockets{}, Store: file, System: hostSystem{}, Router: route.Netlink{}, Log: log})
 	if err := svc.Start(ctx, st); err != nil {
 		return err
 	}
@@ -70,7 +72,10 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           nat.NewHandler(svc, nat.Info{Version: version(), BackendReason: reason, Started: time.Now()}, log),
+		Handler: nat.NewHandler(svc, nat.Info{
+			Version: version(), BackendReason: reason, Started: time.Now(), Render: nft.Render,
+			Save: func(b []byte) (string, error) { return d.SavePath, store.WriteFile(d.SavePath, b, 0o644) },
+		}, log),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       time.Minute,

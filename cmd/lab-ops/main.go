@@ -32,12 +32,16 @@ type CLI struct {
 
 // NatmapCmd groups natmap's commands.
 type NatmapCmd struct {
-	Daemon DaemonCmd `cmd:"" help:"Run the natmap daemon (as root): it owns the NAT rules and serves the socket API."`
-	Dnat   DnatCmd   `cmd:"" help:"Forward ports of an external address to an internal host (--delete to remove)."`
-	Ls     LsCmd     `cmd:"" aliases:"list" help:"List every rule natmap manages, with its status."`
-	Status StatusCmd `cmd:"" help:"Show the daemon's backend, version and rule counts."`
-	Fwd    FwdCmd    `cmd:"" help:"Enable IP forwarding (required for DNAT), now and at every daemon start."`
-	Clear  ClearCmd  `cmd:"" help:"Remove every natmap rule, release every reserved port and reset the state."`
+	Daemon      DaemonCmd      `cmd:"" help:"Run the natmap daemon (as root): it owns the NAT rules and serves the socket API."`
+	Dnat        DnatCmd        `cmd:"" help:"Forward ports of an external address to an internal host (--delete to remove)."`
+	Snat        SnatCmd        `cmd:"" help:"Rewrite the source address of an internal host's outgoing traffic (--delete to remove)."`
+	Hairpin     HairpinCmd     `cmd:"" help:"Let internal hosts reach a forwarded service through the external address (--delete to remove)."`
+	PolicyRoute PolicyRouteCmd `cmd:"" name:"policy-route" help:"Route a source address's traffic through a gateway, to keep client addresses end to end (--delete to remove)."`
+	Save        SaveCmd        `cmd:"" help:"Write natmap's active ruleset to disk in the form the host reloads at boot."`
+	Ls          LsCmd          `cmd:"" aliases:"list" help:"List every rule natmap manages, with its status."`
+	Status      StatusCmd      `cmd:"" help:"Show the daemon's backend, version and rule counts."`
+	Fwd         FwdCmd         `cmd:"" help:"Enable IP forwarding (required for DNAT), now and at every daemon start."`
+	Clear       ClearCmd       `cmd:"" help:"Remove every natmap rule, release every reserved port and reset the state."`
 }
 
 func main() {

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+
+	"github.com/lab-ops/natmap/nat"
+	"github.com/lab-ops/natmap/store"
+)
+
+// SnatCmd adds or deletes a SNAT rule.
+type SnatCmd struct {
+	IntIP  string `name:"int-ip" required:"" help:"Internal host or network (CIDR) whose outgoing traffic is rewritten." placeholder:"IP|CIDR"`
+	ExtIf  string `name:"ext-if" help:"Interface the traffic leaves by (required)." placeholder:"IF"`
+	ExtIP  string `name:"ext-ip" required:"" help:"Source address to give the traffic." placeholder:"IP"`
+	Delete bool   `help:"Delete the rule instead of adding it."`
+}
+
+// Run sends the rule to the daemon.
+func (c *SnatCmd) Run(g *Globals, out *output) error {
+	cfg := nat.SnatConfig{IntIP: c.IntIP, ExtIP: c.ExtIP, ExtIf: c.ExtIf}
+	what := fmt.Sprintf("traffic from %s leaving %s gets source %s", c.IntIP, c.ExtIf, c.ExtIP)
+	return sendRule(g, out, "/snat", "snat", cfg, c.Delete, what)
+}
+
+// HairpinCmd adds or deletes a hairpin rule.
+type HairpinCmd struct {
+	ExtIP   string `name:"ext-ip" required:"" help:"External address internal hosts connect to." placeholder:"IP"`
+	IntIP   string `name:"int-ip" required:"" help:"Internal host that serves the ports." placeholder:"IP"`
+	Ports   string `required:"" help:"Ports, as for dnat." placeholder:"LIST"`
+	Proto   string `default:"tcp" help:"Protocol: tcp or udp."`
+	LanCIDR string `name:"lan-cidr" help:"Internal network whose connections are masqueraded (default: the connected network of --int-ip)." placeholder:"CIDR"`
+	Delete  bool   `help:"Delete the rule (or these ports of it) instead of adding it."`
+}
+
+// Run sends the rule to the daemon.
+func (c *HairpinCmd) Run(g *Globals, out *output) error {
+	cfg := nat.HairpinConfig{ExtIP: c.ExtIP, IntIP: c.IntIP, Ports: c.Ports, Proto: c.Proto}
+	if c.LanCIDR != "" {
+		cfg.LanCIDR = &c.LanCIDR
+	}
+	what := fmt.Sprintf("internal hosts reach %s %s ports %s at %s", orTCP(c.Proto), c.ExtIP, c.Ports, c.IntIP)
+	return sendRule(g, out, "/hairpin", "hairpin", cfg, c.Delete, what)
+}
+
+// PolicyRouteCmd adds or deletes a policy route.
+type PolicyRouteCmd struct {
+	SrcIP  string `name:"src-ip" required:"" help:"Source address whose traffic takes the gateway." placeholder:"IP"`
+	Via    string `required:"" help:"Gateway (on a directly connected network)." placeholder:"GW"`
+	Table  uint32 `required:"" help:"Routing table number (1-252, or 256 and above)." placeholder:"N"`
+	Delete bool   `help:"Delete the policy route instead of adding it."`
+}
+
+// Run sends the route to the daemon.
+func (c *PolicyRouteCmd) Run(g *Globals, out *output) error {
+	cfg := nat.PolicyRouteConfig{SrcIP: c.SrcIP, Via: c.Via, Table: c.Table}
+	what := fmt.Sprintf("traffic from %s goes via %s (table %d)", c.SrcIP, c.Via, c.Table)
+	return sendRule(g, out, "/policy-route", "policy route", cfg, c.Delete, what)
+}
+
+// sendRule POSTs (or DELETEs) a rule and reports the outcome.
+func sendRule(g *Globals, out *output, path, kind string, cfg any, del bool, what string) error {
+	cl := newClient(g, out)
+	if del {
+		if _, err := cl.call(http.MethodDelete, path, cfg, nil); err != nil {
+			return err
+		}
+		out.done(map[string]any{"deleted": cfg}, "%s deleted: %s", kind, what)
+		return nil
+	}
+	var echo map[string]any
+	h, err := cl.call(http.MethodPost, path, cfg, &echo)
+	if err != nil {
+		return err
+	}
+	verb := "added"
+	if h.Get(nat.ChangedHeader) == "false" {
+		verb = "already present, nothing changed"
+	}
+	out.done(echo, "%s %s: %s", kind, verb, what)
+	return nil
+}
+
+// SaveCmd writes natmap's active ruleset in the form the host reloads at
+// boot without the daemon.
+type SaveCmd struct {
+	Output string `short:"o" type:"path" help:"Write the file here (as the calling user) instead of the daemon's save path (default /etc/natmap/natmap.nft)." placeholder:"PATH"`
+}
+
+// Run asks the daemon to save, or fetches the ruleset and writes it.
+func (c *SaveCmd) Run(g *Globals, out *output) error {
+	cl := newClient(g, out)
+	if c.Output == "" {
+		var resp nat.SaveResponse
+		if _, err := cl.call(http.MethodPost, "/save", nil, &resp); err != nil {
+			return err
+		}
+		out.done(resp, "saved %d forwards to %s (load it at boot with: nft -f %s)", resp.Forwards, resp.Path, resp.Path)
+		return nil
+	}
+	text, err := cl.text(http.MethodGet, "/ruleset")
+	if err != nil {
+		return err
+	}
+	if err := store.WriteFile(c.Output, text, 0o644); err != nil {
+		return err
+	}
+	out.done(map[string]string{"path": c.Output}, "saved to %s (load it at boot with: nft -f %s)", c.Output, c.Output)
+	return nil
+}

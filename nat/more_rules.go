@@ -1,0 +1,211 @@
+package nat
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// SNAT rewrites the source address of new connections from internal hosts
+// that leave through one interface.
+type SNAT struct {
+	// IntNet is the internal host (a /32 or /128) or network.
+	IntNet netip.Prefix `json:"int_ip"`
+	// ExtIP is the source address given to the traffic.
+	ExtIP netip.Addr `json:"ext_ip"`
+	// ExtIf is the interface the traffic leaves by.
+	ExtIf string `json:"ext_if"`
+}
+
+// SNATID identifies a SNAT rule: the traffic it matches.
+type SNATID struct {
+	// IntNet is the rule's source network.
+	IntNet netip.Prefix
+	// ExtIf is the rule's output interface.
+	ExtIf string
+}
+
+// ID returns the rule's identity.
+func (s SNAT) ID() SNATID { return SNATID{IntNet: s.IntNet, ExtIf: s.ExtIf} }
+
+func (s SNAT) String() string {
+	return fmt.Sprintf("snat from %s out %s to %s", prefixString(s.IntNet), s.ExtIf, s.ExtIP)
+}
+
+// Validate checks a SNAT rule; errors name the field.
+func (s SNAT) Validate() error {
+	if !s.IntNet.IsValid() {
+		return fieldErr("int_ip", "missing address")
+	}
+	if err := checkHostAddr("ext_ip", s.ExtIP); err != nil {
+		return err
+	}
+	if s.IntNet.Addr().Is4() != s.ExtIP.Is4() {
+		return fieldErr("ext_ip", "%s and int_ip %s are of different IP versions", s.ExtIP, prefixString(s.IntNet))
+	}
+	if s.ExtIf == "" {
+		return fieldErr("ext_if", "missing: SNAT needs the interface the traffic leaves by")
+	}
+	if err := CheckIfName(s.ExtIf); err != nil {
+		return &FieldError{Field: "ext_if", Msg: err.Error()}
+	}
+	return nil
+}
+
+// prefixString writes a single address without its /32 or /128.
+func prefixString(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
+}
+
+// ParsePrefix parses an address or a CIDR for the named field; the CIDR's
+// host bits must be zero.
+func ParsePrefix(field, s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return netip.Prefix{}, fieldErr(field, "missing address")
+	}
+	if !strings.Contains(s, "/") {
+		a, err := ParseAddr(field, s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fieldErr(field, "%q is not an address or CIDR", s)
+	}
+	if p.Masked() != p {
+		return netip.Prefix{}, fieldErr(field, "%s has host bits set (did you mean %s?)", s, p.Masked())
+	}
+	return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p)), nil
+}
+
+func unmapBits(p netip.Prefix) int {
+	if p.Addr().Is4In6() {
+		return 96
+	}
+	return 0
+}
+
+// Hairpin lets internal hosts reach a forwarded service through the
+// external address: it installs the forwards (shared with a DNAT on the same
+// ports) and masquerades connections from LanCIDR to the service, so the
+// service answers through this host. Outside clients keep their address.
+type Hairpin struct {
+	// ExtIP is the external address.
+	ExtIP netip.Addr `json:"ext_ip"`
+	// IntIP is the service's internal address.
+	IntIP netip.Addr `json:"int_ip"`
+	// Ports lists the external ports and where each goes.
+	Ports PortList `json:"ports"`
+	// Proto is tcp or udp.
+	Proto Proto `json:"proto"`
+	// LanCIDR is the network whose connections are masqueraded; by default
+	// the connected network of IntIP.
+	LanCIDR netip.Prefix `json:"lan_cidr"`
+}
+
+// HairpinID identifies a hairpin rule: everything but ports and LAN.
+type HairpinID struct {
+	// ExtIP is the rule's external address.
+	ExtIP netip.Addr
+	// IntIP is the rule's internal address.
+	IntIP netip.Addr
+	// Proto is the rule's protocol.
+	Proto Proto
+}
+
+// ID returns the rule's identity.
+func (h Hairpin) ID() HairpinID { return HairpinID{ExtIP: h.ExtIP, IntIP: h.IntIP, Proto: h.Proto} }
+
+func (h Hairpin) String() string {
+	s := fmt.Sprintf("hairpin %s %s ports %s -> %s", h.Proto, h.ExtIP, h.Ports, h.IntIP)
+	if h.LanCIDR.IsValid() {
+		s += " for " + h.LanCIDR.String()
+	}
+	return s
+}
+
+// dnat is the forwarding part of a hairpin.
+func (h Hairpin) dnat() DNAT {
+	return DNAT{ExtIP: h.ExtIP, IntIP: h.IntIP, Ports: h.Ports, Proto: h.Proto}
+}
+
+// Validate checks a hairpin rule; errors name the field. LanCIDR may still
+// be unset (the service fills it in).
+func (h Hairpin) Validate() error {
+	if err := h.dnat().Validate(); err != nil {
+		return err
+	}
+	if h.LanCIDR.IsValid() && h.LanCIDR.Addr().Is4() != h.IntIP.Is4() {
+		return fieldErr("lan_cidr", "%s and int_ip %s are of different IP versions", h.LanCIDR, h.IntIP)
+	}
+	return nil
+}
+
+// Masquerades are the masquerade rules of the hairpin: one per range of
+// internal ports.
+func (h Hairpin) Masquerades() []Masquerade {
+	out := make([]Masquerade, len(h.Ports))
+	for i, m := range h.Ports {
+		out[i] = Masquerade{Src: h.LanCIDR, Dst: h.IntIP, Proto: h.Proto, From: m.Target, To: m.Target + (m.To - m.From)}
+	}
+	return out
+}
+
+// Masquerade rewrites the source of natmap-forwarded connections from Src
+// to Dst:From-To, so the internal host answers through this host.
+type Masquerade struct {
+	// Src is the network whose connections are rewritten.
+	Src netip.Prefix
+	// Dst is the internal host.
+	Dst netip.Addr
+	// Proto is the protocol.
+	Proto Proto
+	// From and To are the internal ports.
+	From, To uint16
+}
+
+func (m Masquerade) String() string {
+	return fmt.Sprintf("masquerade %s from %s to %s port %s", m.Proto, m.Src, m.Dst, portSpan(m.From, m.To))
+}
+
+// PolicyRoute sends traffic from SrcIP through Via, with routing table
+// Table: `ip rule from SRC lookup TABLE`, a default route via VIA in TABLE,
+// and the main table's connected routes copied into TABLE.
+type PolicyRoute struct {
+	// SrcIP is the source address whose traffic is routed.
+	SrcIP netip.Addr `json:"src_ip"`
+	// Via is the gateway.
+	Via netip.Addr `json:"via"`
+	// Table is the routing table number.
+	Table uint32 `json:"table"`
+}
+
+func (p PolicyRoute) String() string {
+	return fmt.Sprintf("policy route from %s via %s table %d", p.SrcIP, p.Via, p.Table)
+}
+
+// Validate checks a policy route; errors name the field.
+func (p PolicyRoute) Validate() error {
+	if err := checkHostAddr("src_ip", p.SrcIP); err != nil {
+		return err
+	}
+	if err := checkHostAddr("via", p.Via); err != nil {
+		return err
+	}
+	if p.SrcIP.Is4() != p.Via.Is4() {
+		return fieldErr("via", "%s and src_ip %s are of different IP versions", p.Via, p.SrcIP)
+	}
+	switch p.Table {
+	case 0:
+		return fieldErr("table", "0 is not a routing table (use 1-252 or 256 and above)")
+	case 253, 254, 255:
+		return fieldErr("table", "%d is reserved (253 default, 254 main, 255 local); use 1-252 or 256 and above", p.Table)
+	}
+	return nil
+}

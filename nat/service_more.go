@@ -1,0 +1,392 @@
+package nat
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// AddHairpin adds h, merging its ports into the hairpin with the same ID.
+// An empty LanCIDR means the rule's existing LAN, or else the connected
+// network of the internal address. Its forwards are shared with a DNAT that
+// sends the same ports to the same place.
+func (s *Service) AddHairpin(ctx context.Context, h Hairpin) (rule Hairpin, changed bool, err error) {
+	if err := h.Validate(); err != nil {
+		return Hairpin{}, false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, had := s.hairpins[h.ID()]
+	switch {
+	case !h.LanCIDR.IsValid() && had:
+		h.LanCIDR = old.LanCIDR
+	case !h.LanCIDR.IsValid():
+		lan, err := s.router.ConnectedPrefix(h.IntIP)
+		if err != nil {
+			return Hairpin{}, false, fmt.Errorf("finding the LAN of %s (give --lan-cidr): %w", h.IntIP, err)
+		}
+		h.LanCIDR = lan
+	case had && old.LanCIDR != h.LanCIDR:
+		return Hairpin{}, false, fmt.Errorf("hairpin %s already masquerades %s; delete it to change its LAN: %w", old, old.LanCIDR, ErrConflict)
+	}
+	if err := s.checkHairpinProto(h); err != nil {
+		return Hairpin{}, false, err
+	}
+	add := missingFrom(old.Ports, h.dnat())
+	if len(add) == 0 {
+		return old, false, nil
+	}
+	rule = h
+	if had {
+		rule = old
+		rule.Ports = PortListOf(append(old.Ports.Pairs(), pairsOf(add)...))
+	}
+	tx := &txn{}
+	fresh, err := s.own(tx, add)
+	if err != nil {
+		tx.rollback()
+		return Hairpin{}, false, err
+	}
+	put(tx, s.hairpins, h.ID(), rule)
+	if err := s.commit(ctx, tx, fresh, nil, true); err != nil {
+		return Hairpin{}, false, fmt.Errorf("adding %s: %w", h, err)
+	}
+	s.log.Info("hairpin added", "rule", rule.String())
+	return rule, true, nil
+}
+
+// checkHairpinProto refuses a hairpin whose ports a DNAT of the same
+// addresses forwards only over the other protocol: the usual slip is a
+// forgotten --proto.
+func (s *Service) checkHairpinProto(h Hairpin) error {
+	other := ProtoUDP
+	if h.Proto == ProtoUDP {
+		other = ProtoTCP
+	}
+	d, ok := s.dnats[DNATID{ExtIP: h.ExtIP, IntIP: h.IntIP, Proto: other}]
+	if !ok {
+		return nil
+	}
+	if _, same := s.dnats[DNATID{ExtIP: h.ExtIP, IntIP: h.IntIP, Proto: h.Proto}]; same {
+		return nil
+	}
+	for _, p := range h.Ports.Pairs() {
+		if _, ok := d.Ports.Target(p.Ext); ok {
+			return fieldErr("proto", "the dnat %s forwards port %d over %s, not %s (add --proto %s)", d, p.Ext, other, h.Proto, other)
+		}
+	}
+	return nil
+}
+
+// DeleteHairpin removes h's ports from the hairpin with h's ID; the ports
+// stay forwarded and reserved while a DNAT still uses them.
+func (s *Service) DeleteHairpin(ctx context.Context, h Hairpin) error {
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, ok := s.hairpins[h.ID()]
+	if !ok {
+		return fmt.Errorf("no hairpin rule %s -> %s (%s): %w", h.ExtIP, h.IntIP, h.Proto, ErrNotFound)
+	}
+	if miss := missingFrom(old.Ports, h.dnat()); len(miss) > 0 {
+		return fmt.Errorf("port %d/%s is not in hairpin %s: %w", miss[0].Ext.Port(), h.Proto, old, ErrNotFound)
+	}
+	tx := &txn{}
+	gone := s.disown(tx, h.dnat().Forwards())
+	if left := old.Ports.Without(h.Ports); len(left) == 0 {
+		drop(tx, s.hairpins, h.ID())
+	} else {
+		rule := old
+		rule.Ports = left
+		put(tx, s.hairpins, h.ID(), rule)
+	}
+	if err := s.commit(ctx, tx, nil, gone, true); err != nil {
+		return fmt.Errorf("deleting %s: %w", h, err)
+	}
+	s.log.Info("hairpin deleted", "rule", h.String())
+	return nil
+}
+
+// AddSNAT adds sn. The same rule again is a no-op; the same traffic sent
+// to another address is a conflict.
+func (s *Service) AddSNAT(ctx context.Context, sn SNAT) (changed bool, err error) {
+	if err := sn.Validate(); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.snats[sn.ID()]; ok {
+		if old == sn {
+			return false, nil
+		}
+		return false, fmt.Errorf("traffic from %s out %s already gets source %s: %w", prefixString(sn.IntNet), sn.ExtIf, old.ExtIP, ErrConflict)
+	}
+	tx := &txn{}
+	put(tx, s.snats, sn.ID(), sn)
+	if err := s.commit(ctx, tx, nil, nil, true); err != nil {
+		return false, fmt.Errorf("adding %s: %w", sn, err)
+	}
+	s.log.Info("snat added", "rule", sn.String())
+	return true, nil
+}
+
+// DeleteSNAT removes sn, which must exist as given.
+func (s *Service) DeleteSNAT(ctx context.Context, sn SNAT) error {
+	if err := sn.Validate(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.snats[sn.ID()]; !ok || old != sn {
+		return fmt.Errorf("no %s: %w", sn, ErrNotFound)
+	}
+	tx := &txn{}
+	drop(tx, s.snats, sn.ID())
+	if err := s.commit(ctx, tx, nil, nil, true); err != nil {
+		return fmt.Errorf("deleting %s: %w", sn, err)
+	}
+	s.log.Info("snat deleted", "rule", sn.String())
+	return nil
+}
+
+// AddPolicyRoute installs p. The same route again is a no-op; a table
+// that routes via another gateway is a conflict; a gateway on no
+// directly connected network is refused.
+func (s *Service) AddPolicyRoute(p PolicyRoute) (changed bool, err error) {
+	if err := p.Validate(); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if reason, ok := s.routes[p]; ok && reason == "" {
+		return false, nil
+	}
+	for q := range s.routes {
+		if q.Table == p.Table && q.Via != p.Via {
+			return false, fmt.Errorf("table %d already routes via %s (%s): %w", p.Table, q.Via, q, ErrConflict)
+		}
+	}
+	if err := s.router.CheckGateway(p.Via); err != nil {
+		return false, err
+	}
+	if err := s.router.AddPolicyRoute(p); err != nil {
+		return false, fmt.Errorf("adding %s: %w", p, err)
+	}
+	reason, had := s.routes[p]
+	s.routes[p] = ""
+	if err := s.persist(); err != nil {
+		if had {
+			s.routes[p] = reason
+		} else {
+			delete(s.routes, p)
+			if uerr := s.router.DeletePolicyRoute(p, s.lastInTable(p)); uerr != nil {
+				s.log.Error("rolling back a policy route", "route", p.String(), "err", uerr)
+			}
+		}
+		return false, err
+	}
+	s.changes++
+	s.log.Info("policy route added", "route", p.String())
+	return true, nil
+}
+
+// DeletePolicyRoute removes p: its rule, and its table's routes when no
+// other policy route uses the table.
+func (s *Service) DeletePolicyRoute(p PolicyRoute) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	reason, ok := s.routes[p]
+	if !ok {
+		return fmt.Errorf("no %s: %w", p, ErrNotFound)
+	}
+	if reason == "" {
+		if err := s.router.DeletePolicyRoute(p, s.lastInTable(p)); err != nil {
+			return fmt.Errorf("deleting %s: %w", p, err)
+		}
+	}
+	delete(s.routes, p)
+	if err := s.persist(); err != nil {
+		s.routes[p] = reason
+		if reason == "" {
+			if uerr := s.router.AddPolicyRoute(p); uerr != nil {
+				s.log.Error("rolling back a policy route deletion", "route", p.String(), "err", uerr)
+			}
+		}
+		return err
+	}
+	s.changes++
+	s.log.Info("policy route deleted", "route", p.String())
+	return nil
+}
+
+// lastInTable reports whether p is the only policy route using its table.
+func (s *Service) lastInTable(p PolicyRoute) bool {
+	for q := range s.routes {
+		if q != p && q.Table == p.Table {
+			return false
+		}
+	}
+	return true
+}
+
+// rules are the SNAT and masquerade rules of the model, in evaluation
+// order: the most specific source first.
+func (s *Service) rules() Rules {
+	var r Rules
+	r.SNATs = slices.SortedFunc(maps.Values(s.snats), func(a, b SNAT) int {
+		return cmp.Or(b.IntNet.Bits()-a.IntNet.Bits(), a.IntNet.Addr().Compare(b.IntNet.Addr()), strings.Compare(a.ExtIf, b.ExtIf))
+	})
+	for _, h := range slices.SortedFunc(maps.Values(s.hairpins), compareHairpin) {
+		r.Masquerades = append(r.Masquerades, h.Masquerades()...)
+	}
+	return r
+}
+
+func (s *Service) activeRuleset() Ruleset {
+	rs := Ruleset{Forwards: make([]Forward, 0, len(s.forwards)), Rules: s.rules()}
+	for ep, e := range s.forwards {
+		if _, off := s.inactive[ep]; !off {
+			rs.Forwards = append(rs.Forwards, e.f)
+		}
+	}
+	return rs
+}
+
+// Ruleset returns what natmap has installed in the kernel.
+func (s *Service) Ruleset() Ruleset {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.activeRuleset()
+}
+
+// snapshot is the persisted form of the current model, rules sorted.
+func (s *Service) snapshot() State {
+	st := State{IPForward: s.state.IPForward, IPv6Forward: s.state.IPv6Forward}
+	st.Dnats = slices.SortedFunc(maps.Values(s.dnats), compareDNAT)
+	st.Hairpins = slices.SortedFunc(maps.Values(s.hairpins), compareHairpin)
+	st.Snats = s.rules().SNATs
+	st.PolicyRoutes = slices.SortedFunc(maps.Keys(s.routes), comparePolicyRoute)
+	return st
+}
+
+func compareHairpin(a, b Hairpin) int { return compareDNAT(a.dnat(), b.dnat()) }
+
+func comparePolicyRoute(a, b PolicyRoute) int {
+	return cmp.Or(cmp.Compare(a.Table, b.Table), a.SrcIP.Compare(b.SrcIP), a.Via.Compare(b.Via))
+}
+
+// Status is a rule with whether it is in the kernel.
+type Status[R any] struct {
+	// Rule is the rule as stored.
+	Rule R
+	// Status is "active", "inactive" (nothing installed) or "partial".
+	Status string
+	// Reason says why the rule, or some of its forwards, is not installed.
+	Reason string
+	// Inactive lists the external ports that are not installed.
+	Inactive []uint16
+}
+
+// Listing is every rule with its status, each kind sorted.
+type Listing struct {
+	// Dnats are the DNAT rules.
+	Dnats []Status[DNAT]
+	// Hairpins are the hairpin rules.
+	Hairpins []Status[Hairpin]
+	// Snats are the SNAT rules (always active).
+	Snats []SNAT
+	// PolicyRoutes are the policy routes.
+	PolicyRoutes []Status[PolicyRoute]
+}
+
+// List returns every rule with its status.
+func (s *Service) List() Listing {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.snapshot()
+	var l Listing
+	for _, d := range st.Dnats {
+		l.Dnats = append(l.Dnats, forwardStatus(d, d.Forwards(), s.inactive))
+	}
+	for _, h := range st.Hairpins {
+		l.Hairpins = append(l.Hairpins, forwardStatus(h, h.dnat().Forwards(), s.inactive))
+	}
+	l.Snats = st.Snats
+	for _, p := range st.PolicyRoutes {
+		ps := Status[PolicyRoute]{Rule: p, Status: "active"}
+		if reason := s.routes[p]; reason != "" {
+			ps.Status, ps.Reason = "inactive", reason
+		}
+		l.PolicyRoutes = append(l.PolicyRoutes, ps)
+	}
+	return l
+}
+
+func forwardStatus[R any](rule R, fs []Forward, inactive map[Endpoint]string) Status[R] {
+	var reasons []string
+	var ports []uint16
+	for _, f := range fs {
+		if why, off := inactive[f.Endpoint()]; off {
+			reasons = append(reasons, why)
+			ports = append(ports, f.Ext.Port())
+		}
+	}
+	st := Status[R]{Rule: rule, Status: "active", Inactive: ports}
+	switch {
+	case len(reasons) == len(fs):
+		st.Status = "inactive"
+	case len(reasons) > 0:
+		st.Status = "partial"
+	}
+	sort.Strings(reasons)
+	st.Reason = strings.Join(reasons, "; ")
+	return st
+}
+
+// Stats are counts for the status report.
+type Stats struct {
+	// Dnats is the number of DNAT rules.
+	Dnats int `json:"dnat"`
+	// Hairpins is the number of hairpin rules.
+	Hairpins int `json:"hairpin"`
+	// Snats is the number of SNAT rules.
+	Snats int `json:"snat"`
+	// PolicyRoutes is the number of policy routes.
+	PolicyRoutes int `json:"policy_route"`
+	// Forwards is the number of forwarded ports.
+	Forwards int `json:"forwards"`
+	// Inactive is how many forwards wait for their port.
+	Inactive int `json:"inactive"`
+	// Reservations is how many ports are held.
+	Reservations int `json:"reservations"`
+	// Changes counts changes applied since the daemon started.
+	Changes int `json:"changes"`
+	// IPForward reports that natmap enabled IPv4 forwarding.
+	IPForward bool `json:"ip_forward"`
+}
+
+// Stats returns counts of what the service holds.
+func (s *Service) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Stats{
+		Dnats:        len(s.dnats),
+		Hairpins:     len(s.hairpins),
+		Snats:        len(s.snats),
+		PolicyRoutes: len(s.routes),
+		Forwards:     len(s.forwards),
+		Inactive:     len(s.inactive),
+		Reservations: len(s.holds),
+		Changes:      s.changes,
+		IPForward:    s.state.IPForward,
+	}
+}

@@ -1,0 +1,138 @@
+package nft
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/lab-ops/natmap/nat"
+)
+
+// Render writes rs as an nft script that replaces `inet natmap` with
+// exactly what Replace would install: `nft -f FILE` loads it at boot
+// without the daemon. (Port reservations and policy routes need the
+// daemon; the script holds only the NAT table.)
+func Render(rs nat.Ruleset) []byte {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	w("# natmap's NAT table, written by `lab-ops natmap save`. Load with: nft -f FILE")
+	w("table inet %s", TableName)
+	w("delete table inet %s", TableName)
+	w("table inet %s {", TableName)
+	groups := groupByLookup(rs.Forwards)
+	for _, l := range lookups {
+		key := keyTypeName(l)
+		fs := slices.Clone(groups[l])
+		slices.SortFunc(fs, func(a, b nat.Forward) int { return a.Ext.Compare(b.Ext) })
+		keys := make([]string, len(fs))
+		pairs := make([]string, len(fs))
+		for i, f := range fs {
+			keys[i] = keyText(f)
+			pairs[i] = keyText(f) + " : " + f.Int.Addr().String() + " . " + fmt.Sprint(f.Int.Port())
+		}
+		w("\tset match%s {\n\t\ttype %s", l.suffix(), key)
+		writeElements(&b, keys)
+		w("\t}")
+		w("\tmap dnat%s {\n\t\ttype %s : %s . inet_service", l.suffix(), key, addrTypeName(l.fam))
+		writeElements(&b, pairs)
+		w("\t}")
+	}
+	w("\tchain %s {", hairpinChain)
+	for _, m := range rs.Masquerades {
+		fam := famWord(m.Dst)
+		w("\t\tct mark & %#08x == %#08x %s saddr %s %s daddr %s %s dport %s masquerade",
+			MarkDNAT, MarkDNAT, fam, m.Src, fam, m.Dst, m.Proto, portRange(m.From, m.To))
+	}
+	w("\t}")
+	w("\tchain %s {", snatChain)
+	for _, s := range rs.SNATs {
+		fam := famWord(s.ExtIP)
+		w("\t\toifname %q %s saddr %s snat %s to %s", s.ExtIf, fam, s.IntNet, fam, s.ExtIP)
+	}
+	w("\t}")
+	w("\tchain prerouting {\n\t\ttype nat hook prerouting priority %d; policy accept;", prioDNAT)
+	for _, l := range lookups {
+		w("\t\t%s", dnatText(l, MarkDNAT))
+	}
+	w("\t}")
+	w("\tchain output {\n\t\ttype nat hook output priority %d; policy accept;", prioDNAT)
+	for _, l := range lookups {
+		if !l.iif {
+			w("\t\t%s", dnatText(l, MarkDNAT|MarkLocal))
+		}
+	}
+	w("\t}")
+	w("\tchain postrouting {\n\t\ttype nat hook postrouting priority %d; policy accept;", prioSNAT)
+	w("\t\tct mark & %#08x == %#08x counter masquerade comment %q", MarkLocal, MarkLocal, "natmap: masquerade the host's own forwarded connections")
+	w("\t\tjump %s\n\t\tjump %s\n\t}", hairpinChain, snatChain)
+	w("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;")
+	w("\t\tct mark & %#08x == %#08x counter accept comment %q\n\t}", MarkDNAT, MarkDNAT, "natmap: accept forwarded flows")
+	w("}")
+	return []byte(b.String())
+}
+
+func writeElements(b *strings.Builder, els []string) {
+	if len(els) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\t\telements = {\n")
+	for i, e := range els {
+		sep := ","
+		if i == len(els)-1 {
+			sep = ""
+		}
+		fmt.Fprintf(b, "\t\t\t%s%s\n", e, sep)
+	}
+	fmt.Fprintf(b, "\t\t}\n")
+}
+
+func addrTypeName(f family) string {
+	if f.nfproto == ipv4.nfproto {
+		return "ipv4_addr"
+	}
+	return "ipv6_addr"
+}
+
+func keyTypeName(l lookup) string {
+	s := addrTypeName(l.fam) + " . inet_proto . inet_service"
+	if l.iif {
+		s = "ifname . " + s
+	}
+	return s
+}
+
+func keyText(f nat.Forward) string {
+	s := fmt.Sprintf("%s . %s . %d", f.Ext.Addr(), f.Proto, f.Ext.Port())
+	if f.ExtIf != "" {
+		s = fmt.Sprintf("%q . %s", f.ExtIf, s)
+	}
+	return s
+}
+
+func famWord(a netip.Addr) string {
+	if a.Is4() {
+		return "ip"
+	}
+	return "ip6"
+}
+
+func portRange(from, to uint16) string {
+	if from == to {
+		return fmt.Sprint(from)
+	}
+	return fmt.Sprintf("%d-%d", from, to)
+}
+
+func dnatText(l lookup, mark uint32) string {
+	fam := "ip"
+	if l.fam.nfproto != ipv4.nfproto {
+		fam = "ip6"
+	}
+	key := fam + " daddr . meta l4proto . th dport"
+	if l.iif {
+		key = "iifname . " + key
+	}
+	return fmt.Sprintf("%s @match%s ct mark set ct mark | %#08x dnat %s to %s map @dnat%s comment %q",
+		key, l.suffix(), mark, fam, key, l.suffix(), "natmap: dnat ipv"+l.fam.suffix+ifWord(l.iif))
+}

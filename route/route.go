@@ -1,0 +1,199 @@
+// Package route programs natmap's policy routes over netlink: for a source
+// address, an `ip rule from SRC lookup TABLE` and, in TABLE, a default route
+// via the gateway plus copies of the main table's directly connected routes
+// (so the LAN stays reachable without the gateway). Every route natmap puts
+// in a table carries the routing protocol number Proto, and only such
+// routes are ever removed; nothing else in the table or the rules is
+// touched. The connected routes are copied when the policy route is
+// installed (and again at every daemon start).
+package route
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/lab-ops/natmap/nat"
+)
+
+// Proto marks the routes natmap installs (`ip route show proto 212`).
+const Proto = 212
+
+// RulePriority is the priority of natmap's policy rules: before the main
+// table (32766).
+const RulePriority = 1000
+
+// Netlink implements nat.Router in the caller's network namespace.
+type Netlink struct{}
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
+}
+
+// connected lists the main table's directly connected routes of a's family.
+func connected(a netip.Addr) ([]netlink.Route, error) {
+	var routes []netlink.Route
+	var err error
+	for range 3 {
+		routes, err = netlink.RouteListFiltered(family(a), &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing routes: %w", err)
+	}
+	var out []netlink.Route
+	for _, r := range routes {
+		if r.Scope == netlink.SCOPE_LINK && r.Dst != nil && r.Gw == nil {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// onLink returns the most specific connected route that holds a.
+func onLink(a netip.Addr) (netlink.Route, netip.Prefix, bool, error) {
+	routes, err := connected(a)
+	if err != nil {
+		return netlink.Route{}, netip.Prefix{}, false, err
+	}
+	var best netlink.Route
+	var bestP netip.Prefix
+	found := false
+	for _, r := range routes {
+		p, ok := prefixOf(r.Dst)
+		if ok && p.Contains(a) && (!found || p.Bits() > bestP.Bits()) {
+			best, bestP, found = r, p, true
+		}
+	}
+	return best, bestP, found, nil
+}
+
+// CheckGateway implements nat.Router.
+func (Netlink) CheckGateway(via netip.Addr) error {
+	_, _, ok, err := onLink(via)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("via: %s is not on any directly connected network of this host: %w", via, nat.ErrInvalid)
+	}
+	return nil
+}
+
+// ConnectedPrefix implements nat.Router.
+func (Netlink) ConnectedPrefix(ip netip.Addr) (netip.Prefix, error) {
+	_, p, ok, err := onLink(ip)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if !ok {
+		return netip.PrefixFrom(ip, ip.BitLen()), nil
+	}
+	return p, nil
+}
+
+func rule(p nat.PolicyRoute) *netlink.Rule {
+	r := netlink.NewRule()
+	r.Family = family(p.SrcIP)
+	r.Src = ipNet(netip.PrefixFrom(p.SrcIP, p.SrcIP.BitLen()))
+	r.Table = int(p.Table)
+	r.Priority = RulePriority
+	return r
+}
+
+// AddPolicyRoute implements nat.Router; it is idempotent.
+func (Netlink) AddPolicyRoute(p nat.PolicyRoute) error {
+	gw, _, ok, err := onLink(p.Via)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("via: %s is not on any directly connected network of this host: %w", p.Via, nat.ErrInvalid)
+	}
+	routes, err := connected(p.Via)
+	if err != nil {
+		return err
+	}
+	for _, r := range routes {
+		cp := netlink.Route{LinkIndex: r.LinkIndex, Dst: r.Dst, Src: r.Src, Scope: netlink.SCOPE_LINK, Table: int(p.Table), Protocol: Proto}
+		if err := netlink.RouteReplace(&cp); err != nil {
+			return fmt.Errorf("copying route %s into table %d: %w", r.Dst, p.Table, err)
+		}
+	}
+	def := netlink.Route{LinkIndex: gw.LinkIndex, Gw: p.Via.AsSlice(), Table: int(p.Table), Protocol: Proto}
+	if p.Via.Is6() {
+		def.Dst = ipNet(netip.PrefixFrom(netip.IPv6Unspecified(), 0))
+	}
+	if err := netlink.RouteReplace(&def); err != nil {
+		return fmt.Errorf("adding default via %s to table %d: %w", p.Via, p.Table, err)
+	}
+	exists, err := ruleExists(p)
+	if err != nil || exists {
+		return err
+	}
+	if err := netlink.RuleAdd(rule(p)); err != nil {
+		return fmt.Errorf("adding rule from %s lookup %d: %w", p.SrcIP, p.Table, err)
+	}
+	return nil
+}
+
+func ruleExists(p nat.PolicyRoute) (bool, error) {
+	rules, err := netlink.RuleListFiltered(family(p.SrcIP), &netlink.Rule{Table: int(p.Table)}, netlink.RT_FILTER_TABLE)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return false, fmt.Errorf("listing rules: %w", err)
+	}
+	want := netip.PrefixFrom(p.SrcIP, p.SrcIP.BitLen())
+	for _, r := range rules {
+		if got, ok := prefixOf(r.Src); ok && got == want && r.Priority == RulePriority {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// DeletePolicyRoute implements nat.Router. A missing rule is not an error;
+// with lastInTable the routes natmap put in the table go too.
+func (Netlink) DeletePolicyRoute(p nat.PolicyRoute, lastInTable bool) error {
+	if err := netlink.RuleDel(rule(p)); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("deleting rule from %s lookup %d: %w", p.SrcIP, p.Table, err)
+	}
+	if !lastInTable {
+		return nil
+	}
+	routes, err := netlink.RouteListFiltered(family(p.SrcIP), &netlink.Route{Table: int(p.Table), Protocol: Proto},
+		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return fmt.Errorf("listing table %d: %w", p.Table, err)
+	}
+	for _, r := range routes {
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("deleting route %s from table %d: %w", r.Dst, p.Table, err)
+		}
+	}
+	return nil
+}
