@@ -53,27 +53,43 @@ func familyOf(f nat.Forward) family {
 	return ipv6
 }
 
-// lookup is one kind of forward lookup: a family, with or without the input
-// interface in the key. Each kind has a set of keys (to mark the flow) and a
-// map from the same keys to the target address and port.
+// lookup is one kind of forward lookup: a family, and a key of the
+// destination address, protocol and port, with the input interface in
+// front (iif) or without the address for forwards to every local address
+// (any: the packet must be for this host, `fib daddr type local`). Each kind
+// has a set of keys (to mark the flow) and a map from the same keys to the
+// target address and port. Lookups run in this order: the most specific
+// first.
 type lookup struct {
 	fam family
 	iif bool
+	any bool
 }
 
-var lookups = []lookup{{ipv4, true}, {ipv4, false}, {ipv6, true}, {ipv6, false}}
+var lookups = []lookup{
+	{fam: ipv4, iif: true}, {fam: ipv4}, {fam: ipv4, any: true},
+	{fam: ipv6, iif: true}, {fam: ipv6}, {fam: ipv6, any: true},
+}
 
-func lookupOf(f nat.Forward) lookup { return lookup{fam: familyOf(f), iif: f.ExtIf != ""} }
+func lookupOf(f nat.Forward) lookup {
+	return lookup{fam: familyOf(f), iif: f.ExtIf != "", any: f.Ext.Addr().IsUnspecified()}
+}
 
 func (l lookup) suffix() string {
-	if l.iif {
+	switch {
+	case l.iif:
 		return l.fam.suffix + "if"
+	case l.any:
+		return "any" + l.fam.suffix
 	}
 	return l.fam.suffix
 }
 
 func (l lookup) keyType() nftables.SetDatatype {
-	types := []nftables.SetDatatype{l.fam.addr, nftables.TypeInetProto, nftables.TypeInetService}
+	types := []nftables.SetDatatype{nftables.TypeInetProto, nftables.TypeInetService}
+	if !l.any {
+		types = append([]nftables.SetDatatype{l.fam.addr}, types...)
+	}
 	if l.iif {
 		types = append([]nftables.SetDatatype{nftables.TypeIFName}, types...)
 	}
@@ -90,8 +106,8 @@ func (l lookup) sets(t *nftables.Table) (keys, targets *nftables.Set) {
 	return keys, targets
 }
 
-// key is the bytes of a forward's key: [ifname .] daddr . l4proto . dport,
-// each field padded to 4 bytes.
+// key is the bytes of a forward's key: [ifname .] [daddr .] l4proto .
+// dport, each field padded to 4 bytes.
 func key(f nat.Forward) []byte {
 	var b []byte
 	if f.ExtIf != "" {
@@ -99,7 +115,9 @@ func key(f nat.Forward) []byte {
 		copy(name, f.ExtIf)
 		b = append(b, name...)
 	}
-	b = append(b, f.Ext.Addr().AsSlice()...)
+	if !f.Ext.Addr().IsUnspecified() {
+		b = append(b, f.Ext.Addr().AsSlice()...)
+	}
 	b = append(b, byte(f.Proto), 0, 0, 0)
 	b = append(b, binaryutil.BigEndian.PutUint16(f.Ext.Port())...)
 	return append(b, 0, 0)
@@ -128,8 +146,10 @@ func (l lookup) loadKey() []expr.Any {
 		out = append(out, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg})
 		reg += 4
 	}
-	out = append(out, &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: l.fam.daddr, Len: l.fam.addrLen})
-	reg += l.fam.addrLen / 4
+	if !l.any {
+		out = append(out, &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: l.fam.daddr, Len: l.fam.addrLen})
+		reg += l.fam.addrLen / 4
+	}
 	out = append(out, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg})
 	reg++
 	return append(out, &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
@@ -146,6 +166,12 @@ func (l lookup) dnatRule(t *nftables.Table, c *nftables.Chain, keys, targets *nf
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l.fam.nfproto}},
 	}
+	if l.any {
+		exprs = append(exprs,
+			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+		)
+	}
 	exprs = append(exprs, l.loadKey()...)
 	exprs = append(exprs, &expr.Lookup{SourceRegister: first, SetName: keys.Name, SetID: keys.ID})
 	exprs = append(exprs, setMark(mark)...)
@@ -159,14 +185,18 @@ func (l lookup) dnatRule(t *nftables.Table, c *nftables.Chain, keys, targets *nf
 			RegProtoMin: first + l.fam.addrLen/4,
 		},
 	)
-	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs, UserData: comment("natmap: dnat ipv" + l.fam.suffix + ifWord(l.iif))}
+	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs, UserData: comment(l.comment())}
 }
 
-func ifWord(iif bool) string {
-	if iif {
-		return " by interface"
+func (l lookup) comment() string {
+	s := "natmap: dnat ipv" + l.fam.suffix
+	switch {
+	case l.iif:
+		s += " by interface"
+	case l.any:
+		s += " to every local address"
 	}
-	return ""
+	return s
 }
 
 // setMark is `ct mark set ct mark | mark`.

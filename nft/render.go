@@ -95,7 +95,10 @@ func addrTypeName(f family) string {
 }
 
 func keyTypeName(l lookup) string {
-	s := addrTypeName(l.fam) + " . inet_proto . inet_service"
+	s := "inet_proto . inet_service"
+	if !l.any {
+		s = addrTypeName(l.fam) + " . " + s
+	}
 	if l.iif {
 		s = "ifname . " + s
 	}
@@ -103,7 +106,10 @@ func keyTypeName(l lookup) string {
 }
 
 func keyText(f nat.Forward) string {
-	s := fmt.Sprintf("%s . %s . %d", f.Ext.Addr(), f.Proto, f.Ext.Port())
+	s := fmt.Sprintf("%s . %d", f.Proto, f.Ext.Port())
+	if !f.Ext.Addr().IsUnspecified() {
+		s = f.Ext.Addr().String() + " . " + s
+	}
 	if f.ExtIf != "" {
 		s = fmt.Sprintf("%q . %s", f.ExtIf, s)
 	}
@@ -130,9 +136,14 @@ func dnatText(l lookup, mark uint32) string {
 		fam = "ip6"
 	}
 	key := fam + " daddr . meta l4proto . th dport"
-	if l.iif {
+	guard := ""
+	switch {
+	case l.iif:
 		key = "iifname . " + key
+	case l.any:
+		key = "meta l4proto . th dport"
+		guard = "meta nfproto ipv" + l.fam.suffix + " fib daddr type local "
 	}
-	return fmt.Sprintf("%s @match%s ct mark set ct mark | %#08x dnat %s to %s map @dnat%s comment %q",
-		key, l.suffix(), mark, fam, key, l.suffix(), "natmap: dnat ipv"+l.fam.suffix+ifWord(l.iif))
+	return fmt.Sprintf("%s%s @match%s ct mark set ct mark | %#08x dnat %s to %s map @dnat%s comment %q",
+		guard, key, l.suffix(), mark, fam, key, l.suffix(), l.comment())
 }
