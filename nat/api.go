@@ -36,6 +36,8 @@ type Info struct {
 	// Save writes a rendered ruleset to the daemon's save path and
 	// returns the path.
 	Save func([]byte) (string, error)
+	// DockerState reports whether Docker answers, and why not.
+	DockerState func() (bool, error)
 }
 
 type api struct {
@@ -69,6 +71,7 @@ func NewHandler(svc *Service, info Info, log *slog.Logger) http.Handler {
 	mux.HandleFunc("DELETE /policy-route", mutate(a, PolicyRouteConfig.toPolicyRoute, func(_ context.Context, p PolicyRoute) (bool, error) {
 		return true, svc.DeletePolicyRoute(p)
 	}))
+	a.mappingRoutes(mux)
 	mux.HandleFunc("GET /mappings", a.mappings)
 	mux.HandleFunc("GET /rules", a.rules)
 	mux.HandleFunc("DELETE /clear", a.clear)
@@ -130,7 +133,7 @@ func deleted[R any](del func(context.Context, R) error) func(context.Context, R)
 
 func (a *api) mappings(w http.ResponseWriter, r *http.Request) {
 	l := a.svc.List()
-	resp := ListResponse{Docker: []any{}, Dnats: []DnatEntry{}, Snats: []SnatEntry{}, Hairpins: []HairpinEntry{}, PolicyRoutes: []PolicyRouteEntry{}}
+	resp := ListResponse{Docker: []DockerPortMap{}, Dnats: []DnatEntry{}, Snats: []SnatEntry{}, Hairpins: []HairpinEntry{}, PolicyRoutes: []PolicyRouteEntry{}}
 	for _, st := range l.Dnats {
 		resp.Dnats = append(resp.Dnats, DnatEntry{DnatConfig: ConfigOf(st.Rule), Status: st.Status, Reason: st.Reason})
 	}
@@ -139,6 +142,11 @@ func (a *api) mappings(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, sn := range l.Snats {
 		resp.Snats = append(resp.Snats, SnatEntry{SnatConfig: SnatConfigOf(sn), Status: "active"})
+	}
+	for _, st := range l.Mappings {
+		pm := PortMapOf(st.Rule)
+		pm.Status, pm.Reason = st.Status, st.Reason
+		resp.Docker = append(resp.Docker, pm)
 	}
 	for _, st := range l.PolicyRoutes {
 		resp.PolicyRoutes = append(resp.PolicyRoutes, PolicyRouteEntry{PolicyRouteConfig: PolicyRouteConfigOf(st.Rule), Status: st.Status, Reason: st.Reason})
@@ -166,6 +174,12 @@ func (a *api) rules(w http.ResponseWriter, r *http.Request) {
 	for _, st := range l.Hairpins {
 		add("hairpin", st.Rule.ExtIP, st.Rule.IntIP, st.Rule.Ports, st.Rule.Proto, st.Inactive)
 	}
+	for _, st := range l.Mappings {
+		if st.Status == "active" {
+			m := st.Rule
+			live = append(live, LiveRule{Kind: "mapping", ExtIP: m.HostIP.String(), IntIP: m.target().String(), Ports: []uint16{m.HostPort}, Proto: m.Proto.String()})
+		}
+	}
 	for _, sn := range l.Snats {
 		live = append(live, LiveRule{Kind: "snat", ExtIP: sn.ExtIP.String(), IntIP: prefixString(sn.IntNet), Ports: []uint16{}})
 	}
@@ -182,10 +196,18 @@ func (a *api) clear(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) status(w http.ResponseWriter, r *http.Request) {
+	docker := "not configured"
+	if a.info.DockerState != nil {
+		docker = "connected"
+		if ok, err := a.info.DockerState(); !ok {
+			docker = fmt.Sprintf("unavailable: %v", err)
+		}
+	}
 	reply(w, http.StatusOK, StatusResponse{
 		Version:       a.info.Version,
 		Backend:       a.svc.BackendName(),
 		BackendReason: a.info.BackendReason,
+		Docker:        docker,
 		Rules:         a.svc.Stats(),
 		UptimeSeconds: int64(time.Since(a.info.Started).Seconds()),
 	})
@@ -237,7 +259,7 @@ func (a *api) ruleset(w http.ResponseWriter, r *http.Request) {
 	w.Write(a.info.Render(a.svc.Ruleset()))
 }
 
-var knownPaths = []string{"/dnat", "/hairpin", "/snat", "/policy-route", "/mappings", "/rules", "/clear", "/status", "/fwd", "/save", "/ruleset"}
+var knownPaths = []string{"/mapping", "/remap", "/dnat", "/hairpin", "/snat", "/policy-route", "/mappings", "/rules", "/clear", "/status", "/fwd", "/save", "/ruleset"}
 
 func (a *api) noRoute(w http.ResponseWriter, r *http.Request) {
 	if slices.Contains(knownPaths, r.URL.Path) {

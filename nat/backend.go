@@ -39,6 +39,12 @@ type System interface {
 	// EnableForwarding turns on IPv4 forwarding, and IPv6 forwarding too
 	// when ipv6 is set.
 	EnableForwarding(ipv6 bool) error
+	// AllowLocalnet lets connections from 127.0.0.1 be forwarded to dst
+	// (route_localnet on the interface that reaches it).
+	AllowLocalnet(dst netip.Addr) error
+	// FlushConntrack deletes the connection tracking entries whose
+	// original destination is e.
+	FlushConntrack(e Endpoint) error
 }
 
 // Router programs policy routes (ip rules and routing tables).
@@ -63,6 +69,10 @@ type Rules struct {
 	SNATs []SNAT
 	// Masquerades are the hairpin masquerades.
 	Masquerades []Masquerade
+	// SameNet are networks (such as a Docker bridge's) whose hosts reach
+	// each other through natmap's forwards: such flows are masqueraded, so
+	// the target answers through this host and not straight to the client.
+	SameNet []netip.Prefix
 }
 
 // Ruleset is the whole kernel content natmap owns.
@@ -80,6 +90,9 @@ func (r Rules) render(prefix string) string {
 	var b strings.Builder
 	for _, m := range r.Masquerades {
 		b.WriteString(prefix + m.String() + "\n")
+	}
+	for _, p := range r.SameNet {
+		b.WriteString(prefix + "masquerade within " + p.String() + "\n")
 	}
 	for _, s := range r.SNATs {
 		b.WriteString(prefix + s.String() + "\n")

@@ -207,6 +207,10 @@ type State struct {
 	Hairpins []Hairpin `json:"hairpins"`
 	// PolicyRoutes are the policy routes.
 	PolicyRoutes []PolicyRoute `json:"policy_routes"`
+	// Mappings are the Docker mappings.
+	Mappings []Mapping `json:"mappings"`
+	// NextMappingID is the ID the next mapping gets.
+	NextMappingID int `json:"next_mapping_id,omitempty"`
 	// IPForward records that `fwd` enabled IPv4 forwarding; the daemon
 	// enables it again at start.
 	IPForward bool `json:"ip_forward,omitempty"`
@@ -255,6 +259,21 @@ func (s State) Validate() error {
 		}
 		hairpins[h.ID()] = true
 		if err := claim(where, h.dnat().Forwards()); err != nil {
+			return err
+		}
+	}
+	ids := map[int]bool{}
+	for i, m := range s.Mappings {
+		where := fmt.Sprintf("mappings[%d]", i)
+		req := MappingRequest{Container: m.Container, HostIP: m.HostIP, HostPort: m.HostPort, ContainerPort: m.ContainerPort, TargetIP: m.TargetIP, Proto: m.Proto}
+		if err := req.normalize(); err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+		if m.HostPort == 0 || m.ID <= 0 || ids[m.ID] {
+			return fmt.Errorf("%s: bad host port %d or id %d: %w", where, m.HostPort, m.ID, ErrInvalid)
+		}
+		ids[m.ID] = true
+		if err := claim(where, []Forward{m.forward()}); err != nil {
 			return err
 		}
 	}

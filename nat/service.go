@@ -29,9 +29,14 @@ type Service struct {
 	snats    map[SNATID]SNAT
 	routes   map[PolicyRoute]string // value: why the route is not installed, or ""
 	forwards map[Endpoint]fwdEntry  // every forward of every dnat and hairpin
-	inactive map[Endpoint]string    // forwards not in the kernel, and why
-	holds    map[Endpoint]io.Closer // one reservation per forward in the kernel
-	changes  int                    // changes applied since start
+	inactive map[Endpoint]string    // forwards neither reserved nor in the kernel, and why
+	parked   map[Endpoint]string    // forwards reserved but not in the kernel (container down), and why
+	holds    map[Endpoint]io.Closer // one reservation per forward, but the inactive
+	mappings map[int]Mapping        // Docker mappings by ID
+	targets  map[int]Container      // what each mapping's container resolved to
+	nextID   int                    // the next mapping ID
+	docker   Containers
+	changes  int // changes applied since start
 }
 
 // fwdEntry is a forward and how many rules (a dnat, a hairpin) use it.
@@ -52,6 +57,8 @@ type Deps struct {
 	System System
 	// Router programs policy routes.
 	Router Router
+	// Docker finds containers; nil means Docker is not available.
+	Docker Containers
 	// Log receives the service's log lines; nil discards them.
 	Log *slog.Logger
 }
@@ -75,7 +82,12 @@ func NewService(d Deps) *Service {
 		routes:   map[PolicyRoute]string{},
 		forwards: map[Endpoint]fwdEntry{},
 		inactive: map[Endpoint]string{},
+		parked:   map[Endpoint]string{},
 		holds:    map[Endpoint]io.Closer{},
+		mappings: map[int]Mapping{},
+		targets:  map[int]Container{},
+		nextID:   1,
+		docker:   d.Docker,
 	}
 }
 
@@ -109,6 +121,18 @@ func (s *Service) Start(ctx context.Context, st State) error {
 	for _, sn := range st.Snats {
 		s.snats[sn.ID()] = sn
 	}
+	for _, m := range st.Mappings {
+		m.net = s.netOf(m.ContainerIP)
+		s.mappings[m.ID] = m
+		s.nextID = max(s.nextID, m.ID+1)
+		if _, err := s.own(tx, []Forward{m.forward()}); err != nil {
+			return err
+		}
+		if !m.target().IsValid() {
+			s.parked[m.forward().Endpoint()] = fmt.Sprintf("container %s is not running", m.Container)
+		}
+	}
+	s.nextID = max(s.nextID, st.NextMappingID)
 	for ep, e := range s.forwards {
 		if err := s.take(ep); err != nil {
 			s.inactive[ep] = err.Error()
@@ -118,6 +142,9 @@ func (s *Service) Start(ctx context.Context, st State) error {
 	if err := s.backend.Replace(ctx, s.activeRuleset()); err != nil {
 		s.releaseAllHolds()
 		return fmt.Errorf("installing %d forwards with %s: %w", len(s.forwards)-len(s.inactive), s.backend.Name(), err)
+	}
+	for _, m := range s.mappings {
+		s.afterInstall(m)
 	}
 	for _, p := range st.PolicyRoutes {
 		s.routes[p] = ""
@@ -163,7 +190,7 @@ func (s *Service) AddDNAT(ctx context.Context, d DNAT) (rule DNAT, changed bool,
 		return DNAT{}, false, err
 	}
 	put(tx, s.dnats, d.ID(), rule)
-	if err := s.commit(ctx, tx, fresh, nil, false); err != nil {
+	if err := s.commit(ctx, tx, edit{fresh: fresh}); err != nil {
 		return DNAT{}, false, fmt.Errorf("adding dnat %s: %w", d, err)
 	}
 	s.log.Info("dnat added", "rule", d.String())
@@ -196,7 +223,7 @@ func (s *Service) DeleteDNAT(ctx context.Context, d DNAT) error {
 		rule.Ports = left
 		put(tx, s.dnats, d.ID(), rule)
 	}
-	if err := s.commit(ctx, tx, nil, gone, false); err != nil {
+	if err := s.commit(ctx, tx, edit{gone: gone}); err != nil {
 		return fmt.Errorf("deleting dnat %s: %w", d, err)
 	}
 	s.log.Info("dnat deleted", "rule", d.String())
@@ -213,12 +240,13 @@ func (s *Service) Clear(ctx context.Context) error {
 		return fmt.Errorf("clearing rules: %w", err)
 	}
 	dnats, hairpins, snats, routes := s.dnats, s.hairpins, s.snats, s.routes
-	forwards, inactive := s.forwards, s.inactive
+	forwards, inactive, parked, mappings := s.forwards, s.inactive, s.parked, s.mappings
 	s.dnats, s.hairpins, s.snats = map[DNATID]DNAT{}, map[HairpinID]Hairpin{}, map[SNATID]SNAT{}
 	s.forwards, s.inactive, s.routes = map[Endpoint]fwdEntry{}, map[Endpoint]string{}, map[PolicyRoute]string{}
+	s.parked, s.mappings = map[Endpoint]string{}, map[int]Mapping{}
 	if err := s.persist(); err != nil {
 		s.dnats, s.hairpins, s.snats, s.routes = dnats, hairpins, snats, routes
-		s.forwards, s.inactive = forwards, inactive
+		s.forwards, s.inactive, s.parked, s.mappings = forwards, inactive, parked, mappings
 		if uerr := s.backend.Replace(ctx, before); uerr != nil {
 			s.log.Error("restoring rules after a failed clear", "err", uerr)
 		}
@@ -239,7 +267,12 @@ func (s *Service) Clear(ctx context.Context) error {
 		}
 	}
 	s.changes++
-	s.log.Info("all rules cleared", "dnats", len(dnats), "hairpins", len(hairpins), "snats", len(snats), "policy_routes", len(routes))
+	var udp []Forward
+	for _, e := range forwards {
+		udp = append(udp, e.f)
+	}
+	s.flushUDP(udp)
+	s.log.Info("all rules cleared", "dnats", len(dnats), "hairpins", len(hairpins), "snats", len(snats), "policy_routes", len(routes), "mappings", len(mappings))
 	return nil
 }
 
@@ -335,25 +368,31 @@ func (s *Service) disown(tx *txn, fs []Forward) []Forward {
 	return gone
 }
 
+// edit is what a model change does to the kernel and the reservations.
+type edit struct {
+	fresh []Forward // new endpoints: reserve, and install unless parked
+	gone  []Forward // endpoints no rule uses any more: uninstall, release
+	// swapDel and swapAdd change the target of kept endpoints (a container
+	// with a new address): kernel only.
+	swapDel, swapAdd []Forward
+	rules            bool // the SNAT and masquerade rules changed
+}
+
 // commit makes the model changes recorded in tx real: it reserves the
 // fresh forwards, applies the kernel change in one transaction (with the
-// SNAT and masquerade rules rebuilt when rules is set), persists, and
+// SNAT and masquerade rules rebuilt when e.rules is set), persists, and
 // releases what the gone forwards held. On failure everything, tx
 // included, is put back as it was.
-func (s *Service) commit(ctx context.Context, tx *txn, fresh, gone []Forward, rules bool) error {
-	taken, err := s.takeAll(fresh)
+func (s *Service) commit(ctx context.Context, tx *txn, e edit) error {
+	taken, err := s.takeAll(e.fresh)
 	if err != nil {
 		tx.rollback()
 		return err
 	}
-	var activeGone []Forward
-	for _, f := range gone {
-		if _, off := s.inactive[f.Endpoint()]; !off {
-			activeGone = append(activeGone, f)
-		}
-	}
-	ch := Change{Del: activeGone, Add: fresh}
-	if rules {
+	ch := Change{Del: s.installed(e.gone), Add: s.installed(e.fresh)}
+	ch.Del = append(ch.Del, e.swapDel...)
+	ch.Add = append(ch.Add, e.swapAdd...)
+	if e.rules {
 		r := s.rules()
 		ch.Rules = &r
 	}
@@ -364,8 +403,8 @@ func (s *Service) commit(ctx context.Context, tx *txn, fresh, gone []Forward, ru
 	}
 	if err := s.persist(); err != nil {
 		tx.rollback()
-		undo := Change{Del: fresh, Add: activeGone}
-		if rules {
+		undo := Change{Del: ch.Add, Add: ch.Del}
+		if e.rules {
 			r := s.rules()
 			undo.Rules = &r
 		}
@@ -373,15 +412,31 @@ func (s *Service) commit(ctx context.Context, tx *txn, fresh, gone []Forward, ru
 		s.releaseAll(taken)
 		return err
 	}
-	for _, f := range gone {
-		if _, off := s.inactive[f.Endpoint()]; off {
-			delete(s.inactive, f.Endpoint())
+	for _, f := range e.gone {
+		ep := f.Endpoint()
+		if _, off := s.inactive[ep]; off {
+			delete(s.inactive, ep)
 			continue
 		}
-		s.release(f.Endpoint())
+		delete(s.parked, ep)
+		s.release(ep)
 	}
 	s.changes++
 	return nil
+}
+
+// installed keeps the forwards that are (or are to be) in the kernel:
+// neither inactive nor parked.
+func (s *Service) installed(fs []Forward) []Forward {
+	var out []Forward
+	for _, f := range fs {
+		_, off := s.inactive[f.Endpoint()]
+		_, down := s.parked[f.Endpoint()]
+		if !off && !down {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // revert undoes a kernel change after a later step failed.

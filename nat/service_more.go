@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -52,7 +53,7 @@ func (s *Service) AddHairpin(ctx context.Context, h Hairpin) (rule Hairpin, chan
 		return Hairpin{}, false, err
 	}
 	put(tx, s.hairpins, h.ID(), rule)
-	if err := s.commit(ctx, tx, fresh, nil, true); err != nil {
+	if err := s.commit(ctx, tx, edit{fresh: fresh, rules: true}); err != nil {
 		return Hairpin{}, false, fmt.Errorf("adding %s: %w", h, err)
 	}
 	s.log.Info("hairpin added", "rule", rule.String())
@@ -106,7 +107,7 @@ func (s *Service) DeleteHairpin(ctx context.Context, h Hairpin) error {
 		rule.Ports = left
 		put(tx, s.hairpins, h.ID(), rule)
 	}
-	if err := s.commit(ctx, tx, nil, gone, true); err != nil {
+	if err := s.commit(ctx, tx, edit{gone: gone, rules: true}); err != nil {
 		return fmt.Errorf("deleting %s: %w", h, err)
 	}
 	s.log.Info("hairpin deleted", "rule", h.String())
@@ -129,7 +130,7 @@ func (s *Service) AddSNAT(ctx context.Context, sn SNAT) (changed bool, err error
 	}
 	tx := &txn{}
 	put(tx, s.snats, sn.ID(), sn)
-	if err := s.commit(ctx, tx, nil, nil, true); err != nil {
+	if err := s.commit(ctx, tx, edit{rules: true}); err != nil {
 		return false, fmt.Errorf("adding %s: %w", sn, err)
 	}
 	s.log.Info("snat added", "rule", sn.String())
@@ -148,7 +149,7 @@ func (s *Service) DeleteSNAT(ctx context.Context, sn SNAT) error {
 	}
 	tx := &txn{}
 	drop(tx, s.snats, sn.ID())
-	if err := s.commit(ctx, tx, nil, nil, true); err != nil {
+	if err := s.commit(ctx, tx, edit{rules: true}); err != nil {
 		return fmt.Errorf("deleting %s: %w", sn, err)
 	}
 	s.log.Info("snat deleted", "rule", sn.String())
@@ -248,13 +249,21 @@ func (s *Service) rules() Rules {
 	for _, h := range slices.SortedFunc(maps.Values(s.hairpins), compareHairpin) {
 		r.Masquerades = append(r.Masquerades, h.Masquerades()...)
 	}
+	for _, m := range s.mappings {
+		if m.net.IsValid() && !slices.Contains(r.SameNet, m.net) {
+			r.SameNet = append(r.SameNet, m.net)
+		}
+	}
+	slices.SortFunc(r.SameNet, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	return r
 }
 
 func (s *Service) activeRuleset() Ruleset {
 	rs := Ruleset{Forwards: make([]Forward, 0, len(s.forwards)), Rules: s.rules()}
 	for ep, e := range s.forwards {
-		if _, off := s.inactive[ep]; !off {
+		_, off := s.inactive[ep]
+		_, down := s.parked[ep]
+		if !off && !down {
 			rs.Forwards = append(rs.Forwards, e.f)
 		}
 	}
@@ -275,6 +284,8 @@ func (s *Service) snapshot() State {
 	st.Hairpins = slices.SortedFunc(maps.Values(s.hairpins), compareHairpin)
 	st.Snats = s.rules().SNATs
 	st.PolicyRoutes = slices.SortedFunc(maps.Keys(s.routes), comparePolicyRoute)
+	st.Mappings = slices.SortedFunc(maps.Values(s.mappings), func(a, b Mapping) int { return a.ID - b.ID })
+	st.NextMappingID = s.nextID
 	return st
 }
 
@@ -306,6 +317,8 @@ type Listing struct {
 	Snats []SNAT
 	// PolicyRoutes are the policy routes.
 	PolicyRoutes []Status[PolicyRoute]
+	// Mappings are the Docker mappings.
+	Mappings []Status[Mapping]
 }
 
 // List returns every rule with its status.
@@ -321,6 +334,13 @@ func (s *Service) List() Listing {
 		l.Hairpins = append(l.Hairpins, forwardStatus(h, h.dnat().Forwards(), s.inactive))
 	}
 	l.Snats = st.Snats
+	for _, m := range st.Mappings {
+		ms := forwardStatus(m, []Forward{m.forward()}, s.inactive)
+		if why, down := s.parked[m.forward().Endpoint()]; down {
+			ms.Status, ms.Reason = "inactive", why
+		}
+		l.Mappings = append(l.Mappings, ms)
+	}
 	for _, p := range st.PolicyRoutes {
 		ps := Status[PolicyRoute]{Rule: p, Status: "active"}
 		if reason := s.routes[p]; reason != "" {
@@ -362,6 +382,8 @@ type Stats struct {
 	Snats int `json:"snat"`
 	// PolicyRoutes is the number of policy routes.
 	PolicyRoutes int `json:"policy_route"`
+	// Mappings is the number of Docker mappings.
+	Mappings int `json:"mapping"`
 	// Forwards is the number of forwarded ports.
 	Forwards int `json:"forwards"`
 	// Inactive is how many forwards wait for their port.
@@ -383,6 +405,7 @@ func (s *Service) Stats() Stats {
 		Hairpins:     len(s.hairpins),
 		Snats:        len(s.snats),
 		PolicyRoutes: len(s.routes),
+		Mappings:     len(s.mappings),
 		Forwards:     len(s.forwards),
 		Inactive:     len(s.inactive),
 		Reservations: len(s.holds),

@@ -65,9 +65,14 @@ func (m *memStore) Save(s State) error {
 	return nil
 }
 
-type noSystem struct{ enabled int }
+type noSystem struct {
+	enabled int
+	flushed []Endpoint
+}
 
-func (n *noSystem) EnableForwarding(bool) error { n.enabled++; return nil }
+func (n *noSystem) EnableForwarding(bool) error     { n.enabled++; return nil }
+func (n *noSystem) AllowLocalnet(netip.Addr) error  { return nil }
+func (n *noSystem) FlushConntrack(e Endpoint) error { n.flushed = append(n.flushed, e); return nil }
 
 type rig struct {
 	svc    *Service

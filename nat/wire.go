@@ -91,7 +91,7 @@ type PolicyRouteEntry struct {
 // ListResponse is the reply of GET /mappings.
 type ListResponse struct {
 	// Docker lists container mappings.
-	Docker []any `json:"docker"`
+	Docker []DockerPortMap `json:"docker"`
 	// Dnats lists static DNAT rules.
 	Dnats []DnatEntry `json:"dnats"`
 	// Snats lists SNAT rules.
@@ -138,6 +138,8 @@ type StatusResponse struct {
 	Backend string `json:"backend"`
 	// BackendReason says why that backend was chosen.
 	BackendReason string `json:"backend_reason"`
+	// Docker is "connected" or says why not.
+	Docker string `json:"docker"`
 	// Rules counts what the daemon holds.
 	Rules Stats `json:"rules"`
 	// UptimeSeconds is how long the daemon has been serving.

@@ -85,6 +85,7 @@ func TestIntegrationGoldenSequence(t *testing.T) {
 			{Src: netip.MustParsePrefix("10.0.0.0/24"), Dst: netip.MustParseAddr("10.0.0.101"), Proto: nat.ProtoUDP, From: 8000, To: 8100},
 			{Src: netip.MustParsePrefix("fd00::/64"), Dst: netip.MustParseAddr("fd00::101"), Proto: nat.ProtoTCP, From: 8080, To: 8080},
 		},
+		SameNet: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
 	}
 	if err := b.Apply(ctx, nat.Change{Del: []nat.Forward{dns}, Rules: &rules}); err != nil {
 		t.Fatal(err)

@@ -44,6 +44,10 @@ func Render(rs nat.Ruleset) []byte {
 		w("\t\tct mark & %#08x == %#08x %s saddr %s %s daddr %s %s dport %s masquerade",
 			MarkDNAT, MarkDNAT, fam, m.Src, fam, m.Dst, m.Proto, portRange(m.From, m.To))
 	}
+	for _, p := range rs.SameNet {
+		fam := famWord(p.Addr())
+		w("\t\tct mark & %#08x == %#08x %s saddr %s %s daddr %s masquerade", MarkDNAT, MarkDNAT, fam, p, fam, p)
+	}
 	w("\t}")
 	w("\tchain %s {", snatChain)
 	for _, s := range rs.SNATs {

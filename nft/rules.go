@@ -102,11 +102,26 @@ func masqRule(t *nftables.Table, c *nftables.Chain, m nat.Masquerade) *nftables.
 	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs}
 }
 
+// sameNetRule: ct mark & DNAT == DNAT ip saddr NET ip daddr NET
+// masquerade.
+func sameNetRule(t *nftables.Table, c *nftables.Chain, p netip.Prefix) *nftables.Rule {
+	f := famOf(p.Addr())
+	exprs := hasMark(MarkDNAT)
+	exprs = append(exprs, matchFamily(f)...)
+	exprs = append(exprs, matchPrefix(f.daddr-f.addrLen, p)...)
+	exprs = append(exprs, matchPrefix(f.daddr, p)...)
+	exprs = append(exprs, &expr.Masq{})
+	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs}
+}
+
 // addRules fills the hairpin and SNAT chains.
 func addRules(c *nftables.Conn, t *nftables.Table, r nat.Rules) {
 	hc, sc := regularChain(t, hairpinChain), regularChain(t, snatChain)
 	for _, m := range r.Masquerades {
 		c.AddRule(masqRule(t, hc, m))
+	}
+	for _, p := range r.SameNet {
+		c.AddRule(sameNetRule(t, hc, p))
 	}
 	for _, s := range r.SNATs {
 		c.AddRule(snatRule(t, sc, s))

@@ -63,7 +63,7 @@ func orTCP(p string) string {
 
 // LsCmd lists rules.
 type LsCmd struct {
-	Filter string `arg:"" optional:"" help:"Only rules whose addresses, interface or container name/ID contain this text."`
+	Filter string `arg:"" optional:"" help:"Only mappings of containers whose name or ID starts with this text, and rules whose addresses or interface contain it."`
 }
 
 // Run prints the rules as a table or as the API's JSON.
@@ -114,6 +114,17 @@ func listRows(l nat.ListResponse) [][]string {
 	for _, s := range l.Snats {
 		rows = append(rows, []string{"snat", s.ExtIP, "-", "-", s.IntIP, "out " + s.ExtIf, s.Status})
 	}
+	for _, m := range l.Docker {
+		target := m.Request.ContainerAddr
+		if target == "" {
+			target = "-"
+		}
+		host, port := m.Request.HostAddr, "-"
+		if i := strings.LastIndex(host, ":"); i >= 0 {
+			host, port = host[:i], host[i+1:]
+		}
+		rows = append(rows, []string{"docker", host, port, m.Request.Proto, target, fmt.Sprintf("%s (id %d)", m.ContainerName, m.ID), withReason(m.Status, m.Reason)})
+	}
 	for _, p := range l.PolicyRoutes {
 		rows = append(rows, []string{"policy-route", "-", "-", "-", p.SrcIP, fmt.Sprintf("via %s table %d", p.Via, p.Table), withReason(p.Status, p.Reason)})
 	}
@@ -130,7 +141,12 @@ func filterList(l nat.ListResponse, f string) nat.ListResponse {
 		}
 		return false
 	}
-	out := nat.ListResponse{Docker: l.Docker, Dnats: []nat.DnatEntry{}, Snats: []nat.SnatEntry{}, Hairpins: []nat.HairpinEntry{}, PolicyRoutes: []nat.PolicyRouteEntry{}}
+	out := nat.ListResponse{Docker: []nat.DockerPortMap{}, Dnats: []nat.DnatEntry{}, Snats: []nat.SnatEntry{}, Hairpins: []nat.HairpinEntry{}, PolicyRoutes: []nat.PolicyRouteEntry{}}
+	for _, m := range l.Docker {
+		if strings.HasPrefix(m.ContainerName, f) || (m.ContainerID != "" && strings.HasPrefix(m.ContainerID, f)) || has(m.Request.HostAddr) {
+			out.Docker = append(out.Docker, m)
+		}
+	}
 	for _, d := range l.Dnats {
 		ifname := ""
 		if d.ExtIf != nil {

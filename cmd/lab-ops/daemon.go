@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lab-ops/natmap/dockermap"
 	"github.com/lab-ops/natmap/nat"
 	"github.com/lab-ops/natmap/nft"
 	"github.com/lab-ops/natmap/reserve"
@@ -30,6 +31,7 @@ type DaemonCmd struct {
 	Backend       string        `default:"auto" enum:"auto,nftables" help:"Kernel backend: ${enum}."`
 	RetryInterval time.Duration `default:"30s" help:"How often to retry forwards whose port another program holds."`
 	SavePath      string        `default:"/etc/natmap/natmap.nft" type:"path" help:"Where save writes the ruleset (an nft -f script)." placeholder:"PATH"`
+	DockerHost    string        `default:"unix:///var/run/docker.sock" env:"DOCKER_HOST" help:"Docker engine to follow; the daemon runs without it until it answers." placeholder:"URL"`
 }
 
 // Run starts the daemon and serves until SIGTERM or SIGINT. On exit the
@@ -61,7 +63,9 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	defer backend.Close()
 	log.Info("backend chosen", "backend", backend.Name(), "reason", reason)
 
-	svc := nat.NewService(nat.Deps{Backend: backend, Reserver: reserve.Sockets{}, Store: file, System: hostSystem{}, Router: route.Netlink{}, Log: log})
+	docker := dockermap.New(d.DockerHost, nft.MarkDNAT, log)
+	svc := nat.NewService(nat.Deps{Backend: backend, Reserver: reserve.Sockets{}, Store: file, System: hostSystem{},
+		Router: route.Netlink{}, Docker: docker, Log: log})
 	if err := svc.Start(ctx, st); err != nil {
 		return err
 	}
@@ -74,7 +78,8 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	srv := &http.Server{
 		Handler: nat.NewHandler(svc, nat.Info{
 			Version: version(), BackendReason: reason, Started: time.Now(), Render: nft.Render,
-			Save: func(b []byte) (string, error) { return d.SavePath, store.WriteFile(d.SavePath, b, 0o644) },
+			Save:        func(b []byte) (string, error) { return d.SavePath, store.WriteFile(d.SavePath, b, 0o644) },
+			DockerState: docker.State,
 		}, log),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -83,6 +88,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	go retryLoop(ctx, svc, d.RetryInterval)
+	go docker.Watch(ctx, svc, time.Second)
 	log.Info("serving", "socket", g.Socket, "state", d.State, "version", version())
 
 	select {
@@ -185,18 +191,4 @@ func raiseFileLimit(log *slog.Logger) {
 		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &next)
 	}
 	log.Debug("open-file limit", "limit", next.Cur)
-}
-
-// hostSystem changes host settings through /proc/sys.
-type hostSystem struct{}
-
-// EnableForwarding implements nat.System.
-func (hostSystem) EnableForwarding(ipv6 bool) error {
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
-		return err
-	}
-	if ipv6 {
-		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1\n"), 0o644)
-	}
-	return nil
 }

@@ -38,6 +38,7 @@ type NatmapCmd struct {
 	Hairpin     HairpinCmd     `cmd:"" help:"Let internal hosts reach a forwarded service through the external address (--delete to remove)."`
 	PolicyRoute PolicyRouteCmd `cmd:"" name:"policy-route" help:"Route a source address's traffic through a gateway, to keep client addresses end to end (--delete to remove)."`
 	Save        SaveCmd        `cmd:"" help:"Write natmap's active ruleset to disk in the form the host reloads at boot."`
+	Docker      DockerCmd      `cmd:"" help:"Map host ports to Docker containers and change them at runtime."`
 	Ls          LsCmd          `cmd:"" aliases:"list" help:"List every rule natmap manages, with its status."`
 	Status      StatusCmd      `cmd:"" help:"Show the daemon's backend, version and rule counts."`
 	Fwd         FwdCmd         `cmd:"" help:"Enable IP forwarding (required for DNAT), now and at every daemon start."`

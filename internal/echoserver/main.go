@@ -1,6 +1,7 @@
-// Command echoserver answers every TCP connection with "NAME SOURCE", the
-// source being the client's address as the server sees it. scripts/demo
-// runs it inside a namespace to show where traffic arrives from.
+// Command echoserver answers every TCP connection (and, with -udp, every
+// UDP datagram) with "NAME SOURCE", the source being the client's address as
+// the server sees it. scripts/demo runs it inside a namespace, and the
+// Docker tests build their container image FROM scratch around it.
 package main
 
 import (
@@ -12,25 +13,46 @@ import (
 
 func main() {
 	name := flag.String("name", "server", "name to answer with")
+	udp := flag.Bool("udp", false, "answer UDP datagrams on the same addresses too")
 	flag.Parse()
 	if flag.NArg() == 0 {
-		log.Fatal("usage: echoserver [-name NAME] ADDR...")
+		log.Fatal("usage: echoserver [-name NAME] [-udp] ADDR...")
 	}
 	for _, addr := range flag.Args() {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			log.Fatal(err)
 		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					log.Fatal(err)
-				}
-				fmt.Fprintf(c, "%s %s\n", *name, c.RemoteAddr())
-				c.Close()
+		go serveTCP(ln, *name)
+		if *udp {
+			pc, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				log.Fatal(err)
 			}
-		}()
+			go serveUDP(pc, *name)
+		}
 	}
 	select {}
+}
+
+func serveTCP(ln net.Listener, name string) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr())
+		c.Close()
+	}
+}
+
+func serveUDP(pc net.PacketConn, name string) {
+	buf := make([]byte, 1500)
+	for {
+		_, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			log.Fatal(err)
+		}
+		pc.WriteTo([]byte(fmt.Sprintf("%s %s\n", name, from)), from)
+	}
 }

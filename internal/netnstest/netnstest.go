@@ -52,6 +52,9 @@ func Unique() string {
 type NS struct {
 	// Name is the namespace's name under /run/netns.
 	Name string
+	// Path, when set, is the namespace's file instead (such as
+	// /proc/PID/ns/net of a container); only Do uses it.
+	Path string
 }
 
 // New creates a namespace named prefix-XXXXXX with its loopback up and
@@ -121,7 +124,11 @@ func (ns *NS) Open(t testing.TB) *os.File {
 // belong to the namespace and may be used from anywhere afterwards. The
 // thread is never switched back: it ends with its goroutine.
 func (ns *NS) Do(fn func() error) error {
-	h, err := netns.GetFromName(ns.Name)
+	path := ns.Path
+	if path == "" {
+		path = "/run/netns/" + ns.Name
+	}
+	h, err := netns.GetFromPath(path)
 	if err != nil {
 		return fmt.Errorf("opening namespace %s: %w", ns.Name, err)
 	}

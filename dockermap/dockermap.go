@@ -1,0 +1,248 @@
+// Package dockermap connects natmap to Docker: it finds containers by name,
+// full ID or unique ID prefix, and follows them through their lifecycle by
+// the event stream, so that each container's mappings follow it to a new
+// address, are withdrawn (ports kept) while it does not run, and come back
+// when a container of that name runs again.
+//
+// Docker may come and go: Watch connects (and reconnects after the stream
+// breaks or Docker restarts), and on every connection runs a reconcile pass
+// over every container that has mappings, which catches whatever happened
+// while the stream was down. Until Docker answers, lookups fail with an
+// error wrapping nat.ErrUnavailable (503).
+package dockermap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/events"
+	"github.com/moby/moby/client"
+
+	"github.com/lab-ops/natmap/nat"
+)
+
+// DefaultHost is Docker's usual socket.
+const DefaultHost = "unix:///var/run/docker.sock"
+
+// Docker implements nat.Containers against a Docker engine.
+type Docker struct {
+	host string
+	mark uint32
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	cli       *client.Client
+	connected bool
+	lastErr   error
+}
+
+// New returns a Docker for the engine at host (such as DefaultHost). mark
+// is the connection mark natmap sets on the flows it forwards, which the
+// DOCKER-USER hole accepts. It does not connect yet.
+func New(host string, mark uint32, log *slog.Logger) *Docker {
+	return &Docker{host: host, mark: mark, log: log, lastErr: errors.New("not connected yet")}
+}
+
+// State reports whether Docker answers, and the last error when not.
+func (d *Docker) State() (connected bool, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.connected, d.lastErr
+}
+
+func (d *Docker) client() (*client.Client, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cli == nil {
+		cli, err := client.New(client.WithHost(d.host), client.WithAPIVersionNegotiation())
+		if err != nil {
+			return nil, fmt.Errorf("Docker is not available: %v: %w", err, nat.ErrUnavailable)
+		}
+		d.cli = cli
+	}
+	if !d.connected {
+		return nil, fmt.Errorf("Docker is not available: %v: %w", d.lastErr, nat.ErrUnavailable)
+	}
+	return d.cli, nil
+}
+
+// Container implements nat.Containers.
+func (d *Docker) Container(ctx context.Context, ref string) (nat.Container, error) {
+	cli, err := d.client()
+	if err != nil {
+		return nat.Container{}, err
+	}
+	res, err := cli.ContainerInspect(ctx, ref, client.ContainerInspectOptions{})
+	switch {
+	case err == nil:
+		return containerOf(res.Container), nil
+	case cerrdefs.IsNotFound(err):
+		return nat.Container{}, fmt.Errorf("no container named %q or with that ID: %w", ref, nat.ErrNotFound)
+	case client.IsErrConnectionFailed(err):
+		d.lost(err)
+		return nat.Container{}, fmt.Errorf("Docker is not available: %v: %w", err, nat.ErrUnavailable)
+	case strings.Contains(err.Error(), "ultiple IDs found"):
+		return nat.Container{}, d.ambiguous(ctx, cli, ref)
+	}
+	return nat.Container{}, fmt.Errorf("inspecting container %q: %w", ref, err)
+}
+
+// ambiguous names the containers whose ID starts with ref.
+func (d *Docker) ambiguous(ctx context.Context, cli *client.Client, ref string) error {
+	list, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true})
+	var names []string
+	if err == nil {
+		for _, c := range list.Items {
+			if strings.HasPrefix(c.ID, ref) {
+				names = append(names, c.ID[:12]+" ("+strings.TrimPrefix(strings.Join(c.Names, ","), "/")+")")
+			}
+		}
+	}
+	sort.Strings(names)
+	return &nat.FieldError{Field: "container", Msg: fmt.Sprintf("ID prefix %q matches several containers: %s", ref, strings.Join(names, ", "))}
+}
+
+func containerOf(c container.InspectResponse) nat.Container {
+	out := nat.Container{ID: c.ID, Name: strings.TrimPrefix(c.Name, "/")}
+	if c.State != nil {
+		out.Running = c.State.Running
+	}
+	if c.NetworkSettings != nil {
+		var names []string
+		for name := range c.NetworkSettings.Networks {
+			names = append(names, name)
+		}
+		sort.Strings(names) // "first network": stable across calls
+		for _, name := range names {
+			if ep := c.NetworkSettings.Networks[name]; ep != nil && ep.IPAddress.Is4() {
+				out.IP = ep.IPAddress
+				break
+			}
+		}
+	}
+	if !out.Running {
+		out.IP = netip.Addr{}
+	}
+	return out
+}
+
+func (d *Docker) lost(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.connected {
+		d.log.Warn("lost Docker", "err", err)
+	}
+	d.connected, d.lastErr = false, err
+}
+
+// Watch keeps svc in line with Docker until ctx ends: connect, reconcile
+// every container that has mappings, follow the event stream; after any
+// failure wait retry and start again.
+func (d *Docker) Watch(ctx context.Context, svc *nat.Service, retry time.Duration) {
+	for ctx.Err() == nil {
+		err := d.session(ctx, svc)
+		if ctx.Err() != nil {
+			return
+		}
+		d.lost(err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(retry):
+		}
+	}
+}
+
+// session is one connection: ping, subscribe, reconcile, then apply events
+// until the stream fails.
+func (d *Docker) session(ctx context.Context, svc *nat.Service) error {
+	d.mu.Lock()
+	if d.cli == nil {
+		cli, err := client.New(client.WithHost(d.host), client.WithAPIVersionNegotiation())
+		if err != nil {
+			d.mu.Unlock()
+			return err
+		}
+		d.cli = cli
+	}
+	cli := d.cli
+	d.mu.Unlock()
+	if _, err := cli.Ping(ctx, client.PingOptions{}); err != nil {
+		return err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream := cli.Events(sctx, client.EventsListOptions{Filters: make(client.Filters).Add("type", "container")})
+	d.mu.Lock()
+	wasDown := !d.connected
+	d.connected, d.lastErr = true, nil
+	d.mu.Unlock()
+	if wasDown {
+		d.log.Info("connected to Docker", "host", d.host)
+	}
+	if err := OpenForwardHole(d.mark); err != nil {
+		d.log.Error("natmap's forwarded traffic may be dropped by Docker's FORWARD policy", "err", err)
+	}
+	d.reconcile(ctx, svc, svc.ContainerNames())
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-stream.Err:
+			if err == nil {
+				err = errors.New("event stream closed")
+			}
+			return err
+		case msg := <-stream.Messages:
+			d.handle(ctx, svc, msg)
+		}
+	}
+}
+
+// handle reacts to the events that change where a container's traffic
+// must go. A kill (any signal) changes nothing by itself: a kill that ends
+// the container is followed by die.
+func (d *Docker) handle(ctx context.Context, svc *nat.Service, msg events.Message) {
+	switch msg.Action {
+	case events.ActionStart, events.ActionRestart, events.ActionDie, events.ActionDestroy,
+		events.ActionRename, events.ActionConnect, events.ActionDisconnect, events.ActionUnPause:
+	default:
+		return
+	}
+	names := []string{strings.TrimPrefix(msg.Actor.Attributes["name"], "/")}
+	if old := msg.Actor.Attributes["oldName"]; old != "" {
+		names = append(names, strings.TrimPrefix(old, "/"))
+	}
+	d.log.Debug("docker event", "action", msg.Action, "container", names[0])
+	d.reconcile(ctx, svc, names)
+}
+
+// reconcile looks each named container up and hands the result to svc.
+func (d *Docker) reconcile(ctx context.Context, svc *nat.Service, names []string) {
+	for _, name := range names {
+		if name == "" {
+			continue
+		}
+		c, err := d.Container(ctx, name)
+		found := err == nil
+		if err != nil && !errors.Is(err, nat.ErrNotFound) {
+			d.log.Warn("looking up a container", "container", name, "err", err)
+			continue
+		}
+		if found && c.Name != name {
+			c, found = nat.Container{}, false // the name was an ID prefix of another container
+		}
+		if err := svc.ContainerChanged(ctx, name, c, found); err != nil {
+			d.log.Error("updating mappings", "container", name, "err", err)
+		}
+	}
+}

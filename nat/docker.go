@@ -1,0 +1,476 @@
+package nat
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+)
+
+// Container is what natmap needs to know of a Docker container.
+type Container struct {
+	// ID is the full container ID.
+	ID string
+	// Name is the container's name, without Docker's leading "/".
+	Name string
+	// IP is the container's IPv4 address on its first network; invalid
+	// when it has none (not running).
+	IP netip.Addr
+	// Running reports whether the container runs.
+	Running bool
+}
+
+// Containers finds Docker containers by name, full ID or unique ID prefix.
+// Errors wrap ErrNotFound (no such container), ErrInvalid (an ambiguous
+// prefix, naming the candidates) or ErrUnavailable (Docker cannot be
+// reached).
+type Containers interface {
+	Container(ctx context.Context, ref string) (Container, error)
+}
+
+// Mapping maps a host port to a port of a Docker container (found by name,
+// so the mapping follows the container through restarts and re-creation),
+// or to a target address given outright (a "local service").
+type Mapping struct {
+	// ID numbers the mapping; `docker rm --id` takes it.
+	ID int `json:"id"`
+	// Container is the container's name (or the local service's name).
+	Container string `json:"container"`
+	// HostIP is the address the mapping answers on; 0.0.0.0 or :: for
+	// every local address.
+	HostIP netip.Addr `json:"host_ip"`
+	// HostPort is the host port.
+	HostPort uint16 `json:"host_port"`
+	// ContainerPort is the port on the container or target.
+	ContainerPort uint16 `json:"container_port"`
+	// Proto is tcp or udp.
+	Proto Proto `json:"proto"`
+	// TargetIP, when set, is the local service's address: Docker is not
+	// asked.
+	TargetIP netip.Addr `json:"target_ip,omitzero"`
+	// ContainerID is the ID of the container last seen with the name.
+	ContainerID string `json:"container_id,omitempty"`
+	// ContainerIP is where the mapping sends traffic now; invalid while
+	// the container is not running.
+	ContainerIP netip.Addr `json:"container_ip,omitzero"`
+	// net is the directly connected network of ContainerIP (the bridge's).
+	net netip.Prefix
+}
+
+// Local reports whether the mapping is to a local service, not a container.
+func (m Mapping) Local() bool { return m.TargetIP.IsValid() }
+
+// target is where traffic goes now.
+func (m Mapping) target() netip.Addr {
+	if m.Local() {
+		return m.TargetIP
+	}
+	return m.ContainerIP
+}
+
+// forward is the mapping's kernel forward. Its target is invalid while the
+// container is not running (the forward is then parked: reserved, not
+// installed).
+func (m Mapping) forward() Forward {
+	return Forward{Proto: m.Proto, Ext: netip.AddrPortFrom(m.HostIP, m.HostPort), Int: netip.AddrPortFrom(m.target(), m.ContainerPort)}
+}
+
+func (m Mapping) String() string {
+	return fmt.Sprintf("mapping %d: %s %s -> %s:%d", m.ID, m.Proto, netip.AddrPortFrom(m.HostIP, m.HostPort), m.Container, m.ContainerPort)
+}
+
+var containerNameRE = regexp.MustCompile(`^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+
+// CheckContainerRef accepts a container name or ID (prefix) as Docker
+// spells them.
+func CheckContainerRef(ref string) error {
+	if ref == "" {
+		return fieldErr("container", "missing container name or ID")
+	}
+	if len(ref) > 255 || !containerNameRE.MatchString(ref) {
+		return fieldErr("container", "%q is not a container name or ID", ref)
+	}
+	return nil
+}
+
+// MappingRequest asks for a mapping.
+type MappingRequest struct {
+	// Container is the container's name, ID or ID prefix; for a local
+	// service, its name.
+	Container string
+	// HostIP is the host address; invalid means 0.0.0.0.
+	HostIP netip.Addr
+	// HostPort is the host port; 0 asks the daemon to pick a free one.
+	HostPort uint16
+	// ContainerPort is the target port; 0 means the host port.
+	ContainerPort uint16
+	// TargetIP makes a local service mapping.
+	TargetIP netip.Addr
+	// Proto is tcp or udp.
+	Proto Proto
+}
+
+func (r *MappingRequest) normalize() error {
+	if err := CheckContainerRef(r.Container); err != nil {
+		return err
+	}
+	r.Container = strings.TrimPrefix(r.Container, "/")
+	if !r.HostIP.IsValid() {
+		r.HostIP = netip.IPv4Unspecified()
+	}
+	if r.HostIP.Zone() != "" || r.HostIP.IsMulticast() {
+		return fieldErr("host_ip", "%s is not a host address", r.HostIP)
+	}
+	if r.TargetIP.IsValid() {
+		if err := checkHostAddr("target_ip", r.TargetIP); err != nil {
+			return err
+		}
+		if r.TargetIP.Is4() != r.HostIP.Is4() {
+			return fieldErr("target_ip", "%s and host_ip %s are of different IP versions", r.TargetIP, r.HostIP)
+		}
+	} else if !r.HostIP.Is4() {
+		return fieldErr("host_ip", "%s: container mappings are IPv4 (containers are reached at their IPv4 address)", r.HostIP)
+	}
+	if r.Proto != ProtoTCP && r.Proto != ProtoUDP {
+		return fieldErr("proto", "unknown protocol %s (want tcp or udp)", r.Proto)
+	}
+	if r.ContainerPort == 0 {
+		if r.HostPort == 0 {
+			return fieldErr("container_port", "missing: with host_port 0 the container port must be given")
+		}
+		r.ContainerPort = r.HostPort
+	}
+	return nil
+}
+
+// AddMapping adds a Docker mapping. The container is looked up (by name,
+// ID or unique prefix) unless a target IP is given; a mapping of a
+// container that is not running is kept with its port reserved and goes
+// live when the container runs. The same mapping again is a no-op.
+func (s *Service) AddMapping(ctx context.Context, req MappingRequest) (m Mapping, changed bool, err error) {
+	if err := req.normalize(); err != nil {
+		return Mapping{}, false, err
+	}
+	m = Mapping{Container: req.Container, HostIP: req.HostIP, HostPort: req.HostPort,
+		ContainerPort: req.ContainerPort, Proto: req.Proto, TargetIP: req.TargetIP}
+	if !m.Local() {
+		c, err := s.findContainer(ctx, req.Container)
+		if err != nil {
+			return Mapping{}, false, err
+		}
+		m.Container, m.ContainerID = c.Name, c.ID
+		if c.Running {
+			m.ContainerIP = c.IP
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m.net = s.netOf(m.ContainerIP)
+	if m.HostPort == 0 {
+		if m.HostPort, err = s.pickPort(m.HostIP, m.Proto); err != nil {
+			return Mapping{}, false, err
+		}
+	}
+	for _, old := range s.mappings {
+		if old.Container == m.Container && old.HostIP == m.HostIP && old.HostPort == m.HostPort && old.Proto == m.Proto && old.ContainerPort == m.ContainerPort && old.TargetIP == m.TargetIP {
+			return old, false, nil
+		}
+	}
+	m.ID = s.nextID
+	tx := &txn{}
+	fresh, err := s.own(tx, []Forward{m.forward()})
+	if err != nil {
+		tx.rollback()
+		return Mapping{}, false, err
+	}
+	if !m.target().IsValid() {
+		put(tx, s.parked, m.forward().Endpoint(), fmt.Sprintf("container %s is not running", m.Container))
+	}
+	put(tx, s.mappings, m.ID, m)
+	prevID := s.nextID
+	s.nextID = m.ID + 1
+	tx.undo = append(tx.undo, func() { s.nextID = prevID })
+	if err := s.commit(ctx, tx, edit{fresh: fresh, rules: true}); err != nil {
+		return Mapping{}, false, fmt.Errorf("adding %s: %w", m, err)
+	}
+	s.afterInstall(m)
+	s.log.Info("mapping added", "mapping", m.String(), "target", m.target())
+	return m, true, nil
+}
+
+// findContainer asks Docker, which must be there.
+func (s *Service) findContainer(ctx context.Context, ref string) (Container, error) {
+	if s.docker == nil {
+		return Container{}, fmt.Errorf("Docker is not available: natmap was started without Docker support: %w", ErrUnavailable)
+	}
+	return s.docker.Container(ctx, ref)
+}
+
+// pickPort finds a free host port for an endpoint, from the top of the
+// port range down.
+func (s *Service) pickPort(ip netip.Addr, proto Proto) (uint16, error) {
+	for p := 65535; p >= 32768; p-- {
+		ep := Endpoint{Addr: netip.AddrPortFrom(ip, uint16(p)), Proto: proto}
+		if _, used := s.forwards[ep]; used {
+			continue
+		}
+		c, err := s.reserver.Reserve(ep)
+		if err != nil {
+			continue
+		}
+		c.Close()
+		return uint16(p), nil
+	}
+	return 0, fmt.Errorf("no free %s port on %s: %w", proto, ip, ErrUnavailable)
+}
+
+// afterInstall makes a mapping reachable from the host itself through
+// 127.0.0.1 (route_localnet on the way to its target); best effort.
+func (s *Service) afterInstall(m Mapping) {
+	if t := m.target(); t.IsValid() && t.Is4() && !t.IsLoopback() {
+		if err := s.sys.AllowLocalnet(t); err != nil {
+			s.log.Warn("localhost access to a mapping may not work", "mapping", m.String(), "err", err)
+		}
+	}
+}
+
+// MappingSelector picks the mappings a removal acts on.
+type MappingSelector struct {
+	// ID selects one mapping by its ID (when not 0).
+	ID int
+	// Container selects by container name, ID or ID prefix.
+	Container string
+	// HostPort selects the container's mapping of this host port (0: all
+	// of the container's mappings).
+	HostPort uint16
+	// Proto goes with HostPort.
+	Proto Proto
+}
+
+// RemoveMappings removes the selected mappings; none selected is
+// ErrNotFound.
+func (s *Service) RemoveMappings(ctx context.Context, sel MappingSelector) ([]Mapping, error) {
+	name := sel.Container
+	if sel.ID == 0 {
+		if err := CheckContainerRef(name); err != nil {
+			return nil, err
+		}
+		name = s.mappingOwner(ctx, name)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var gone []Mapping
+	for _, m := range s.mappings {
+		switch {
+		case sel.ID != 0 && m.ID == sel.ID,
+			sel.ID == 0 && m.Container == name && (sel.HostPort == 0 || m.HostPort == sel.HostPort && m.Proto == sel.Proto):
+			gone = append(gone, m)
+		}
+	}
+	if len(gone) == 0 {
+		switch {
+		case sel.ID != 0:
+			return nil, fmt.Errorf("no mapping with id %d: %w", sel.ID, ErrNotFound)
+		case sel.HostPort != 0:
+			return nil, fmt.Errorf("no mapping of %s on host port %d/%s: %w", sel.Container, sel.HostPort, sel.Proto, ErrNotFound)
+		}
+		return nil, fmt.Errorf("no mappings of %s: %w", sel.Container, ErrNotFound)
+	}
+	slices.SortFunc(gone, func(a, b Mapping) int { return a.ID - b.ID })
+	tx := &txn{}
+	var fs []Forward
+	for _, m := range gone {
+		fs = append(fs, m.forward())
+		drop(tx, s.mappings, m.ID)
+	}
+	if err := s.commit(ctx, tx, edit{gone: s.disown(tx, fs), rules: true}); err != nil {
+		return nil, fmt.Errorf("removing mappings: %w", err)
+	}
+	s.flushUDP(fs)
+	for _, m := range gone {
+		s.log.Info("mapping removed", "mapping", m.String())
+	}
+	return gone, nil
+}
+
+// mappingOwner turns a container reference into the name mappings are
+// kept under: a name that has mappings is used as it is; an ID or prefix is
+// looked up in Docker (when it answers).
+func (s *Service) mappingOwner(ctx context.Context, ref string) string {
+	ref = strings.TrimPrefix(ref, "/")
+	s.mu.Lock()
+	for _, m := range s.mappings {
+		if m.Container == ref {
+			s.mu.Unlock()
+			return ref
+		}
+	}
+	for _, m := range s.mappings {
+		if m.ContainerID != "" && strings.HasPrefix(m.ContainerID, ref) {
+			s.mu.Unlock()
+			return m.Container
+		}
+	}
+	s.mu.Unlock()
+	if s.docker != nil {
+		if c, err := s.docker.Container(ctx, ref); err == nil {
+			return c.Name
+		}
+	}
+	return ref
+}
+
+// Remap moves a mapping to a new host port without touching the container:
+// the new port is reserved and installed, and the old one withdrawn, in one
+// kernel transaction. On any failure the old mapping is untouched.
+func (s *Service) Remap(ctx context.Context, container string, proto Proto, from, to uint16) (Mapping, error) {
+	if err := CheckContainerRef(container); err != nil {
+		return Mapping{}, err
+	}
+	if to == 0 {
+		return Mapping{}, fieldErr("new_host_port", "port 0 is out of range 1-65535")
+	}
+	name := s.mappingOwner(ctx, container)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var old Mapping
+	found := false
+	for _, m := range s.mappings {
+		if m.Container == name && m.HostPort == from && m.Proto == proto {
+			old, found = m, true
+		}
+	}
+	if !found {
+		return Mapping{}, fmt.Errorf("no mapping of %s on host port %d/%s: %w", container, from, proto, ErrNotFound)
+	}
+	if from == to {
+		return old, nil
+	}
+	m := old
+	m.HostPort = to
+	tx := &txn{}
+	fresh, err := s.own(tx, []Forward{m.forward()})
+	if err != nil {
+		tx.rollback()
+		return Mapping{}, err
+	}
+	if reason, down := s.parked[old.forward().Endpoint()]; down {
+		put(tx, s.parked, m.forward().Endpoint(), reason)
+	}
+	gone := s.disown(tx, []Forward{old.forward()})
+	put(tx, s.mappings, m.ID, m)
+	if err := s.commit(ctx, tx, edit{fresh: fresh, gone: gone}); err != nil {
+		return Mapping{}, fmt.Errorf("remapping %s to port %d: %w", old, to, err)
+	}
+	s.flushUDP([]Forward{old.forward()})
+	s.log.Info("mapping remapped", "mapping", m.String(), "old_port", from)
+	return m, nil
+}
+
+// ContainerChanged brings the mappings of the container named name in line
+// with c (found reports whether a container has the name): they follow a
+// new address, are withdrawn (ports kept) while it does not run, and come
+// back when it runs again.
+func (s *Service) ContainerChanged(ctx context.Context, name string, c Container, found bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tx := &txn{}
+	var e edit
+	var moved []Mapping
+	for _, m := range s.mappings {
+		if m.Local() || m.Container != name {
+			continue
+		}
+		next := m
+		next.ContainerIP = netip.Addr{}
+		if found {
+			next.ContainerID = c.ID
+			if c.Running {
+				next.ContainerIP = c.IP
+			}
+		}
+		next.net = s.netOf(next.ContainerIP)
+		if next == m {
+			continue
+		}
+		ep := m.forward().Endpoint()
+		_, wasDown := s.parked[ep]
+		if !wasDown {
+			e.swapDel = append(e.swapDel, m.forward())
+		}
+		if next.ContainerIP.IsValid() {
+			drop(tx, s.parked, ep)
+			e.swapAdd = append(e.swapAdd, next.forward())
+		} else {
+			put(tx, s.parked, ep, fmt.Sprintf("container %s is not running", name))
+		}
+		put(tx, s.forwards, ep, fwdEntry{f: next.forward(), owners: s.forwards[ep].owners})
+		put(tx, s.mappings, m.ID, next)
+		moved = append(moved, next)
+	}
+	if len(moved) == 0 {
+		return nil
+	}
+	// Only installed forwards are swapped; the inactive (port taken) stay out.
+	e.swapDel, e.swapAdd = s.withoutInactive(e.swapDel), s.withoutInactive(e.swapAdd)
+	e.rules = true
+	if err := s.commit(ctx, tx, e); err != nil {
+		return fmt.Errorf("following container %s: %w", name, err)
+	}
+	s.flushUDP(e.swapDel)
+	for _, m := range moved {
+		s.afterInstall(m)
+		s.log.Info("mapping follows its container", "mapping", m.String(), "target", m.ContainerIP, "running", m.ContainerIP.IsValid())
+	}
+	return nil
+}
+
+// netOf is the directly connected network of a container address (its
+// bridge's), for masquerading container-to-container flows through the
+// host's address; invalid when unknown.
+func (s *Service) netOf(ip netip.Addr) netip.Prefix {
+	if !ip.IsValid() || s.router == nil {
+		return netip.Prefix{}
+	}
+	p, err := s.router.ConnectedPrefix(ip)
+	if err != nil || p.IsSingleIP() {
+		return netip.Prefix{}
+	}
+	return p
+}
+
+func (s *Service) withoutInactive(fs []Forward) []Forward {
+	return slices.DeleteFunc(fs, func(f Forward) bool {
+		_, off := s.inactive[f.Endpoint()]
+		return off
+	})
+}
+
+// ContainerNames lists the names of the containers that have mappings.
+func (s *Service) ContainerNames() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var names []string
+	for _, m := range s.mappings {
+		if !m.Local() && !slices.Contains(names, m.Container) {
+			names = append(names, m.Container)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// flushUDP drops the conntrack entries of UDP forwards that changed, so
+// existing flows do not keep going to the old target; best effort.
+func (s *Service) flushUDP(fs []Forward) {
+	for _, f := range fs {
+		if f.Proto != ProtoUDP {
+			continue
+		}
+		if err := s.sys.FlushConntrack(f.Endpoint()); err != nil {
+			s.log.Warn("flushing conntrack entries", "endpoint", f.Endpoint().String(), "err", err)
+		}
+	}
+}
