@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -62,6 +63,11 @@ func TestIntegrationDockerMappings(t *testing.T) {
 	peer := &netnstest.NS{Name: "peer", Path: "/proc/" + d.engine.inspect(t, "peer", "{{.State.Pid}}") + "/ns/net"}
 	expectReach(t, peer, "tcp", dockerHostIP+":8080", "web")
 	expectReach(t, peer, "tcp", "172.17.0.1:8081", "web")
+
+	// Traffic through the host to other destinations on a mapped port is
+	// not captured: only local destinations match.
+	webIP := d.engine.inspect(t, "web", "{{.NetworkSettings.IPAddress}}")
+	expectNoReach(t, d.client, "tcp", webIP+":8080")
 
 	// ls lists the mappings with the static rules; the filter picks a container.
 	ls := d.mustCLI("ls", "dn")
@@ -271,4 +277,67 @@ func TestIntegrationDockerPublishedPortsCoexist(t *testing.T) {
 	d.mustCLI("docker", "add", "mapped", "8080:80")
 	expectReach(t, d.client, "tcp", dockerHostIP+":7000", "published")
 	expectReach(t, d.client, "tcp", dockerHostIP+":8080", "mapped")
+}
+
+func TestIntegrationDockerContainerReferences(t *testing.T) {
+	d := newDockerLab(t)
+	d.start()
+	// Containers until two share the first hex digit of their ID (at most
+	// 17, by pigeonhole).
+	byFirst := map[byte][]string{}
+	var shared byte
+	for i := 0; i < 17 && shared == 0; i++ {
+		name := fmt.Sprintf("ref%d", i)
+		d.engine.run(t, name, false, "0.0.0.0:80")
+		id := d.engine.inspect(t, name, "{{.Id}}")
+		byFirst[id[0]] = append(byFirst[id[0]], name)
+		if len(byFirst[id[0]]) == 2 {
+			shared = id[0]
+		}
+	}
+	_, errOut, code := d.cli("docker", "add", string(shared), "8080:80")
+	names := byFirst[shared]
+	if code != 1 || !strings.Contains(errOut, "matches several containers") || !strings.Contains(errOut, names[0]) || !strings.Contains(errOut, names[1]) {
+		t.Fatalf("ambiguous prefix: exit %d %s", code, errOut)
+	}
+	// A full ID and a unique prefix both name the container.
+	id := d.engine.inspect(t, names[0], "{{.Id}}")
+	d.mustCLI("docker", "add", id, "8081:80")
+	d.mustCLI("docker", "add", id[:12], "8082:80")
+	var list nat.ListResponse
+	if err := json.Unmarshal([]byte(d.mustCLI("--json", "ls", id[:6])), &list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Docker) != 2 || list.Docker[0].ContainerName != names[0] || list.Docker[0].ContainerID != id {
+		t.Fatalf("mappings by ID: %+v", list.Docker)
+	}
+	expectReach(t, d.client, "tcp", dockerHostIP+":8082", names[0])
+	d.mustCLI("docker", "rm", id[:12], "8081")
+	expectNoReach(t, d.client, "tcp", dockerHostIP+":8081")
+}
+
+// TestIntegrationDockerEngineRestart stops the Docker engine and starts it
+// again: the mapping works after it returns, though the container came
+// back (and may have a new address) while natmap was not connected.
+func TestIntegrationDockerEngineRestart(t *testing.T) {
+	d := newDockerLab(t)
+	d.engine.mustDocker(t, "run", "-d", "--restart", "always", "--name", "phoenix", dockerImage, "-name", "phoenix", "0.0.0.0:80")
+	t.Cleanup(func() { d.engine.docker("rm", "-f", "phoenix") })
+	d.start()
+	d.mustCLI("docker", "add", "phoenix", "8080:80")
+	expectReach(t, d.client, "tcp", dockerHostIP+":8080", "phoenix")
+
+	d.engine.stop()
+	if !waitFor(5*time.Second, func() bool { out, _, _ := d.cli("status"); return strings.Contains(out, "Docker: unavailable") }) {
+		t.Errorf("status while Docker is down:\n%s", d.mustCLI("status"))
+	}
+	if err := d.engine.launch(); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(15*time.Second, func() bool {
+		got, err := dial(d.client, "tcp", dockerHostIP+":8080")
+		return err == nil && strings.HasPrefix(got, "phoenix ")
+	}) {
+		t.Fatalf("the mapping did not come back after Docker restarted:\n%s\n%s", d.mustCLI("ls"), d.daemonLog)
+	}
 }

@@ -72,24 +72,40 @@ func startEngine() *engine {
 			return e
 		}
 	}
-	e.cmd = exec.Command("nsenter", "--net=/run/netns/"+name, "dockerd",
-		"--data-root", filepath.Join(dir, "data"), "--exec-root", filepath.Join(dir, "exec"),
-		"--pidfile", filepath.Join(dir, "docker.pid"), "-H", "unix://"+e.sock)
+	if e.failed = e.launch(); e.failed != nil {
+		return e
+	}
+	e.failed = e.buildImage()
+	return e
+}
+
+// launch starts dockerd in the engine's namespace and waits for it.
+func (e *engine) launch() error {
+	e.cmd = exec.Command("nsenter", "--net=/run/netns/"+e.host.Name, "dockerd",
+		"--data-root", filepath.Join(e.dir, "data"), "--exec-root", filepath.Join(e.dir, "exec"),
+		"--pidfile", filepath.Join(e.dir, "docker.pid"), "-H", "unix://"+e.sock)
 	e.cmd.Stdout, e.cmd.Stderr = e.log, e.log
 	if err := e.cmd.Start(); err != nil {
-		e.failed = err
-		return e
+		return err
 	}
-	e.done = make(chan error, 1)
-	go func() { e.done <- e.cmd.Wait() }()
+	done := make(chan error, 1)
+	e.done = done
+	go func() { done <- e.cmd.Wait() }()
 	if !waitFor(60*time.Second, func() bool { _, err := e.docker("version"); return err == nil }) {
-		e.failed = fmt.Errorf("dockerd did not answer within 60s:\n%s", e.log)
-		return e
+		return fmt.Errorf("dockerd did not answer within 60s:\n%s", e.log)
 	}
-	if err := e.buildImage(); err != nil {
-		e.failed = err
+	return nil
+}
+
+// stop ends dockerd (its containers stop with it).
+func (e *engine) stop() {
+	e.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-e.done:
+	case <-time.After(30 * time.Second):
+		e.cmd.Process.Kill()
+		<-e.done
 	}
-	return e
 }
 
 // buildImage imports a FROM-scratch image holding a static echoserver.
@@ -158,13 +174,7 @@ func stopEngine() {
 		if out, err := e.docker("ps", "-aq"); err == nil && out != "" {
 			e.docker(append([]string{"rm", "-f"}, strings.Fields(out)...)...)
 		}
-		e.cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-e.done:
-		case <-time.After(30 * time.Second):
-			e.cmd.Process.Kill()
-			<-e.done
-		}
+		e.stop()
 	}
 	if e.dir != "" {
 		exec.Command("umount", "-R", filepath.Join(e.dir, "exec")).Run()

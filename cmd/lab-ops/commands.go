@@ -189,8 +189,9 @@ func (c *StatusCmd) Run(g *Globals, out *output) error {
 	}
 	fmt.Fprintf(out.stdout, "natmap %s, up %s\n", st.Version, time.Duration(st.UptimeSeconds)*time.Second)
 	fmt.Fprintf(out.stdout, "backend: %s (%s)\n", st.Backend, st.BackendReason)
-	fmt.Fprintf(out.stdout, "rules: %d dnat, %d hairpin, %d snat, %d policy routes\n",
-		st.Rules.Dnats, st.Rules.Hairpins, st.Rules.Snats, st.Rules.PolicyRoutes)
+	fmt.Fprintf(out.stdout, "Docker: %s\n", st.Docker)
+	fmt.Fprintf(out.stdout, "rules: %d dnat, %d hairpin, %d snat, %d policy routes, %d docker mappings\n",
+		st.Rules.Dnats, st.Rules.Hairpins, st.Rules.Snats, st.Rules.PolicyRoutes, st.Rules.Mappings)
 	fmt.Fprintf(out.stdout, "forwarded ports: %d (%d inactive), reserved ports: %d\n",
 		st.Rules.Forwards, st.Rules.Inactive, st.Rules.Reservations)
 	fmt.Fprintf(out.stdout, "changes since start: %d, IP forwarding set by natmap: %v\n", st.Rules.Changes, st.Rules.IPForward)
