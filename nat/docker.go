@@ -288,7 +288,6 @@ func (s *Service) RemoveMappings(ctx context.Context, sel MappingSelector) ([]Ma
 	if err := s.commit(ctx, tx, edit{gone: s.disown(tx, fs), rules: true}); err != nil {
 		return nil, fmt.Errorf("removing mappings: %w", err)
 	}
-	s.flushUDP(fs)
 	for _, m := range gone {
 		s.log.Info("mapping removed", "mapping", m.String())
 	}
@@ -364,7 +363,6 @@ func (s *Service) Remap(ctx context.Context, container string, proto Proto, from
 	if err := s.commit(ctx, tx, edit{fresh: fresh, gone: gone}); err != nil {
 		return Mapping{}, fmt.Errorf("remapping %s to port %d: %w", old, to, err)
 	}
-	s.flushUDP([]Forward{old.forward()})
 	s.log.Info("mapping remapped", "mapping", m.String(), "old_port", from)
 	return m, nil
 }
@@ -419,7 +417,6 @@ func (s *Service) ContainerChanged(ctx context.Context, name string, c Container
 	if err := s.commit(ctx, tx, e); err != nil {
 		return fmt.Errorf("following container %s: %w", name, err)
 	}
-	s.flushUDP(e.swapDel)
 	for _, m := range moved {
 		s.afterInstall(m)
 		s.log.Info("mapping follows its container", "mapping", m.String(), "target", m.ContainerIP, "running", m.ContainerIP.IsValid())
@@ -462,8 +459,9 @@ func (s *Service) ContainerNames() []string {
 	return names
 }
 
-// flushUDP drops the conntrack entries of UDP forwards that changed, so
-// existing flows do not keep going to the old target; best effort.
+// flushUDP drops the conntrack entries of UDP forwards that were removed
+// from the kernel, so existing flows do not keep going to the old target;
+// best effort.
 func (s *Service) flushUDP(fs []Forward) {
 	for _, f := range fs {
 		if f.Proto != ProtoUDP {

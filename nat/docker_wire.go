@@ -154,16 +154,16 @@ func ParseMappingSpec(spec string) (DockerAddMapRequest, error) {
 	default:
 		return bad("%d parts", len(parts))
 	}
-	for _, a := range []string{hostIP, target} {
-		if a != "" && !isIP(a) {
-			return bad("%q is not an IP address", a)
-		}
-	}
 	hp, ok := port(hostPort)
 	if !ok {
 		return bad("host port %q is not a port number", hostPort)
 	}
 	r.HostPort = hp
+	for _, a := range []string{hostIP, target} {
+		if a != "" && !isIP(a) {
+			return bad("%q is not an IP address", a)
+		}
+	}
 	if cport != "" {
 		cp, ok := port(cport)
 		if !ok || cp == 0 {

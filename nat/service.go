@@ -421,6 +421,7 @@ func (s *Service) commit(ctx context.Context, tx *txn, e edit) error {
 		delete(s.parked, ep)
 		s.release(ep)
 	}
+	s.flushUDP(ch.Del)
 	s.changes++
 	return nil
 }

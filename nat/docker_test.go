@@ -1,0 +1,167 @@
+package nat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+// fakeDocker holds containers in memory.
+type fakeDocker map[string]Container
+
+func (f fakeDocker) Container(_ context.Context, ref string) (Container, error) {
+	if c, ok := f[ref]; ok {
+		return c, nil
+	}
+	return Container{}, fmt.Errorf("no container named %q: %w", ref, ErrNotFound)
+}
+
+func dockerRig(t *testing.T, containers fakeDocker) *rig {
+	t.Helper()
+	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
+	deps := r.deps()
+	deps.Docker = containers
+	r.svc = NewService(deps)
+	if err := r.svc.Start(ctx, State{}); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestMappingFollowsContainer(t *testing.T) {
+	docker := fakeDocker{"web": {ID: "abc123", Name: "web"}} // stopped
+	r := dockerRig(t, docker)
+	m, _, err := r.svc.AddMapping(ctx, MappingRequest{Container: "web", HostPort: 8080, ContainerPort: 80, Proto: ProtoTCP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.fake.Dump(); got != "" {
+		t.Fatalf("a stopped container's mapping was installed:\n%s", got)
+	}
+	if r.res.dump() != "0.0.0.0:8080/tcp" {
+		t.Fatalf("the port is not reserved: %q", r.res.dump())
+	}
+	if st := r.svc.List().Mappings[0]; st.Status != "inactive" || !strings.Contains(st.Reason, "not running") {
+		t.Fatalf("status %+v", st)
+	}
+	run := func(ip string) {
+		t.Helper()
+		c := Container{ID: "abc123", Name: "web", Running: ip != ""}
+		if ip != "" {
+			c.IP = netip.MustParseAddr(ip)
+		}
+		if err := r.svc.ContainerChanged(ctx, "web", c, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run("172.17.0.2")
+	if got := r.fake.Dump(); !strings.HasPrefix(got, "dnat tcp 0.0.0.0:8080 -> 172.17.0.2:80\n") {
+		t.Fatalf("after start:\n%s", got)
+	}
+	run("172.17.0.3")
+	if got := r.fake.Dump(); !strings.HasPrefix(got, "dnat tcp 0.0.0.0:8080 -> 172.17.0.3:80\n") {
+		t.Fatalf("after a new address:\n%s", got)
+	}
+	run("")
+	if got := r.fake.Dump(); got != "" || r.res.dump() != "0.0.0.0:8080/tcp" {
+		t.Fatalf("after stop: kernel %q, held %q", got, r.res.dump())
+	}
+	if _, err := r.svc.RemoveMappings(ctx, MappingSelector{ID: m.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if r.res.dump() != "" || len(r.store.last.Mappings) != 0 {
+		t.Fatalf("after rm: held %q, stored %+v", r.res.dump(), r.store.last.Mappings)
+	}
+}
+
+func TestMappingWithoutDockerIsUnavailable(t *testing.T) {
+	r := newRig(t, State{})
+	_, _, err := r.svc.AddMapping(ctx, MappingRequest{Container: "web", HostPort: 8080, Proto: ProtoTCP})
+	if !errors.Is(err, ErrUnavailable) || ErrStatus(err) != 503 {
+		t.Fatalf("got %v", err)
+	}
+	// A local service needs no Docker.
+	if _, _, err := r.svc.AddMapping(ctx, MappingRequest{Container: "svc", HostPort: 8080, ContainerPort: 80,
+		TargetIP: netip.MustParseAddr("127.0.0.1"), Proto: ProtoTCP}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDeletingUDPForwardsFlushesConntrack(t *testing.T) {
+	r := newRig(t, State{})
+	sys := r.svc.sys.(*noSystem)
+	d := dnat(t, "203.0.113.43", "10.0.0.53", "53", "udp", "")
+	if _, _, err := r.svc.AddDNAT(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.svc.DeleteDNAT(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if len(sys.flushed) != 1 || sys.flushed[0].String() != "203.0.113.43:53/udp" {
+		t.Fatalf("flushed %v", sys.flushed)
+	}
+}
+
+func TestParseMappingSpec(t *testing.T) {
+	str := func(p *string) string {
+		if p == nil {
+			return "-"
+		}
+		return *p
+	}
+	for spec, want := range map[string]string{
+		"8080:80":                   "- 8080 80 - ",
+		"100.64.0.10:8080:80":       "100.64.0.10 8080 80 - ",
+		"8443:443/tcp":              "- 8443 443 - tcp",
+		"53:53/udp":                 "- 53 53 - udp",
+		"8080:127.0.0.1:80":         "- 8080 80 127.0.0.1 ",
+		"8080":                      "- 8080 0 - ",
+		"0:80":                      "- 0 80 - ",
+		"10.0.0.1:8080:10.0.0.2:80": "10.0.0.1 8080 80 10.0.0.2 ",
+	} {
+		r, err := ParseMappingSpec(spec)
+		if err != nil {
+			t.Errorf("%q: %v", spec, err)
+			continue
+		}
+		if got := fmt.Sprintf("%s %d %d %s %s", str(r.HostIP), r.HostPort, r.ContainerPort, str(r.TargetIP), r.Proto); got != want {
+			t.Errorf("%q = %q, want %q", spec, got, want)
+		}
+	}
+	for spec, want := range map[string]string{
+		"1:2:3:4:5":    "5 parts",
+		"70000:80":     "not a port number",
+		"8080:80/sctp": "unknown protocol",
+		":":            "not a port number",
+		"8080:0":       "container port",
+		"a.b:80:80":    "not a port number",
+		"8080/":        "unknown protocol",
+	} {
+		if _, err := ParseMappingSpec(spec); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want an error saying %q", spec, err, want)
+		}
+	}
+}
+
+// FuzzMappingSpec: no spec panics the parser or the request check, and
+// every refusal is a 400.
+func FuzzMappingSpec(f *testing.F) {
+	for _, s := range []string{"8080:80", "100.64.0.10:8080:80", "53:53/udp", "8080:127.0.0.1:80", ":", "1:2:3:4:5"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, spec string) {
+		r, err := ParseMappingSpec(spec)
+		if err != nil {
+			if ErrStatus(err) != 400 {
+				t.Fatalf("%q: %v is not a 400", spec, err)
+			}
+			return
+		}
+		if _, err := r.toRequest("web"); err != nil && ErrStatus(err) != 400 {
+			t.Fatalf("%q: %v is not a 400", spec, err)
+		}
+	})
+}
