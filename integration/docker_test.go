@@ -48,6 +48,14 @@ func TestIntegrationDockerMappings(t *testing.T) {
 			t.Errorf("%s %s: the container saw %s, want the client's %s", c.proto, c.addr, src, clientIP)
 		}
 	}
+	// Docker's FORWARD policy is DROP; natmap's rule in DOCKER-USER lets
+	// its flows through.
+	if rules := d.router.MustRun(t, "iptables", "-S", "DOCKER-USER"); !strings.Contains(rules, "-A DOCKER-USER -m connmark --mark 0x1000000/0x1000000") {
+		t.Errorf("DOCKER-USER:\n%s", rules)
+	}
+	if policy := d.router.MustRun(t, "iptables", "-S", "FORWARD"); !strings.Contains(policy, "-P FORWARD DROP") {
+		t.Errorf("Docker's FORWARD policy is not DROP here, so the test proves less:\n%s", policy)
+	}
 	// A mapping bound to a host IP answers only there.
 	expectNoReach(t, d.client, "tcp", dockerHostIP+":8082")
 	// The host itself reaches the mappings via its address and 127.0.0.1.
@@ -175,6 +183,7 @@ func TestIntegrationDockerLifecycle(t *testing.T) {
 	// follows it to its new address.
 	d.engine.run(t, "thief", false, "0.0.0.0:80")
 	d.engine.mustDocker(t, "start", "app")
+	restarted := time.Now()
 	newIP := d.engine.inspect(t, "app", "{{.NetworkSettings.IPAddress}}")
 	if newIP == oldIP {
 		t.Fatalf("app kept %s", oldIP)
@@ -185,6 +194,7 @@ func TestIntegrationDockerLifecycle(t *testing.T) {
 	}) {
 		t.Fatalf("the mapping did not follow app to %s:\n%s", newIP, d.mustCLI("ls"))
 	}
+	t.Logf("the mapping followed app from %s to %s %v after docker start returned", oldIP, newIP, time.Since(restarted).Round(time.Millisecond))
 	// Removed and created again under the same name: the mapping works again.
 	d.engine.mustDocker(t, "rm", "-f", "app")
 	d.engine.run(t, "app", false, "0.0.0.0:80")

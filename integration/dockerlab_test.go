@@ -65,7 +65,9 @@ func startEngine() *engine {
 	e.host = &netnstest.NS{Name: name}
 	for _, args := range [][]string{
 		{"ip", "link", "set", "lo", "up"},
-		{"sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"},
+		// ip_forward stays 0: dockerd turns it on and, as on most hosts, sets the
+		// FORWARD policy to DROP, which natmap must get through.
+		{"sysctl", "-qw", "net.ipv4.ip_forward=0", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"},
 	} {
 		if _, err := e.host.Run(args[0], args[1:]...); err != nil {
 			e.failed = err

@@ -165,3 +165,30 @@ func FuzzMappingSpec(f *testing.F) {
 		}
 	})
 }
+
+// A stopped container's mapping whose port was taken at start is reserved
+// when the port frees, but not installed until the container runs.
+func TestParkedAndInactiveMapping(t *testing.T) {
+	m := Mapping{ID: 1, Container: "web", HostIP: netip.IPv4Unspecified(), HostPort: 8080, ContainerPort: 80, Proto: ProtoTCP}
+	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
+	ep := Endpoint{Addr: netip.MustParseAddrPort("0.0.0.0:8080"), Proto: ProtoTCP}
+	r.res.busy[ep] = true
+	deps := r.deps()
+	deps.Docker = fakeDocker{}
+	r.svc = NewService(deps)
+	if err := r.svc.Start(ctx, State{Mappings: []Mapping{m}}); err != nil {
+		t.Fatal(err)
+	}
+	delete(r.res.busy, ep)
+	r.svc.RetryInactive(ctx)
+	if r.fake.Dump() != "" || r.res.dump() != "0.0.0.0:8080/tcp" {
+		t.Fatalf("kernel %q, held %q", r.fake.Dump(), r.res.dump())
+	}
+	c := Container{ID: "x", Name: "web", Running: true, IP: netip.MustParseAddr("172.17.0.9")}
+	if err := r.svc.ContainerChanged(ctx, "web", c, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.fake.Dump(); !strings.HasPrefix(got, "dnat tcp 0.0.0.0:8080 -> 172.17.0.9:80\n") {
+		t.Fatalf("after start:\n%s", got)
+	}
+}

@@ -307,6 +307,11 @@ func (s *Service) RetryInactive(ctx context.Context) int {
 			s.inactive[ep] = err.Error()
 			continue
 		}
+		if _, down := s.parked[ep]; down {
+			// Reserved now, installed when its container runs.
+			delete(s.inactive, ep)
+			continue
+		}
 		back = append(back, s.forwards[ep].f)
 	}
 	if len(back) == 0 {
@@ -414,11 +419,11 @@ func (s *Service) commit(ctx context.Context, tx *txn, e edit) error {
 	}
 	for _, f := range e.gone {
 		ep := f.Endpoint()
+		delete(s.parked, ep)
 		if _, off := s.inactive[ep]; off {
 			delete(s.inactive, ep)
 			continue
 		}
-		delete(s.parked, ep)
 		s.release(ep)
 	}
 	s.flushUDP(ch.Del)
