@@ -1,9 +1,12 @@
 package integration
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -56,6 +59,26 @@ func TestIntegrationDockerMappings(t *testing.T) {
 	if policy := d.router.MustRun(t, "iptables", "-S", "FORWARD"); !strings.Contains(policy, "-P FORWARD DROP") {
 		t.Errorf("Docker's FORWARD policy is not DROP here, so the test proves less:\n%s", policy)
 	}
+	// A real HTTP request through a mapping (the connection is made inside
+	// the client's namespace, then used by net/http).
+	d.mustCLI("docker", "add", "web", "8088:8000")
+	var conn net.Conn
+	if err := d.client.Do(func() (err error) { conn, err = net.DialTimeout("tcp", dockerHostIP+":8088", 2*time.Second); return }); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(2 * time.Second))
+	req, _ := http.NewRequest("GET", "http://"+dockerHostIP+":8088/", nil)
+	req.Write(conn)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	var body []byte
+	if err == nil {
+		body, err = io.ReadAll(resp.Body)
+	}
+	conn.Close()
+	if err != nil || resp.StatusCode != 200 || !strings.HasPrefix(string(body), "web "+clientIP+":") {
+		t.Errorf("HTTP through the mapping: %q %v", body, err)
+	}
+	d.mustCLI("docker", "rm", "web", "8088")
 	// A mapping bound to a host IP answers only there.
 	expectNoReach(t, d.client, "tcp", dockerHostIP+":8082")
 	// The host itself reaches the mappings via its address and 127.0.0.1.

@@ -149,10 +149,11 @@ func (e *engine) mustDocker(t *testing.T, args ...string) string {
 }
 
 // run starts a container of the test image named name, answering as name
-// on each address, and removes it when the test ends.
+// on each address (and HTTP on port 8000), and removes it when the test
+// ends.
 func (e *engine) run(t *testing.T, name string, udp bool, addrs ...string) {
 	t.Helper()
-	args := []string{"run", "-d", "--name", name, dockerImage, "-name", name}
+	args := []string{"run", "-d", "--name", name, dockerImage, "-name", name, "-http", "0.0.0.0:8000"}
 	if udp {
 		args = append(args, "-udp")
 	}

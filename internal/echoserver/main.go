@@ -1,6 +1,7 @@
 // Command echoserver answers every TCP connection (and, with -udp, every
-// UDP datagram) with "NAME SOURCE", the source being the client's address as
-// the server sees it. scripts/demo runs it inside a namespace, and the
+// UDP datagram; with -http ADDR, every HTTP request on ADDR) with
+// "NAME SOURCE", the source being the client's address as the server sees
+// it. scripts/demo runs it inside a namespace, and the
 // Docker tests build their container image FROM scratch around it.
 package main
 
@@ -9,14 +10,23 @@ import (
 	"fmt"
 	"log"
 	"net"
+	"net/http"
 )
 
 func main() {
 	name := flag.String("name", "server", "name to answer with")
 	udp := flag.Bool("udp", false, "answer UDP datagrams on the same addresses too")
+	httpAddr := flag.String("http", "", "also serve HTTP on this address")
 	flag.Parse()
 	if flag.NArg() == 0 {
-		log.Fatal("usage: echoserver [-name NAME] [-udp] ADDR...")
+		log.Fatal("usage: echoserver [-name NAME] [-udp] [-http ADDR] ADDR...")
+	}
+	if *httpAddr != "" {
+		go func() {
+			log.Fatal(http.ListenAndServe(*httpAddr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, "%s %s\n", *name, r.RemoteAddr)
+			})))
+		}()
 	}
 	for _, addr := range flag.Args() {
 		ln, err := net.Listen("tcp", addr)
