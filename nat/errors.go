@@ -36,3 +36,18 @@ func (e *FieldError) Unwrap() error { return ErrInvalid }
 func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
+
+// ErrStatus is how the API reports err: the HTTP status of its kind.
+func ErrStatus(err error) int {
+	switch {
+	case errors.Is(err, ErrInvalid):
+		return 400
+	case errors.Is(err, ErrNotFound):
+		return 404
+	case errors.Is(err, ErrConflict), errors.Is(err, ErrPortInUse):
+		return 409
+	case errors.Is(err, ErrUnavailable):
+		return 503
+	}
+	return 500
+}

@@ -25,25 +25,7 @@ func (c *DnatCmd) Run(g *Globals, out *output) error {
 	if c.ExtIf != "" {
 		cfg.ExtIf = &c.ExtIf
 	}
-	cl := newClient(g, out)
-	if c.Delete {
-		if _, err := cl.call(http.MethodDelete, "/dnat", cfg, nil); err != nil {
-			return err
-		}
-		out.done(map[string]any{"deleted": cfg}, "dnat deleted: %s", describe(cfg))
-		return nil
-	}
-	var echo nat.DnatConfig
-	h, err := cl.call(http.MethodPost, "/dnat", cfg, &echo)
-	if err != nil {
-		return err
-	}
-	verb := "added"
-	if h.Get(nat.ChangedHeader) == "false" {
-		verb = "already present, nothing changed"
-	}
-	out.done(echo, "dnat %s: %s", verb, describe(echo))
-	return nil
+	return sendRule(g, out, "/dnat", "dnat", cfg, c.Delete, describe(cfg))
 }
 
 func describe(c nat.DnatConfig) string {

@@ -43,11 +43,7 @@ func (c *DockerAddCmd) Run(g *Globals, out *output) error {
 	if err != nil {
 		return err
 	}
-	verb := "added"
-	if h.Get(nat.ChangedHeader) == "false" {
-		verb = "already present, nothing changed"
-	}
-	out.done(pm, "mapping %s: %s", verb, describeMapping(pm))
+	out.done(pm, "mapping %s: %s", addedVerb(h), describeMapping(pm))
 	return nil
 }
 

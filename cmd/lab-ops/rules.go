@@ -73,12 +73,16 @@ func sendRule(g *Globals, out *output, path, kind string, cfg any, del bool, wha
 	if err != nil {
 		return err
 	}
-	verb := "added"
-	if h.Get(nat.ChangedHeader) == "false" {
-		verb = "already present, nothing changed"
-	}
-	out.done(echo, "%s %s: %s", kind, verb, what)
+	out.done(echo, "%s %s: %s", kind, addedVerb(h), what)
 	return nil
+}
+
+// addedVerb says whether an add changed anything, from the reply's header.
+func addedVerb(h http.Header) string {
+	if h.Get(nat.ChangedHeader) == "false" {
+		return "already present, nothing changed"
+	}
+	return "added"
 }
 
 // SaveCmd writes natmap's active ruleset in the form the host reloads at

@@ -1,0 +1,129 @@
+package nat
+
+import (
+	"context"
+	"fmt"
+)
+
+// own adds a user to each forward. A forward whose endpoint another rule
+// sends elsewhere is a conflict. It returns the forwards new to the model.
+func (s *Service) own(tx *txn, fs []Forward) ([]Forward, error) {
+	var fresh []Forward
+	for _, f := range fs {
+		e, ok := s.forwards[f.Endpoint()]
+		switch {
+		case !ok:
+			fresh = append(fresh, f)
+			put(tx, s.forwards, f.Endpoint(), fwdEntry{f: f, owners: 1})
+		case e.f != f:
+			return nil, fmt.Errorf("%s is already forwarded to %s%s: %w", f.Endpoint(), e.f.Int, ifSuffix(e.f.ExtIf), ErrConflict)
+		default:
+			put(tx, s.forwards, f.Endpoint(), fwdEntry{f: f, owners: e.owners + 1})
+		}
+	}
+	return fresh, nil
+}
+
+// disown removes a user from each forward and returns those left with none.
+func (s *Service) disown(tx *txn, fs []Forward) []Forward {
+	var gone []Forward
+	for _, f := range fs {
+		e := s.forwards[f.Endpoint()]
+		if e.owners <= 1 {
+			drop(tx, s.forwards, f.Endpoint())
+			gone = append(gone, f)
+			continue
+		}
+		put(tx, s.forwards, f.Endpoint(), fwdEntry{f: f, owners: e.owners - 1})
+	}
+	return gone
+}
+
+// edit is what a model change does to the kernel and the reservations.
+type edit struct {
+	fresh []Forward // new endpoints: reserve, and install unless parked
+	gone  []Forward // endpoints no rule uses any more: uninstall, release
+	// swapDel and swapAdd change the target of kept endpoints (a container
+	// with a new address): kernel only.
+	swapDel, swapAdd []Forward
+	rules            bool // the SNAT and masquerade rules changed
+}
+
+// commit makes the model changes recorded in tx real: it reserves the
+// fresh forwards, applies the kernel change in one transaction (with the
+// SNAT and masquerade rules rebuilt when e.rules is set), persists, and
+// releases what the gone forwards held. On failure everything, tx
+// included, is put back as it was.
+func (s *Service) commit(ctx context.Context, tx *txn, e edit) error {
+	taken, err := s.takeAll(e.fresh)
+	if err != nil {
+		tx.rollback()
+		return err
+	}
+	ch := Change{Del: s.installed(e.gone), Add: s.installed(e.fresh)}
+	ch.Del = append(ch.Del, e.swapDel...)
+	ch.Add = append(ch.Add, e.swapAdd...)
+	if e.rules {
+		r := s.rules()
+		ch.Rules = &r
+	}
+	if err := s.backend.Apply(ctx, ch); err != nil {
+		tx.rollback()
+		s.releaseAll(taken)
+		return err
+	}
+	if err := s.persist(); err != nil {
+		tx.rollback()
+		undo := Change{Del: ch.Add, Add: ch.Del}
+		if e.rules {
+			r := s.rules()
+			undo.Rules = &r
+		}
+		s.revert(ctx, undo)
+		s.releaseAll(taken)
+		return err
+	}
+	for _, f := range e.gone {
+		ep := f.Endpoint()
+		delete(s.parked, ep)
+		if _, off := s.inactive[ep]; off {
+			delete(s.inactive, ep)
+			continue
+		}
+		s.release(ep)
+	}
+	s.flushUDP(ch.Del)
+	s.changes++
+	return nil
+}
+
+// installed keeps the forwards that are (or are to be) in the kernel:
+// neither inactive nor parked.
+func (s *Service) installed(fs []Forward) []Forward {
+	var out []Forward
+	for _, f := range fs {
+		_, off := s.inactive[f.Endpoint()]
+		_, down := s.parked[f.Endpoint()]
+		if !off && !down {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// revert undoes a kernel change after a later step failed.
+func (s *Service) revert(ctx context.Context, undo Change) {
+	if err := s.backend.Apply(ctx, undo); err != nil {
+		s.log.Error("rolling back a kernel change failed; restoring the whole table", "change", undo.String(), "err", err)
+		if err := s.backend.Replace(ctx, s.activeRuleset()); err != nil {
+			s.log.Error("restoring the whole table failed", "err", err)
+		}
+	}
+}
+
+func (s *Service) persist() error {
+	if err := s.store.Save(s.snapshot()); err != nil {
+		return fmt.Errorf("saving state: %w", err)
+	}
+	return nil
+}
