@@ -2,6 +2,7 @@ package dockermap
 
 import (
 	"fmt"
+	"os/exec"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -12,41 +13,45 @@ const HoleComment = "natmap: accept flows natmap forwards"
 // OpenForwardHole makes Docker's FORWARD policy (DROP) let natmap's flows
 // through: one rule at the top of DOCKER-USER accepting connections that
 // carry natmap's mark. nftables' accept is not final, so natmap's own
-// forward chain cannot do this. The rule is added once (idempotent) for
-// IPv4, and for IPv6 when Docker made DOCKER-USER there; it stays while
-// Docker runs (it matches nothing without natmap's forwards).
+// forward chain cannot do this. The rule is added once (idempotent) wherever
+// Docker made DOCKER-USER: IPv4 and IPv6, iptables-nft and iptables-legacy
+// (Docker uses whichever variant the host's iptables is). It stays while
+// Docker runs; it matches nothing without natmap's forwards.
 func OpenForwardHole(mark uint32) error {
-	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
-		ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(5))
-		if err != nil {
-			if proto == iptables.ProtocolIPv6 {
-				continue
-			}
-			return fmt.Errorf("iptables: %w", err)
-		}
-		exists, err := ipt.ChainExists("filter", "DOCKER-USER")
-		if err != nil || !exists {
-			continue
-		}
+	return eachDockerUser(func(ipt *iptables.IPTables) error {
 		if err := ipt.InsertUnique("filter", "DOCKER-USER", 1, holeRule(mark)...); err != nil {
 			return fmt.Errorf("adding natmap's rule to DOCKER-USER: %w", err)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // CloseForwardHole removes the rule OpenForwardHole adds.
 func CloseForwardHole(mark uint32) error {
-	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
-		ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(5))
+	return eachDockerUser(func(ipt *iptables.IPTables) error {
+		if err := ipt.DeleteIfExists("filter", "DOCKER-USER", holeRule(mark)...); err != nil {
+			return fmt.Errorf("removing natmap's rule from DOCKER-USER: %w", err)
+		}
+		return nil
+	})
+}
+
+// eachDockerUser runs fn with every iptables variant and family that has a
+// DOCKER-USER chain.
+func eachDockerUser(fn func(*iptables.IPTables) error) error {
+	for _, bin := range []string{"iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			continue
+		}
+		ipt, err := iptables.New(iptables.Path(bin), iptables.Timeout(5))
 		if err != nil {
 			continue
 		}
 		if exists, err := ipt.ChainExists("filter", "DOCKER-USER"); err != nil || !exists {
 			continue
 		}
-		if err := ipt.DeleteIfExists("filter", "DOCKER-USER", holeRule(mark)...); err != nil {
-			return fmt.Errorf("removing natmap's rule from DOCKER-USER: %w", err)
+		if err := fn(ipt); err != nil {
+			return err
 		}
 	}
 	return nil

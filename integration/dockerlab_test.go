@@ -87,6 +87,16 @@ func (e *engine) launch() error {
 		"--data-root", filepath.Join(e.dir, "data"), "--exec-root", filepath.Join(e.dir, "exec"),
 		"--pidfile", filepath.Join(e.dir, "docker.pid"), "-H", "unix://"+e.sock)
 	e.cmd.Stdout, e.cmd.Stderr = e.log, e.log
+	if testBackend() == "iptables-legacy" {
+		// Docker on iptables-legacy, as on the hosts this backend is for.
+		bin := filepath.Join(e.dir, "legacy-bin")
+		os.MkdirAll(bin, 0o755)
+		for _, tool := range []string{"iptables", "ip6tables", "iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore"} {
+			target, _ := exec.LookPath(strings.Replace(tool, "tables", "tables-legacy", 1))
+			os.Symlink(target, filepath.Join(bin, tool))
+		}
+		e.cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+	}
 	if err := e.cmd.Start(); err != nil {
 		return err
 	}
@@ -216,11 +226,23 @@ func newDockerLab(t *testing.T) *dockerLab {
 		e.host.Run("ip", "link", "del", ext)
 	})
 	t.Cleanup(l.stopDaemon)
-	// natmap's table and its DOCKER-USER rule go with each test's daemon.
+	// natmap's table or chains, and its DOCKER-USER rule, go with each
+	// test's daemon.
 	t.Cleanup(func() {
 		e.host.Run("nft", "delete", "table", "inet", "natmap")
-		e.host.Run("iptables", "-D", "DOCKER-USER", "-m", "connmark", "--mark", "0x1000000/0x1000000",
-			"-m", "comment", "--comment", "natmap: accept flows natmap forwards", "-j", "ACCEPT")
+		for _, mode := range []string{"legacy", "nft"} {
+			tool := "iptables-" + mode
+			e.host.Run(tool, "-D", "DOCKER-USER", "-m", "connmark", "--mark", "0x1000000/0x1000000",
+				"-m", "comment", "--comment", "natmap: accept flows natmap forwards", "-j", "ACCEPT")
+			e.host.Run(tool, "-D", "DOCKER-USER", "-j", "NATMAP-FWD")
+			for _, j := range [][2]string{{"nat", "PREROUTING"}, {"nat", "OUTPUT"}, {"nat", "POSTROUTING"}, {"filter", "FORWARD"}} {
+				e.host.Run(tool, "-t", j[0], "-D", j[1], "-j", "NATMAP-"+map[string]string{"PREROUTING": "PRE", "OUTPUT": "OUT", "POSTROUTING": "POST", "FORWARD": "FWD"}[j[1]])
+			}
+			for _, c := range [][2]string{{"nat", "NATMAP-PRE"}, {"nat", "NATMAP-OUT"}, {"nat", "NATMAP-POST"}, {"nat", "NATMAP-HAIRPIN"}, {"nat", "NATMAP-SNAT"}, {"filter", "NATMAP-FWD"}} {
+				e.host.Run(tool, "-t", c[0], "-F", c[1])
+				e.host.Run(tool, "-t", c[0], "-X", c[1])
+			}
+		}
 	})
 	return &dockerLab{lab: l, engine: e}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -125,7 +126,8 @@ func (l *lab) startDaemon(extra ...string) {
 
 func (l *lab) tryStartDaemon(extra ...string) error {
 	args := append([]string{"natmap", "daemon", "--state", l.state, "--socket", l.socket, "--socket-group", "root",
-		"--retry-interval", "1s", "--save-path", l.saved}, extra...)
+		"--retry-interval", "1s", "--save-path", l.saved}, backendArgs()...)
+	args = append(args, extra...)
 	cmd := l.router.Cmd(binary, args...)
 	l.daemonLog = &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = l.daemonLog, l.daemonLog
@@ -303,14 +305,46 @@ func expectNoReach(t *testing.T, ns *netnstest.NS, proto, addr string) {
 	}
 }
 
-// nftTable lists natmap's table in the router.
-func (l *lab) nftTable() string {
-	out, err := l.router.Run("nft", "list", "table", "inet", "natmap")
-	if err != nil {
-		return "(no table) " + err.Error()
+// testBackend is the kernel backend the suite runs against:
+// NATMAP_TEST_BACKEND=nftables (the default), iptables-legacy or
+// iptables-nft. scripts/test runs the suite once for each.
+func testBackend() string {
+	if b := os.Getenv("NATMAP_TEST_BACKEND"); b != "" {
+		return b
 	}
-	return out
+	return "nftables"
 }
+
+// backendArgs are the daemon flags that select testBackend.
+func backendArgs() []string {
+	switch b := testBackend(); b {
+	case "iptables-legacy", "iptables-nft":
+		return []string{"--backend", "iptables", "--iptables-mode", strings.TrimPrefix(b, "iptables-")}
+	}
+	return []string{"--backend", "nftables"}
+}
+
+// kernelRules lists what natmap installed in the router: the nftables
+// table, or the iptables rules (without counters).
+func (l *lab) kernelRules() string {
+	b := testBackend()
+	if b == "nftables" {
+		out, err := l.router.Run("nft", "list", "table", "inet", "natmap")
+		if err != nil {
+			return "(no table) " + err.Error()
+		}
+		return out
+	}
+	var all strings.Builder
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		out, _ := l.router.Run(tool + strings.TrimPrefix(b, "iptables") + "-save")
+		all.WriteString(saveNoise.ReplaceAllString(out, ""))
+	}
+	return all.String()
+}
+
+// saveNoise is what changes between two iptables-save runs.
+var saveNoise = regexp.MustCompile(`(?m)^#.*\n|\[\d+:\d+\]`)
 
 // waitFor polls cond for up to d.
 func waitFor(d time.Duration, cond func() bool) bool {
@@ -363,4 +397,28 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// dropNAT removes natmap's kernel rules by hand, as a reboot would.
+func (l *lab) dropNAT() {
+	l.t.Helper()
+	if b := testBackend(); b != "nftables" {
+		tool := "iptables" + strings.TrimPrefix(b, "iptables")
+		for _, table := range []string{"nat", "filter"} {
+			l.router.MustRun(l.t, tool, "-t", table, "-F")
+			l.router.MustRun(l.t, tool, "-t", table, "-X")
+		}
+		return
+	}
+	l.router.MustRun(l.t, "nft", "delete", "table", "inet", "natmap")
+}
+
+// loadSaved loads what `save` wrote the way the host does at boot.
+func (l *lab) loadSaved() {
+	l.t.Helper()
+	if b := testBackend(); b != "nftables" {
+		l.router.MustRun(l.t, "sh", "-c", "iptables"+strings.TrimPrefix(b, "iptables")+"-restore < "+l.saved)
+		return
+	}
+	l.router.MustRun(l.t, "nft", "-f", l.saved)
 }

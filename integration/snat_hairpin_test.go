@@ -151,13 +151,13 @@ func TestIntegrationSaveAndReload(t *testing.T) {
 	}
 	// The host reloads the file without the daemon.
 	l.stopDaemon()
-	want := l.nftTable()
-	l.router.MustRun(t, "nft", "delete", "table", "inet", "natmap")
+	want := l.kernelRules()
+	l.dropNAT()
 	expectNoReach(t, l.client, "tcp", extIP+":8080")
-	l.router.MustRun(t, "nft", "-f", l.saved)
+	l.loadSaved()
 	expectReach(t, l.client, "tcp", extIP+":8080", "web")
 	expectReach(t, l.server2, "tcp", extIP+":8080", "web")
-	if got := noCounters(l.nftTable()); got != noCounters(want) {
+	if got := noCounters(l.kernelRules()); got != noCounters(want) {
 		t.Errorf("reloaded table differs:\n%s\nwant\n%s", got, want)
 	}
 }
@@ -225,7 +225,7 @@ func TestIntegrationRuleBadInput(t *testing.T) {
 	l := newLab(t)
 	l.startDaemon()
 	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25,465")
-	before := l.nftTable()
+	before := l.kernelRules()
 	state, _ := os.ReadFile(l.state)
 	rules := routing(t, l.router)
 	for _, c := range []struct {
@@ -256,7 +256,7 @@ func TestIntegrationRuleBadInput(t *testing.T) {
 			t.Errorf("POST %s: %d %s, want 400", path, code, reply)
 		}
 	}
-	if after := l.nftTable(); after != before {
+	if after := l.kernelRules(); after != before {
 		t.Errorf("the table changed:\n%s", after)
 	}
 	if after, _ := os.ReadFile(l.state); string(after) != string(state) {
@@ -302,7 +302,7 @@ echo "Mail NAT applied: $EXT_IP -> $INT_IP"
 	if src := expectReach(t, l.server, "tcp", clientIP+":7000", "outside"); src != extIP {
 		t.Errorf("the mail server's outgoing connection came from %s", src)
 	}
-	if b, err := os.ReadFile(l.saved); err != nil || !strings.Contains(string(b), "table inet natmap") {
+	if b, err := os.ReadFile(l.saved); err != nil || !strings.Contains(string(b), "natmap") {
 		t.Errorf("save wrote %q (%v)", b, err)
 	}
 }

@@ -31,11 +31,12 @@ type Info struct {
 	// Started is when the daemon began serving.
 	Started time.Time
 	// Render writes a ruleset in the form the host reloads at boot without
-	// the daemon (for nftables, a file for `nft -f`).
+	// the daemon (for nftables, a file for `nft -f`; for iptables, the
+	// IPv4 iptables-save file).
 	Render func(Ruleset) []byte
-	// Save writes a rendered ruleset to the daemon's save path and
-	// returns the path.
-	Save func([]byte) (string, error)
+	// Save writes a ruleset to the daemon's save path(s) and returns the
+	// paths written.
+	Save func(Ruleset) ([]string, error)
 	// DockerState reports whether Docker answers, and why not.
 	DockerState func() (bool, error)
 }
@@ -240,13 +241,13 @@ func (a *api) save(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rs := a.svc.Ruleset()
-	path, err := a.info.Save(a.info.Render(rs))
+	paths, err := a.info.Save(rs)
 	if err != nil {
 		a.fail(w, r, fmt.Errorf("saving the ruleset: %w", err))
 		return
 	}
-	a.log.Info("ruleset saved", "path", path, "forwards", len(rs.Forwards))
-	reply(w, http.StatusOK, SaveResponse{Path: path, Forwards: len(rs.Forwards)})
+	a.log.Info("ruleset saved", "paths", paths, "forwards", len(rs.Forwards))
+	reply(w, http.StatusOK, SaveResponse{Path: paths[0], Paths: paths, Forwards: len(rs.Forwards)})
 }
 
 // ruleset returns the active ruleset as the backend's reload file.

@@ -8,6 +8,17 @@ import (
 	"strings"
 )
 
+// Connection marks natmap sets (ct mark bits), the same in every backend,
+// so that a host's other firewall rules can rely on them.
+const (
+	// MarkForwarded is set on every connection natmap DNATs; the forward
+	// accept (and, on Docker hosts, the DOCKER-USER rule) matches it.
+	MarkForwarded = 0x01000000
+	// MarkLocal is set on connections the host itself makes to a forward;
+	// they are masqueraded so the internal host can always answer.
+	MarkLocal = 0x02000000
+)
+
 // Backend programs the kernel. Every call is one kernel transaction: it
 // takes effect whole or not at all.
 type Backend interface {

@@ -104,8 +104,11 @@ type ListResponse struct {
 
 // SaveResponse is the reply of POST /save.
 type SaveResponse struct {
-	// Path is the file the daemon wrote.
+	// Path is the (first) file the daemon wrote.
 	Path string `json:"path"`
+	// Paths are all the files the daemon wrote (the iptables backend
+	// writes an IPv4 and an IPv6 file).
+	Paths []string `json:"paths"`
 	// Forwards is how many forwards the file holds.
 	Forwards int `json:"forwards"`
 }

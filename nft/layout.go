@@ -13,14 +13,10 @@ import (
 // TableName is natmap's table, of family inet. natmap touches no other.
 const TableName = "natmap"
 
-// Connection marks natmap sets on the flows it forwards (ct mark bits).
+// The connection marks, as nat defines them.
 const (
-	// MarkDNAT is set on every connection natmap DNATs; the forward chain
-	// (and, on Docker hosts, a DOCKER-USER rule) accepts such traffic.
-	MarkDNAT = 0x01000000
-	// MarkLocal is set on connections the host itself makes to a forward;
-	// they are masqueraded so the internal host can always answer.
-	MarkLocal = 0x02000000
+	MarkDNAT  = nat.MarkForwarded
+	MarkLocal = nat.MarkLocal
 )
 
 // Chain priorities: just before the standard NAT priorities, so natmap's

@@ -283,3 +283,18 @@ func bigBuffers(nc *netlink.Conn) error {
 	}
 	return nil
 }
+
+// Remove deletes the natmap table, if there is one (when the host moves to
+// the iptables backend).
+func (b *Backend) Remove() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c, err := b.connect()
+	if err != nil {
+		return err
+	}
+	t := table()
+	c.AddTable(t)
+	c.DelTable(t)
+	return b.flush(c, "deleting table inet "+TableName)
+}

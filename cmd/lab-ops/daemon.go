@@ -18,7 +18,6 @@ import (
 
 	"github.com/lab-ops/natmap/dockermap"
 	"github.com/lab-ops/natmap/nat"
-	"github.com/lab-ops/natmap/nft"
 	"github.com/lab-ops/natmap/reserve"
 	"github.com/lab-ops/natmap/route"
 	"github.com/lab-ops/natmap/store"
@@ -28,9 +27,10 @@ import (
 type DaemonCmd struct {
 	State         string        `default:"/var/lib/natmap/state.json" type:"path" help:"State file." placeholder:"PATH"`
 	SocketGroup   string        `default:"natmap" help:"Group that may use the socket (mode 0660)." placeholder:"NAME"`
-	Backend       string        `default:"auto" enum:"auto,nftables" help:"Kernel backend: ${enum}."`
+	Backend       string        `default:"auto" enum:"auto,nftables,iptables" help:"Kernel backend: ${enum} (auto: iptables when the host's iptables-legacy tables hold rules, else nftables)."`
+	IptablesMode  string        `default:"auto" enum:"auto,legacy,nft" help:"iptables variant for the iptables backend: ${enum}."`
 	RetryInterval time.Duration `default:"30s" help:"How often to retry forwards whose port another program holds."`
-	SavePath      string        `default:"/etc/natmap/natmap.nft" type:"path" help:"Where save writes the ruleset (an nft -f script)." placeholder:"PATH"`
+	SavePath      string        `default:"" type:"path" help:"Where save writes the ruleset: default /etc/natmap/natmap.nft (nftables), /etc/iptables/rules.v4 and rules.v6 (iptables)." placeholder:"PATH"`
 	DockerHost    string        `default:"unix:///var/run/docker.sock" env:"DOCKER_HOST" help:"Docker engine to follow; the daemon runs without it until it answers." placeholder:"URL"`
 }
 
@@ -56,14 +56,15 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	if err != nil {
 		return fmt.Errorf("refusing to start, the state file is left as it is: %w", err)
 	}
-	backend, reason := nft.New(), "auto: nftables is the backend of this build"
-	if d.Backend == "nftables" {
-		reason = "chosen with --backend nftables"
+	be, err := chooseBackend(d.Backend, d.IptablesMode, log)
+	if err != nil {
+		return err
 	}
-	defer backend.Close()
+	defer be.close()
+	backend, reason := be.backend, be.reason
 	log.Info("backend chosen", "backend", backend.Name(), "reason", reason)
 
-	docker := dockermap.New(d.DockerHost, nft.MarkDNAT, log)
+	docker := dockermap.New(d.DockerHost, nat.MarkForwarded, log)
 	svc := nat.NewService(nat.Deps{Backend: backend, Reserver: reserve.Sockets{}, Store: file, System: hostSystem{},
 		Router: route.Netlink{}, Docker: docker, Log: log})
 	if err := svc.Start(ctx, st); err != nil {
@@ -77,8 +78,9 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	}
 	srv := &http.Server{
 		Handler: nat.NewHandler(svc, nat.Info{
-			Version: version(), BackendReason: reason, Started: time.Now(), Render: nft.Render,
-			Save:        func(b []byte) (string, error) { return d.SavePath, store.WriteFile(d.SavePath, b, 0o644) },
+			Version: version(), BackendReason: reason, Started: time.Now(),
+			Render:      func(rs nat.Ruleset) []byte { return be.render(rs)[0].data },
+			Save:        func(rs nat.Ruleset) ([]string, error) { return saveFiles(d.savePath(backend), be.render(rs)) },
 			DockerState: docker.State,
 		}, log),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -104,6 +106,38 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	}
 	os.Remove(g.Socket)
 	return nil
+}
+
+// savePath is --save-path or the backend's usual place.
+func (d *DaemonCmd) savePath(b nat.Backend) string {
+	switch {
+	case d.SavePath != "":
+		return d.SavePath
+	case b.Name() == "nftables":
+		return "/etc/natmap/natmap.nft"
+	}
+	return "/etc/iptables/rules.v4"
+}
+
+// saveFiles writes each file: the first at path, the IPv6 one of the
+// iptables backend beside it (rules.v4 -> rules.v6, else PATH.v6).
+func saveFiles(path string, files []savedFile) ([]string, error) {
+	var paths []string
+	for _, f := range files {
+		p := path
+		if f.suffix == ".v6" {
+			if strings.HasSuffix(path, ".v4") {
+				p = strings.TrimSuffix(path, ".v4") + ".v6"
+			} else {
+				p = path + ".v6"
+			}
+		}
+		if err := store.WriteFile(p, f.data, 0o644); err != nil {
+			return paths, err
+		}
+		paths = append(paths, p)
+	}
+	return paths, nil
 }
 
 func logLevel(verbose int) slog.Level {

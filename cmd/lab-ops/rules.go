@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/lab-ops/natmap/nat"
 	"github.com/lab-ops/natmap/store"
@@ -88,7 +89,7 @@ func addedVerb(h http.Header) string {
 // SaveCmd writes natmap's active ruleset in the form the host reloads at
 // boot without the daemon.
 type SaveCmd struct {
-	Output string `short:"o" type:"path" help:"Write the file here (as the calling user) instead of the daemon's save path (default /etc/natmap/natmap.nft)." placeholder:"PATH"`
+	Output string `short:"o" type:"path" help:"Write the file here (as the calling user) instead of the daemon's save path (default /etc/natmap/natmap.nft; with the iptables backend, /etc/iptables/rules.v4 and .v6, and --output writes the IPv4 file)." placeholder:"PATH"`
 }
 
 // Run asks the daemon to save, or fetches the ruleset and writes it.
@@ -99,7 +100,7 @@ func (c *SaveCmd) Run(g *Globals, out *output) error {
 		if _, err := cl.call(http.MethodPost, "/save", nil, &resp); err != nil {
 			return err
 		}
-		out.done(resp, "saved %d forwards to %s (load it at boot with: nft -f %s)", resp.Forwards, resp.Path, resp.Path)
+		out.done(resp, "saved %d forwards to %s", resp.Forwards, strings.Join(resp.Paths, " and "))
 		return nil
 	}
 	text, err := cl.text(http.MethodGet, "/ruleset")

@@ -1,0 +1,307 @@
+// Package compat is natmap's iptables backend, for hosts that run
+// iptables-legacy or tools that only understand iptables. It programs
+// chains of natmap's own — NATMAP-PRE, NATMAP-OUT, NATMAP-POST,
+// NATMAP-HAIRPIN and NATMAP-SNAT in the nat table, NATMAP-FWD in the filter
+// table — reached by one jump each, inserted at the top of PREROUTING,
+// OUTPUT, POSTROUTING and FORWARD (and DOCKER-USER when it exists). It
+// never appends rules to built-in chains.
+//
+// Every change is one `iptables-restore --noflush` per address family
+// (with the lock wait): deletions by rule specification and additions in
+// one atomic commit, never one process per rule, never deletion by rule
+// number. IPv6 goes through ip6tables-restore. Unlike the nftables backend,
+// each forward is two rules (mark, then DNAT), so a packet's cost grows with
+// the number of forwards.
+package compat
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
+
+	"github.com/lab-ops/natmap/nat"
+)
+
+// Mode is the iptables variant: legacy (x_tables) or nft (iptables-nft).
+type Mode string
+
+// The iptables variants.
+const (
+	Legacy Mode = "legacy"
+	NFT    Mode = "nft"
+)
+
+// Chain names.
+const (
+	ChainPre     = "NATMAP-PRE"
+	ChainOut     = "NATMAP-OUT"
+	ChainPost    = "NATMAP-POST"
+	ChainHairpin = "NATMAP-HAIRPIN"
+	ChainSNAT    = "NATMAP-SNAT"
+	ChainForward = "NATMAP-FWD"
+)
+
+// jumps are the jumps from built-in chains: table, chain, target.
+var jumps = [][3]string{
+	{"nat", "PREROUTING", ChainPre},
+	{"nat", "OUTPUT", ChainOut},
+	{"nat", "POSTROUTING", ChainPost},
+	{"filter", "FORWARD", ChainForward},
+	{"filter", "DOCKER-USER", ChainForward},
+}
+
+// Backend implements nat.Backend with iptables.
+type Backend struct {
+	mode Mode
+}
+
+// New returns a backend for the iptables variant mode.
+func New(mode Mode) *Backend { return &Backend{mode: mode} }
+
+// Name implements nat.Backend.
+func (b *Backend) Name() string { return "iptables-" + string(b.mode) }
+
+// Mode is the backend's iptables variant.
+func (b *Backend) Mode() Mode { return b.mode }
+
+type family struct {
+	v6   bool
+	host int // prefix length of one address
+}
+
+var (
+	v4 = family{host: 32}
+	v6 = family{v6: true, host: 128}
+)
+
+func (f family) binary(mode Mode, tool string) string {
+	name := "iptables"
+	if f.v6 {
+		name = "ip6tables"
+	}
+	return name + "-" + string(mode) + tool
+}
+
+func famOf(a netip.Addr) family {
+	if a.Is4() {
+		return v4
+	}
+	return v6
+}
+
+// Replace implements nat.Backend: natmap's chains are declared (so
+// flushed) and refilled in one restore per family, then the jumps are made
+// sure of.
+func (b *Backend) Replace(ctx context.Context, rs nat.Ruleset) error {
+	for _, f := range []family{v4, v6} {
+		var w script
+		w.table("nat")
+		for _, c := range []string{ChainPre, ChainOut, ChainPost, ChainHairpin, ChainSNAT} {
+			w.line(":%s - [0:0]", c)
+		}
+		w.rule("-A", ChainPost, "-m", "connmark", "--mark", markMask(nat.MarkLocal), "-j", "MASQUERADE")
+		w.rule("-A", ChainPost, "-j", ChainHairpin)
+		w.rule("-A", ChainPost, "-j", ChainSNAT)
+		for _, fw := range sorted(rs.Forwards) {
+			if famOf(fw.Ext.Addr()) == f {
+				forwardRules(&w, "-A", fw)
+			}
+		}
+		ruleLines(&w, f, rs.Rules)
+		w.commit()
+		w.table("filter")
+		w.line(":%s - [0:0]", ChainForward)
+		w.rule("-A", ChainForward, "-m", "connmark", "--mark", markMask(nat.MarkForwarded), "-j", "ACCEPT")
+		w.commit()
+		if err := b.restore(ctx, f, w.String()); err != nil {
+			return err
+		}
+		if err := b.ensureJumps(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Apply implements nat.Backend: one restore per family with every -D
+// and -A of the change.
+func (b *Backend) Apply(ctx context.Context, ch nat.Change) error {
+	for _, f := range []family{v4, v6} {
+		var w script
+		w.table("nat")
+		n := 0
+		for _, fw := range ch.Del {
+			if famOf(fw.Ext.Addr()) == f {
+				forwardRules(&w, "-D", fw)
+				n++
+			}
+		}
+		for _, fw := range ch.Add {
+			if famOf(fw.Ext.Addr()) == f {
+				forwardRules(&w, "-A", fw)
+				n++
+			}
+		}
+		if ch.Rules != nil {
+			w.line("-F %s", ChainHairpin)
+			w.line("-F %s", ChainSNAT)
+			ruleLines(&w, f, *ch.Rules)
+			n++
+		}
+		if n == 0 {
+			continue
+		}
+		w.commit()
+		if err := b.restore(ctx, f, w.String()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Remove deletes natmap's jumps and chains, in both families.
+func (b *Backend) Remove() error {
+	for _, f := range []family{v4, v6} {
+		ipt, err := b.iptables(f)
+		if err != nil {
+			if f.v6 {
+				continue
+			}
+			return err
+		}
+		for _, j := range jumps {
+			if ok, _ := ipt.ChainExists(j[0], j[1]); ok {
+				if err := ipt.DeleteIfExists(j[0], j[1], "-j", j[2]); err != nil {
+					return fmt.Errorf("removing the jump %s -> %s: %w", j[1], j[2], err)
+				}
+			}
+		}
+		for _, tc := range [][2]string{{"nat", ChainPre}, {"nat", ChainOut}, {"nat", ChainPost}, {"nat", ChainHairpin}, {"nat", ChainSNAT}, {"filter", ChainForward}} {
+			if ok, _ := ipt.ChainExists(tc[0], tc[1]); ok {
+				if err := ipt.ClearAndDeleteChain(tc[0], tc[1]); err != nil {
+					return fmt.Errorf("removing chain %s: %w", tc[1], err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (b *Backend) iptables(f family) (*iptables.IPTables, error) {
+	return iptables.New(iptables.Path(f.binary(b.mode, "")), iptables.Timeout(5))
+}
+
+// ensureJumps inserts each missing jump at the top of its built-in chain.
+func (b *Backend) ensureJumps(f family) error {
+	ipt, err := b.iptables(f)
+	if err != nil {
+		return err
+	}
+	for _, j := range jumps {
+		if ok, err := ipt.ChainExists(j[0], j[1]); err != nil || !ok {
+			continue // DOCKER-USER exists only with Docker
+		}
+		ok, err := ipt.Exists(j[0], j[1], "-j", j[2])
+		if err != nil {
+			return fmt.Errorf("checking the jump %s -> %s: %w", j[1], j[2], err)
+		}
+		if !ok {
+			if err := ipt.Insert(j[0], j[1], 1, "-j", j[2]); err != nil {
+				return fmt.Errorf("adding the jump %s -> %s: %w", j[1], j[2], err)
+			}
+		}
+	}
+	return nil
+}
+
+func (b *Backend) restore(ctx context.Context, f family, text string) error {
+	cmd := exec.CommandContext(ctx, f.binary(b.mode, "-restore"), "--noflush", "-w", "5")
+	cmd.Stdin = strings.NewReader(text)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w: %s", cmd.Path, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// Render writes the ruleset as iptables-save files for the host's boot
+// (netfilter-persistent restores them without natmap): IPv4 first, IPv6
+// second.
+func Render(rs nat.Ruleset) (v4text, v6text []byte) {
+	out := [2][]byte{}
+	for i, f := range []family{v4, v6} {
+		var w script
+		w.line("# natmap's iptables rules, written by `lab-ops natmap save`")
+		w.table("nat")
+		for _, c := range []string{"PREROUTING", "OUTPUT", "POSTROUTING"} {
+			w.line(":%s ACCEPT [0:0]", c)
+		}
+		for _, c := range []string{ChainPre, ChainOut, ChainPost, ChainHairpin, ChainSNAT} {
+			w.line(":%s - [0:0]", c)
+		}
+		w.rule("-A", "PREROUTING", "-j", ChainPre)
+		w.rule("-A", "OUTPUT", "-j", ChainOut)
+		w.rule("-A", "POSTROUTING", "-j", ChainPost)
+		w.rule("-A", ChainPost, "-m", "connmark", "--mark", markMask(nat.MarkLocal), "-j", "MASQUERADE")
+		w.rule("-A", ChainPost, "-j", ChainHairpin)
+		w.rule("-A", ChainPost, "-j", ChainSNAT)
+		for _, fw := range sorted(rs.Forwards) {
+			if famOf(fw.Ext.Addr()) == f {
+				forwardRules(&w, "-A", fw)
+			}
+		}
+		ruleLines(&w, f, rs.Rules)
+		w.commit()
+		w.table("filter")
+		w.line(":FORWARD ACCEPT [0:0]")
+		w.line(":%s - [0:0]", ChainForward)
+		w.rule("-A", "FORWARD", "-j", ChainForward)
+		w.rule("-A", ChainForward, "-m", "connmark", "--mark", markMask(nat.MarkForwarded), "-j", "ACCEPT")
+		w.commit()
+		out[i] = []byte(w.String())
+	}
+	return out[0], out[1]
+}
+
+func sorted(fs []nat.Forward) []nat.Forward {
+	out := slices.Clone(fs)
+	slices.SortFunc(out, func(a, b nat.Forward) int {
+		if c := a.Ext.Compare(b.Ext); c != 0 {
+			return c
+		}
+		return int(a.Proto) - int(b.Proto)
+	})
+	return out
+}
+
+// LegacyInUse reports whether the host's iptables-legacy tables hold rules
+// (other programs', such as Docker on iptables-legacy): the usual sign that
+// the host runs iptables-legacy. It says how many rules it found.
+func LegacyInUse() (bool, int) {
+	n := 0
+	for _, tool := range []string{"iptables-legacy-save", "ip6tables-legacy-save"} {
+		out, err := exec.Command(tool).Output()
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "-A ") {
+				n++
+			}
+		}
+	}
+	return n > 0, n
+}
+
+// Available reports whether the tools of mode are installed.
+func Available(mode Mode) bool {
+	_, err := exec.LookPath(v4.binary(mode, "-restore"))
+	return err == nil
+}
