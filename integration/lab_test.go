@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -126,8 +127,10 @@ func (l *lab) startDaemon(extra ...string) {
 
 func (l *lab) tryStartDaemon(extra ...string) error {
 	args := append([]string{"natmap", "daemon", "--state", l.state, "--socket", l.socket, "--socket-group", "root",
-		"--retry-interval", "1s", "--save-path", l.saved}, backendArgs()...)
-	args = append(args, extra...)
+		"--retry-interval", "1s", "--save-path", l.saved}, extra...)
+	if !slices.Contains(extra, "--backend") {
+		args = append(args, backendArgs()...)
+	}
 	cmd := l.router.Cmd(binary, args...)
 	l.daemonLog = &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = l.daemonLog, l.daemonLog
