@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 
@@ -77,5 +78,64 @@ func TestIntegrationBackendSwitch(t *testing.T) {
 				t.Errorf("after running on %s, natmap's rules in %s: %v, want %v:\n%s", name, kind, ours, want, text)
 			}
 		}
+	}
+}
+
+// TestIntegrationMigrateFromEarlierNatmap starts the daemon on a state file
+// of the earlier, iptables-based natmap, with the rules that implementation
+// left in iptables: traffic flows by natmap's rules, no old rule remains,
+// other rules stay, and the original file is kept as a backup.
+func TestIntegrationMigrateFromEarlierNatmap(t *testing.T) {
+	l := newLab(t)
+	serve(t, l.server, "mail", serverIP+":25", serverIP+":465")
+	serve(t, l.server, "old", "10.0.0.102:25", "10.0.0.102:465")
+	earlier := `{"mapping": {}, "dnats": [{"ext_ip": "203.0.113.43", "int_ip": "10.0.0.101", "ports": "25,465", "proto": "tcp", "ext_if": null, "preserve_src_ip": false}],
+  "snats": [], "hairpins": [{"ext_ip": "203.0.113.43", "int_ip": "10.0.0.101", "ports": "25,465", "proto": "tcp", "lan_cidr": null}], "policy_routes": []}`
+	if err := os.WriteFile(l.state, []byte(earlier), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// What the earlier natmap left: a NATMAP chain and natmap: rules in
+	// built-in chains (pointing at the wrong server, to be sure they go),
+	// beside somebody else's rule that must stay.
+	for _, tool := range []string{"iptables-nft", "iptables-legacy"} {
+		for _, args := range [][]string{
+			{"-t", "nat", "-N", "NATMAP"},
+			{"-t", "nat", "-A", "PREROUTING", "-j", "NATMAP"},
+			{"-t", "nat", "-A", "NATMAP", "-d", extIP, "-p", "tcp", "--dport", "25", "-j", "DNAT", "--to-destination", "10.0.0.102"},
+			{"-t", "nat", "-A", "PREROUTING", "-d", extIP, "-p", "tcp", "--dport", "465", "-m", "comment", "--comment", "natmap:dnat 465", "-j", "DNAT", "--to-destination", "10.0.0.102"},
+			{"-t", "nat", "-A", "POSTROUTING", "-s", "10.0.0.101", "-m", "comment", "--comment", "natmap:hairpin", "-j", "MASQUERADE"},
+			{"-A", "FORWARD", "-d", "10.0.0.101", "-m", "comment", "--comment", "natmap:fwd", "-j", "ACCEPT"},
+			{"-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.0/24", "-j", "RETURN"},
+		} {
+			l.router.MustRun(t, tool, args...)
+		}
+	}
+	l.startDaemon()
+	if !strings.Contains(l.daemonLog.String(), "migrating the earlier natmap") {
+		t.Errorf("no migration logged:\n%s", l.daemonLog)
+	}
+	for _, port := range []string{"25", "465"} {
+		if src := expectReach(t, l.client, "tcp", extIP+":"+port, "mail"); src != clientIP {
+			t.Errorf("port %s: the server saw %s", port, src)
+		}
+		expectReach(t, l.server2, "tcp", extIP+":"+port, "mail") // the hairpin
+	}
+	for _, tool := range []string{"iptables-nft-save", "iptables-legacy-save"} {
+		out := l.router.MustRun(t, tool)
+		if strings.Contains(out, ":NATMAP ") || strings.Contains(out, "natmap:dnat 465") || strings.Contains(out, "natmap:fwd") || strings.Contains(out, "natmap:hairpin") {
+			t.Errorf("%s still has the earlier natmap's rules:\n%s", tool, out)
+		}
+		if !strings.Contains(out, "-A POSTROUTING -s 192.0.2.0/24 -j RETURN") {
+			t.Errorf("%s lost somebody else's rule:\n%s", tool, out)
+		}
+	}
+	if b, err := os.ReadFile(l.state + ".earlier-natmap.bak"); err != nil || string(b) != earlier {
+		t.Errorf("backup: %q %v", b, err)
+	}
+	if b, _ := os.ReadFile(l.state); !strings.Contains(string(b), `"version": 1`) || !strings.Contains(string(b), `"lan_cidr": "10.0.0.0/24"`) {
+		t.Errorf("state file not rewritten:\n%s", b)
+	}
+	if ls := l.mustCLI("ls"); !strings.Contains(ls, "25,465") || !strings.Contains(ls, "hairpin") {
+		t.Errorf("ls:\n%s", ls)
 	}
 }

@@ -251,9 +251,6 @@ func (s State) Validate() error {
 		if err := h.Validate(); err != nil {
 			return fmt.Errorf("%s: %w", where, err)
 		}
-		if !h.LanCIDR.IsValid() {
-			return fmt.Errorf("%s: %w", where, fieldErr("lan_cidr", "missing"))
-		}
 		if hairpins[h.ID()] {
 			return fmt.Errorf("%s: %s appears twice: %w", where, h, ErrInvalid)
 		}

@@ -112,6 +112,13 @@ func (s *Service) Start(ctx context.Context, st State) error {
 		}
 	}
 	for _, h := range st.Hairpins {
+		if !h.LanCIDR.IsValid() { // migrated from the earlier natmap
+			lan, err := s.router.ConnectedPrefix(h.IntIP)
+			if err != nil {
+				return fmt.Errorf("finding the LAN of hairpin %s: %w", h, err)
+			}
+			h.LanCIDR = lan
+		}
 		s.hairpins[h.ID()] = h
 		if _, err := s.own(tx, h.dnat().Forwards()); err != nil {
 			return err

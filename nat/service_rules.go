@@ -277,6 +277,13 @@ func (s *Service) Ruleset() Ruleset {
 	return s.activeRuleset()
 }
 
+// State returns the desired state as it would be persisted.
+func (s *Service) State() State {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snapshot()
+}
+
 // snapshot is the persisted form of the current model, rules sorted.
 func (s *Service) snapshot() State {
 	st := State{IPForward: s.state.IPForward, IPv6Forward: s.state.IPv6Forward}

@@ -34,6 +34,9 @@ type file struct {
 type File struct {
 	// Path is the state file's path.
 	Path string
+	// earlier holds the file's content when Load found the earlier
+	// natmap's format; FinishMigration keeps it as a backup.
+	earlier []byte
 	// rename replaces the file; os.Rename unless a test stands in for a
 	// crash before it.
 	rename func(oldpath, newpath string) error
@@ -49,11 +52,67 @@ func (f *File) Load() (nat.State, error) {
 	if err != nil {
 		return nat.State{}, fmt.Errorf("reading state file %s: %w", f.Path, err)
 	}
+	if isEarlier(b) {
+		var e nat.EarlierState
+		if err := json.Unmarshal(b, &e); err != nil {
+			return nat.State{}, fmt.Errorf("state file %s (the earlier natmap's format): %w", f.Path, err)
+		}
+		st, err := e.Migrate()
+		if err == nil {
+			err = st.Validate()
+		}
+		if err != nil {
+			return nat.State{}, fmt.Errorf("state file %s (the earlier natmap's format): %w", f.Path, err)
+		}
+		f.earlier = b
+		return st, nil
+	}
 	st, err := Decode(b)
 	if err != nil {
 		return nat.State{}, fmt.Errorf("state file %s: %w", f.Path, err)
 	}
 	return st, nil
+}
+
+// isEarlier reports a state file of the earlier natmap: a JSON object
+// with no "version" but its keys.
+func isEarlier(b []byte) bool {
+	var keys map[string]json.RawMessage
+	if json.Unmarshal(b, &keys) != nil {
+		return false
+	}
+	if _, ok := keys["version"]; ok {
+		return false
+	}
+	for _, k := range []string{"mapping", "dnats", "snats", "hairpins", "policy_routes"} {
+		if _, ok := keys[k]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Migrated reports that Load converted the earlier natmap's format.
+func (f *File) Migrated() bool { return f.earlier != nil }
+
+// BackupPath is where FinishMigration keeps the earlier file.
+func (f *File) BackupPath() string { return f.Path + ".earlier-natmap.bak" }
+
+// FinishMigration keeps the earlier file beside the state file and
+// rewrites the state file in natmap's format. Call it only once the daemon
+// started with the migrated state.
+func (f *File) FinishMigration(st nat.State) error {
+	if f.earlier == nil {
+		return nil
+	}
+	if err := writeAtomic(f.BackupPath(), f.earlier, 0o600, os.Rename); err != nil {
+		return fmt.Errorf("keeping the earlier state file: %w", err)
+	}
+	if err := f.Save(st); err != nil {
+		return err
+	}
+	f.earlier = nil
+	return nil
 }
 
 // Decode parses and validates the content of a state file.

@@ -87,7 +87,8 @@ func TestLoadRefusesBadFiles(t *testing.T) {
 		{"empty", "", "the file is empty"},
 		{"not JSON", "natmap", "not valid JSON"},
 		{"truncated", `{"version": 1, "dnats": [{"ext_ip": "203.0`, "not valid JSON"},
-		{"no version", `{"dnats": []}`, `no "version" key`},
+		{"no version", `{"rules": []}`, `no "version" key`},
+		{"earlier format, bad rule", `{"dnats": [{"ext_ip": "203.0.113.1", "int_ip": "10.0.0.1", "ports": "0", "proto": "tcp", "ext_if": null}]}`, "earlier natmap's format"},
 		{"future version", `{"version": 9, "dnats": []}`, "format version 9 is not supported"},
 		{"unknown field", `{"version": 1, "dnats": [], "mystery": true}`, `unknown field "mystery"`},
 		{"bad address", `{"version": 1, "dnats": [{"ext_ip": "nope", "int_ip": "10.0.0.1", "ports": "25", "proto": "tcp"}]}`, "not a natmap state"},
@@ -141,4 +142,55 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("decoded an invalid state: %v", err)
 		}
 	})
+}
+
+func TestMigrateEarlierFormat(t *testing.T) {
+	earlier := `{
+  "mapping": {"web": [{"id": 3, "request": {"host_addr": "0.0.0.0:8080", "container_addr": "172.17.0.2:80", "proto": "tcp"},
+                       "container_id": "abc123", "container_name": "web", "rule_comment": "natmap:web:8080"}],
+              "local": [{"id": 4, "request": {"host_addr": "0.0.0.0:8081", "container_addr": "127.0.0.1:80", "proto": "tcp"},
+                       "container_id": "", "container_name": "local", "rule_comment": "natmap:local:8081"}]},
+  "dnats": [{"ext_ip": "203.0.113.43", "int_ip": "10.0.0.101", "ports": "25", "proto": "tcp", "ext_if": null, "preserve_src_ip": false},
+            {"ext_ip": "203.0.113.43", "int_ip": "10.0.0.101", "ports": "465", "proto": "tcp", "ext_if": null, "preserve_src_ip": false}],
+  "snats": [{"int_ip": "10.0.0.101", "ext_ip": "203.0.113.43", "ext_if": "vmbr0"}],
+  "hairpins": [{"ext_ip": "203.0.113.43", "int_ip": "10.0.0.101", "ports": "25,465", "proto": "tcp", "lan_cidr": null}],
+  "policy_routes": [{"src_ip": "10.0.0.101", "via": "10.0.0.1", "table": 100}]
+}`
+	f := &File{Path: filepath.Join(t.TempDir(), "state.json")}
+	if err := os.WriteFile(f.Path, []byte(earlier), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.Migrated() || len(st.Dnats) != 1 || st.Dnats[0].Ports.String() != "25,465" || len(st.Snats) != 1 ||
+		len(st.Hairpins) != 1 || len(st.PolicyRoutes) != 1 || len(st.Mappings) != 2 || st.NextMappingID != 5 {
+		t.Fatalf("migrated: %+v", st)
+	}
+	for _, m := range st.Mappings {
+		if m.ID == 4 && (!m.Local() || m.TargetIP.String() != "127.0.0.1") {
+			t.Errorf("local service: %+v", m)
+		}
+		if m.ID == 3 && (m.Local() || m.ContainerIP.String() != "172.17.0.2" || m.ContainerID != "abc123") {
+			t.Errorf("container mapping: %+v", m)
+		}
+	}
+	// Nothing is written until the daemon started.
+	if b, _ := os.ReadFile(f.Path); string(b) != earlier {
+		t.Fatal("Load changed the file")
+	}
+	if err := f.FinishMigration(st); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(f.BackupPath()); string(b) != earlier {
+		t.Errorf("backup: %s", b)
+	}
+	again, err := (&File{Path: f.Path}).Load()
+	if err != nil || len(again.Dnats) != 1 {
+		t.Fatalf("reloading the rewritten file: %+v %v", again, err)
+	}
+	if b, _ := os.ReadFile(f.Path); !strings.Contains(string(b), `"version": 1`) {
+		t.Errorf("rewritten file:\n%s", b)
+	}
 }

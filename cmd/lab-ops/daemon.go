@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lab-ops/natmap/compat"
 	"github.com/lab-ops/natmap/dockermap"
 	"github.com/lab-ops/natmap/nat"
 	"github.com/lab-ops/natmap/reserve"
@@ -65,12 +66,25 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	log.Info("backend chosen", "backend", backend.Name(), "reason", reason)
 
 	docker := dockermap.New(d.DockerHost, nat.MarkForwarded, log)
+	if file.Migrated() {
+		n, err := compat.RemoveEarlier()
+		if err != nil {
+			return fmt.Errorf("taking over from the earlier natmap: %w", err)
+		}
+		log.Info("migrating the earlier natmap's state file; its iptables rules were removed", "state", d.State, "removed", n)
+	}
 	svc := nat.NewService(nat.Deps{Backend: backend, Reserver: reserve.Sockets{}, Store: file, System: hostSystem{},
 		Router: route.Netlink{}, Docker: docker, Log: log})
 	if err := svc.Start(ctx, st); err != nil {
 		return err
 	}
 	defer svc.Close()
+	if file.Migrated() {
+		if err := file.FinishMigration(svc.State()); err != nil {
+			return err
+		}
+		log.Info("state file rewritten in natmap's format", "state", d.State, "backup", file.BackupPath())
+	}
 
 	ln, err := listen(g.Socket, d.SocketGroup, log)
 	if err != nil {
