@@ -16,12 +16,14 @@ package compat
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/coreos/go-iptables/iptables"
 
@@ -56,13 +58,18 @@ var jumps = [][3]string{
 	{"filter", "DOCKER-USER", ChainForward},
 }
 
-// Backend implements nat.Backend with iptables.
+// Backend implements nat.Backend with iptables. It keeps the forwards it
+// installed, grouped as they are written, so that a change rewrites only
+// the groups it touches.
 type Backend struct {
 	mode Mode
+
+	mu     sync.Mutex
+	groups map[groupKey][]nat.Forward // sorted by external port
 }
 
 // New returns a backend for the iptables variant mode.
-func New(mode Mode) *Backend { return &Backend{mode: mode} }
+func New(mode Mode) *Backend { return &Backend{mode: mode, groups: map[groupKey][]nat.Forward{}} }
 
 // Name implements nat.Backend.
 func (b *Backend) Name() string { return "iptables-" + string(b.mode) }
@@ -99,6 +106,12 @@ func famOf(a netip.Addr) family {
 // flushed) and refilled in one restore per family, then the jumps are made
 // sure of.
 func (b *Backend) Replace(ctx context.Context, rs nat.Ruleset) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	groups, err := regroup(nil, nil, rs.Forwards)
+	if err != nil {
+		return err
+	}
 	for _, f := range []family{v4, v6} {
 		var w script
 		w.table("nat")
@@ -108,9 +121,9 @@ func (b *Backend) Replace(ctx context.Context, rs nat.Ruleset) error {
 		w.rule("-A", ChainPost, "-m", "connmark", "--mark", markMask(nat.MarkLocal), "-j", "MASQUERADE")
 		w.rule("-A", ChainPost, "-j", ChainHairpin)
 		w.rule("-A", ChainPost, "-j", ChainSNAT)
-		for _, fw := range sorted(rs.Forwards) {
-			if famOf(fw.Ext.Addr()) == f {
-				forwardRules(&w, "-A", fw)
+		for _, k := range sortedKeys(groups) {
+			if famOf(k.ext) == f {
+				groupRules(&w, "-A", k, groups[k])
 			}
 		}
 		ruleLines(&w, f, rs.Rules)
@@ -126,27 +139,34 @@ func (b *Backend) Replace(ctx context.Context, rs nat.Ruleset) error {
 			return err
 		}
 	}
+	b.groups = groups
 	return nil
 }
 
-// Apply implements nat.Backend: one restore per family with every -D
-// and -A of the change.
+// Apply implements nat.Backend: one restore per family that rewrites the
+// groups the change touches (-D of their old rules, -A of the new).
 func (b *Backend) Apply(ctx context.Context, ch nat.Change) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	next, err := regroup(b.groups, ch.Del, ch.Add)
+	if err != nil {
+		return err
+	}
+	touched := map[groupKey]bool{}
+	for _, f := range append(append([]nat.Forward{}, ch.Del...), ch.Add...) {
+		touched[keyOf(f)] = true
+	}
 	for _, f := range []family{v4, v6} {
 		var w script
 		w.table("nat")
 		n := 0
-		for _, fw := range ch.Del {
-			if famOf(fw.Ext.Addr()) == f {
-				forwardRules(&w, "-D", fw)
-				n++
+		for _, k := range sortedKeys(touched) {
+			if famOf(k.ext) != f {
+				continue
 			}
-		}
-		for _, fw := range ch.Add {
-			if famOf(fw.Ext.Addr()) == f {
-				forwardRules(&w, "-A", fw)
-				n++
-			}
+			groupRules(&w, "-D", k, b.groups[k])
+			groupRules(&w, "-A", k, next[k])
+			n++
 		}
 		if ch.Rules != nil {
 			w.line("-F %s", ChainHairpin)
@@ -162,7 +182,50 @@ func (b *Backend) Apply(ctx context.Context, ch nat.Change) error {
 			return err
 		}
 	}
+	b.groups = next
 	return nil
+}
+
+// regroup returns groups less del plus add, refusing to delete what is
+// absent or add what is present, as the kernel would.
+func regroup(groups map[groupKey][]nat.Forward, del, add []nat.Forward) (map[groupKey][]nat.Forward, error) {
+	byEP := map[nat.Endpoint]nat.Forward{}
+	for _, fs := range groups {
+		for _, f := range fs {
+			byEP[f.Endpoint()] = f
+		}
+	}
+	for _, f := range del {
+		if cur, ok := byEP[f.Endpoint()]; !ok || cur != f {
+			return nil, fmt.Errorf("deleting %s: not installed", f)
+		}
+		delete(byEP, f.Endpoint())
+	}
+	for _, f := range add {
+		if _, ok := byEP[f.Endpoint()]; ok {
+			return nil, fmt.Errorf("adding %s: its endpoint is installed", f)
+		}
+		byEP[f.Endpoint()] = f
+	}
+	next := map[groupKey][]nat.Forward{}
+	for _, f := range byEP {
+		next[keyOf(f)] = append(next[keyOf(f)], f)
+	}
+	for k := range next {
+		slices.SortFunc(next[k], func(a, b nat.Forward) int { return int(a.Ext.Port()) - int(b.Ext.Port()) })
+	}
+	return next, nil
+}
+
+func sortedKeys[V any](m map[groupKey]V) []groupKey {
+	keys := make([]groupKey, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b groupKey) int {
+		return cmp.Or(a.ext.Compare(b.ext), strings.Compare(a.iif, b.iif), int(a.proto)-int(b.proto), a.dst.Compare(b.dst))
+	})
+	return keys
 }
 
 // Remove deletes natmap's jumps and chains, in both families.
@@ -252,9 +315,10 @@ func Render(rs nat.Ruleset) (v4text, v6text []byte) {
 		w.rule("-A", ChainPost, "-m", "connmark", "--mark", markMask(nat.MarkLocal), "-j", "MASQUERADE")
 		w.rule("-A", ChainPost, "-j", ChainHairpin)
 		w.rule("-A", ChainPost, "-j", ChainSNAT)
-		for _, fw := range sorted(rs.Forwards) {
-			if famOf(fw.Ext.Addr()) == f {
-				forwardRules(&w, "-A", fw)
+		groups, _ := regroup(nil, nil, rs.Forwards)
+		for _, k := range sortedKeys(groups) {
+			if famOf(k.ext) == f {
+				groupRules(&w, "-A", k, groups[k])
 			}
 		}
 		ruleLines(&w, f, rs.Rules)
@@ -268,17 +332,6 @@ func Render(rs nat.Ruleset) (v4text, v6text []byte) {
 		out[i] = []byte(w.String())
 	}
 	return out[0], out[1]
-}
-
-func sorted(fs []nat.Forward) []nat.Forward {
-	out := slices.Clone(fs)
-	slices.SortFunc(out, func(a, b nat.Forward) int {
-		if c := a.Ext.Compare(b.Ext); c != 0 {
-			return c
-		}
-		return int(a.Proto) - int(b.Proto)
-	})
-	return out
 }
 
 // LegacyInUse reports whether the host's iptables-legacy tables hold rules

@@ -2,6 +2,7 @@ package compat
 
 import (
 	"context"
+	"fmt"
 	"flag"
 	"net/netip"
 	"os"
@@ -68,6 +69,15 @@ func TestIntegrationGoldenBothModes(t *testing.T) {
 			web := fwd("vmbr0", "tcp", "203.0.113.43:443", "10.0.0.102:443")
 			anyAddr := fwd("", "tcp", "0.0.0.0:8080", "172.17.0.2:80")
 			v6 := fwd("", "tcp", "[2001:db8::43]:80", "[fd00::101]:8080")
+			// 18 single ports and a range to one host: multiport lists of at
+			// most 15 slots, the range as a range.
+			var many []nat.Forward
+			for p := 1000; p < 1036; p += 2 {
+				many = append(many, fwd("", "tcp", fmt.Sprintf("203.0.113.44:%d", p), fmt.Sprintf("10.0.0.103:%d", p)))
+			}
+			for p := 5000; p <= 5009; p++ {
+				many = append(many, fwd("", "tcp", fmt.Sprintf("203.0.113.44:%d", p), fmt.Sprintf("10.0.0.103:%d", p)))
+			}
 			rules := nat.Rules{
 				SNATs:       []nat.SNAT{{IntNet: netip.MustParsePrefix("10.0.0.0/24"), ExtIP: netip.MustParseAddr("203.0.113.43"), ExtIf: "vmbr0"}},
 				Masquerades: []nat.Masquerade{{Src: netip.MustParsePrefix("10.0.0.0/24"), Dst: netip.MustParseAddr("10.0.0.101"), Proto: nat.ProtoTCP, From: 8000, To: 8100}},
@@ -77,7 +87,7 @@ func TestIntegrationGoldenBothModes(t *testing.T) {
 				if err := b.Replace(ctx, nat.Ruleset{Forwards: []nat.Forward{smtp, dns}}); err != nil {
 					return err
 				}
-				if err := b.Apply(ctx, nat.Change{Add: []nat.Forward{ssh, web, anyAddr, v6}, Rules: &rules}); err != nil {
+				if err := b.Apply(ctx, nat.Change{Add: append([]nat.Forward{ssh, web, anyAddr, v6}, many...), Rules: &rules}); err != nil {
 					return err
 				}
 				return b.Apply(ctx, nat.Change{Del: []nat.Forward{dns}})

@@ -30,32 +30,112 @@ func markMask(m uint32) string { return fmt.Sprintf("%#x/%#x", m, m) }
 
 func hostAddr(a netip.Addr) string { return netip.PrefixFrom(a, a.BitLen()).String() }
 
-// forwardRules writes a forward's two rules (op is -A or -D): in
-// NATMAP-PRE, and, unless it is limited to an input interface, in
-// NATMAP-OUT for the host's own connections.
-func forwardRules(s *script, op string, f nat.Forward) {
-	proto := f.Proto.String()
+// groupKey is what the forwards written as one set of rules share: all
+// but their ports.
+type groupKey struct {
+	ext   netip.Addr
+	iif   string
+	proto nat.Proto
+	dst   netip.Addr
+}
+
+func keyOf(f nat.Forward) groupKey {
+	return groupKey{ext: f.Ext.Addr(), iif: f.ExtIf, proto: f.Proto, dst: f.Int.Addr()}
+}
+
+// maxMultiport is the multiport match's limit: 15 ports, a range counting
+// as two.
+const maxMultiport = 15
+
+// entry is one port match of a group with its DNAT target.
+type entry struct {
+	ports     string // "25", "8000:8100" or a multiport list "25,465,8000:8100"
+	multiport bool
+	to        string // the DNAT target: ADDR (ports kept) or ADDR:PORT
+}
+
+// entries packs a group's forwards (sorted by port) into as few matches as
+// iptables allows: untranslated ports as ranges and multiport lists of up
+// to 15 slots, each translated port on its own.
+func entries(key groupKey, fs []nat.Forward) []entry {
+	addr := key.dst.String()
+	if key.dst.Is6() {
+		addr = "[" + addr + "]"
+	}
+	var out []entry
+	type span struct{ from, to uint16 }
+	var spans []span
+	for _, f := range fs {
+		p, q := f.Ext.Port(), f.Int.Port()
+		if p != q {
+			out = append(out, entry{ports: fmt.Sprint(p), to: fmt.Sprintf("%s:%d", addr, q)})
+			continue
+		}
+		if n := len(spans); n > 0 && spans[n-1].to+1 == p {
+			spans[n-1].to = p
+			continue
+		}
+		spans = append(spans, span{p, p})
+	}
+	text := func(s span) string {
+		if s.from == s.to {
+			return fmt.Sprint(s.from)
+		}
+		return fmt.Sprintf("%d:%d", s.from, s.to)
+	}
+	for len(spans) > 0 {
+		var items []string
+		slots := 0
+		for len(spans) > 0 {
+			cost := 1
+			if spans[0].from != spans[0].to {
+				cost = 2
+			}
+			if slots+cost > maxMultiport {
+				break
+			}
+			items, slots, spans = append(items, text(spans[0])), slots+cost, spans[1:]
+		}
+		out = append(out, entry{ports: strings.Join(items, ","), multiport: len(items) > 1, to: key.dst.String()})
+	}
+	return out
+}
+
+// groupRules writes a group's rules (op is -A or -D): for each entry a
+// mark rule and a DNAT rule in NATMAP-PRE, and, unless the group is
+// limited to an input interface, in NATMAP-OUT for the host's own
+// connections.
+func groupRules(s *script, op string, key groupKey, fs []nat.Forward) {
+	proto := key.proto.String()
 	match := []string{"-p", proto}
-	if f.Ext.Addr().IsUnspecified() {
+	if key.ext.IsUnspecified() {
 		match = append(match, "-m", "addrtype", "--dst-type", "LOCAL")
 	} else {
-		match = append(match, "-d", hostAddr(f.Ext.Addr()))
+		match = append(match, "-d", hostAddr(key.ext))
 	}
 	in := match
-	if f.ExtIf != "" {
-		in = append(append([]string{}, match...), "-i", f.ExtIf)
+	if key.iif != "" {
+		in = append(append([]string{}, match...), "-i", key.iif)
 	}
-	port := []string{"-m", proto, "--dport", fmt.Sprint(f.Ext.Port())}
-	comment := []string{"-m", "comment", "--comment", "natmap:" + f.String()}
-	to := f.Int.String()
-	write := func(chain string, m []string, mark uint32) {
-		base := append(append(append([]string{op, chain}, m...), port...), comment...)
-		s.rule(append(append([]string{}, base...), "-j", "CONNMARK", "--or-mark", fmt.Sprintf("%#x", mark))...)
-		s.rule(append(append([]string{}, base...), "-j", "DNAT", "--to-destination", to)...)
-	}
-	write(ChainPre, in, nat.MarkForwarded)
-	if f.ExtIf == "" {
-		write(ChainOut, match, nat.MarkForwarded|nat.MarkLocal)
+	for _, e := range entries(key, fs) {
+		port := []string{"-m", proto, "--dport", e.ports}
+		if e.multiport {
+			port = []string{"-m", "multiport", "--dports", e.ports}
+		}
+		what := fmt.Sprintf("natmap:dnat %s %s port %s -> %s", proto, key.ext, e.ports, e.to)
+		if key.iif != "" {
+			what += " iif " + key.iif
+		}
+		comment := []string{"-m", "comment", "--comment", what}
+		write := func(chain string, m []string, mark uint32) {
+			base := append(append(append([]string{op, chain}, m...), port...), comment...)
+			s.rule(append(append([]string{}, base...), "-j", "CONNMARK", "--or-mark", fmt.Sprintf("%#x", mark))...)
+			s.rule(append(append([]string{}, base...), "-j", "DNAT", "--to-destination", e.to)...)
+		}
+		write(ChainPre, in, nat.MarkForwarded)
+		if key.iif == "" {
+			write(ChainOut, match, nat.MarkForwarded|nat.MarkLocal)
+		}
 	}
 }
 
@@ -70,7 +150,8 @@ func ruleLines(s *script, f family, r nat.Rules) {
 			ports = fmt.Sprintf("%d:%d", m.From, m.To)
 		}
 		s.rule("-A", ChainHairpin, "-m", "connmark", "--mark", markMask(nat.MarkForwarded), "-s", m.Src.String(),
-			"-d", hostAddr(m.Dst), "-p", m.Proto.String(), "-m", m.Proto.String(), "--dport", ports, "-j", "MASQUERADE")
+			"-d", hostAddr(m.Dst), "-p", m.Proto.String(), "-m", m.Proto.String(), "--dport", ports,
+			"-m", "comment", "--comment", "natmap:"+m.String(), "-j", "MASQUERADE")
 	}
 	for _, p := range r.SameNet {
 		if famOf(p.Addr()) != f {
@@ -82,6 +163,7 @@ func ruleLines(s *script, f family, r nat.Rules) {
 		if famOf(sn.ExtIP) != f {
 			continue
 		}
-		s.rule("-A", ChainSNAT, "-s", sn.IntNet.String(), "-o", sn.ExtIf, "-j", "SNAT", "--to-source", sn.ExtIP.String())
+		s.rule("-A", ChainSNAT, "-s", sn.IntNet.String(), "-o", sn.ExtIf, "-m", "comment", "--comment", "natmap:"+sn.String(),
+			"-j", "SNAT", "--to-source", sn.ExtIP.String())
 	}
 }
