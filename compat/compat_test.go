@@ -2,8 +2,8 @@ package compat
 
 import (
 	"context"
-	"fmt"
 	"flag"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
