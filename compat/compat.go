@@ -113,26 +113,7 @@ func (b *Backend) Replace(ctx context.Context, rs nat.Ruleset) error {
 		return err
 	}
 	for _, f := range []family{v4, v6} {
-		var w script
-		w.table("nat")
-		for _, c := range []string{ChainPre, ChainOut, ChainPost, ChainHairpin, ChainSNAT} {
-			w.line(":%s - [0:0]", c)
-		}
-		w.rule("-A", ChainPost, "-m", "connmark", "--mark", markMask(nat.MarkLocal), "-j", "MASQUERADE")
-		w.rule("-A", ChainPost, "-j", ChainHairpin)
-		w.rule("-A", ChainPost, "-j", ChainSNAT)
-		for _, k := range sortedKeys(groups) {
-			if famOf(k.ext) == f {
-				groupRules(&w, "-A", k, groups[k])
-			}
-		}
-		ruleLines(&w, f, rs.Rules)
-		w.commit()
-		w.table("filter")
-		w.line(":%s - [0:0]", ChainForward)
-		w.rule("-A", ChainForward, "-m", "connmark", "--mark", markMask(nat.MarkForwarded), "-j", "ACCEPT")
-		w.commit()
-		if err := b.restore(ctx, f, w.String()); err != nil {
+		if err := b.restore(ctx, f, fullScript(f, groups, rs.Rules)); err != nil {
 			return err
 		}
 		if err := b.ensureJumps(f); err != nil {
@@ -141,6 +122,89 @@ func (b *Backend) Replace(ctx context.Context, rs nat.Ruleset) error {
 	}
 	b.groups = groups
 	return nil
+}
+
+// fullScript declares (so flushes) natmap's chains of family f and fills
+// them.
+func fullScript(f family, groups map[groupKey][]nat.Forward, r nat.Rules) string {
+	var w script
+	w.table("nat")
+	for _, c := range []string{ChainPre, ChainOut, ChainPost, ChainHairpin, ChainSNAT} {
+		w.line(":%s - [0:0]", c)
+	}
+	w.rule("-A", ChainPost, "-m", "connmark", "--mark", markMask(nat.MarkLocal), "-j", "MASQUERADE")
+	w.rule("-A", ChainPost, "-j", ChainHairpin)
+	w.rule("-A", ChainPost, "-j", ChainSNAT)
+	for _, k := range sortedKeys(groups) {
+		if famOf(k.ext) == f {
+			groupRules(&w, "-A", k, groups[k])
+		}
+	}
+	ruleLines(&w, f, r)
+	w.commit()
+	w.table("filter")
+	w.line(":%s - [0:0]", ChainForward)
+	w.rule("-A", ChainForward, "-m", "connmark", "--mark", markMask(nat.MarkForwarded), "-j", "ACCEPT")
+	w.commit()
+	return w.String()
+}
+
+// Check implements nat.Checker: every jump is there, and each of natmap's
+// chains holds as many rules as natmap wrote. It reads one iptables-save per
+// family.
+func (b *Backend) Check(ctx context.Context, rs nat.Ruleset) error {
+	b.mu.Lock()
+	groups := b.groups
+	b.mu.Unlock()
+	for _, f := range []family{v4, v6} {
+		out, err := exec.CommandContext(ctx, f.binary(b.mode, "-save")).Output()
+		if err != nil {
+			if f.v6 {
+				continue
+			}
+			return fmt.Errorf("%s: %w", f.binary(b.mode, "-save"), err)
+		}
+		have, chains := countRules(string(out))
+		want, _ := countRules(fullScript(f, groups, rs.Rules))
+		for _, j := range jumps {
+			if chains[j[0]+" "+j[1]] && have[j[0]+" "+j[1]+" -> "+j[2]] == 0 {
+				return fmt.Errorf("the jump %s -> %s is missing", j[1], j[2])
+			}
+		}
+		for _, tc := range [][2]string{{"nat", ChainPre}, {"nat", ChainOut}, {"nat", ChainPost}, {"nat", ChainHairpin}, {"nat", ChainSNAT}, {"filter", ChainForward}} {
+			key := tc[0] + " " + tc[1]
+			if !chains[key] {
+				return fmt.Errorf("chain %s is missing", tc[1])
+			}
+			if have[key] != want[key] {
+				return fmt.Errorf("chain %s holds %d rules, natmap wrote %d", tc[1], have[key], want[key])
+			}
+		}
+	}
+	return nil
+}
+
+// countRules reads iptables-save (or restore) text: the rules of each
+// "TABLE CHAIN", the jumps "TABLE CHAIN -> TARGET" that are a whole rule,
+// and which chains exist.
+func countRules(text string) (counts map[string]int, chains map[string]bool) {
+	counts, chains = map[string]int{}, map[string]bool{}
+	table := ""
+	for _, l := range strings.Split(text, "\n") {
+		fields := strings.Fields(l)
+		switch {
+		case strings.HasPrefix(l, "*"):
+			table = l[1:]
+		case strings.HasPrefix(l, ":") && len(fields) > 0:
+			chains[table+" "+fields[0][1:]] = true
+		case len(fields) > 1 && fields[0] == "-A":
+			counts[table+" "+fields[1]]++
+			if len(fields) == 4 && fields[2] == "-j" {
+				counts[table+" "+fields[1]+" -> "+fields[3]]++
+			}
+		}
+	}
+	return counts, chains
 }
 
 // Apply implements nat.Backend: one restore per family that rewrites the

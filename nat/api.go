@@ -81,7 +81,7 @@ func NewHandler(svc *Service, info Info, log *slog.Logger) http.Handler {
 	mux.HandleFunc("POST /save", a.save)
 	mux.HandleFunc("GET /ruleset", a.ruleset)
 	mux.HandleFunc("/", a.noRoute)
-	return mux
+	return audit(log, mux)
 }
 
 // mutate is the handler of a POST or DELETE of one rule: decode the wire

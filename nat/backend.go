@@ -145,3 +145,12 @@ func renderForwards(prefix string, fs []Forward) string {
 	}
 	return b.String()
 }
+
+// Checker is a Backend that can tell whether the kernel still holds what
+// natmap installed (somebody may flush the ruleset or delete natmap's
+// table or chains). Check is cheap: it looks at the structure (table,
+// chains, jumps, rule counts), not at every forward.
+type Checker interface {
+	// Check returns an error saying what is missing or changed.
+	Check(ctx context.Context, rs Ruleset) error
+}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 )
 
 // Service owns natmap's desired state and is the one writer of the kernel,
@@ -32,10 +33,12 @@ type Service struct {
 	parked   map[Endpoint]string    // forwards reserved but not in the kernel (container down), and why
 	holds    map[Endpoint]io.Closer // one reservation per forward, but the inactive
 	mappings map[int]Mapping        // Docker mappings by ID
-	targets  map[int]Container      // what each mapping's container resolved to
 	nextID   int                    // the next mapping ID
 	docker   Containers
 	changes  int // changes applied since start
+
+	repairs    int       // times Heal restored the kernel rules
+	lastRepair time.Time // when it last did
 }
 
 // fwdEntry is a forward and how many rules (a dnat, a hairpin) use it.
@@ -84,7 +87,6 @@ func NewService(d Deps) *Service {
 		parked:   map[Endpoint]string{},
 		holds:    map[Endpoint]io.Closer{},
 		mappings: map[int]Mapping{},
-		targets:  map[int]Container{},
 		nextID:   1,
 		docker:   d.Docker,
 	}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 )
 
 // AddHairpin adds h, merging its ports into the hairpin with the same ID.
@@ -401,12 +402,22 @@ type Stats struct {
 	Changes int `json:"changes"`
 	// IPForward reports that natmap enabled IPv4 forwarding.
 	IPForward bool `json:"ip_forward"`
+	// Repairs counts the times natmap restored its rules after somebody
+	// else changed them.
+	Repairs int `json:"repairs"`
+	// LastRepair is when it last did, if ever.
+	LastRepair *time.Time `json:"last_repair,omitempty"`
 }
 
 // Stats returns counts of what the service holds.
 func (s *Service) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var lastRepair *time.Time
+	if s.repairs > 0 {
+		t := s.lastRepair
+		lastRepair = &t
+	}
 	return Stats{
 		Dnats:        len(s.dnats),
 		Hairpins:     len(s.hairpins),
@@ -418,5 +429,7 @@ func (s *Service) Stats() Stats {
 		Reservations: len(s.holds),
 		Changes:      s.changes,
 		IPForward:    s.state.IPForward,
+		Repairs:      s.repairs,
+		LastRepair:   lastRepair,
 	}
 }

@@ -298,3 +298,50 @@ func (b *Backend) Remove() error {
 	c.DelTable(t)
 	return b.flush(c, "deleting table inet "+TableName)
 }
+
+// Check implements nat.Checker: the table, its sets and chains are there,
+// each chain with the rules natmap wrote (forwards are not listed: that
+// would cost a dump of every map).
+func (b *Backend) Check(_ context.Context, rs nat.Ruleset) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c, err := b.connect()
+	if err != nil {
+		return err
+	}
+	t, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet)
+	if err != nil {
+		b.drop()
+		return fmt.Errorf("table inet %s is missing", TableName)
+	}
+	sets, err := c.GetSets(t)
+	if err != nil || len(sets) != 2*len(lookups) {
+		b.drop()
+		return fmt.Errorf("table inet %s holds %d sets, natmap made %d", TableName, len(sets), 2*len(lookups))
+	}
+	output := 0
+	for _, l := range lookups {
+		if !l.iif {
+			output++
+		}
+	}
+	want := map[string]int{
+		"prerouting":  len(lookups),
+		"output":      output,
+		"postrouting": 3,
+		"forward":     1,
+		hairpinChain:  len(rs.Masquerades) + len(rs.SameNet),
+		snatChain:     len(rs.SNATs),
+	}
+	for name, n := range want {
+		rules, err := c.GetRules(t, &nftables.Chain{Name: name, Table: t})
+		if err != nil {
+			b.drop()
+			return fmt.Errorf("chain %s is missing", name)
+		}
+		if len(rules) != n {
+			return fmt.Errorf("chain %s holds %d rules, natmap wrote %d", name, len(rules), n)
+		}
+	}
+	return nil
+}

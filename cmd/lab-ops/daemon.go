@@ -31,6 +31,7 @@ type DaemonCmd struct {
 	Backend       string        `default:"auto" enum:"auto,nftables,iptables" help:"Kernel backend: ${enum} (auto: iptables when the host's iptables-legacy tables hold rules, else nftables)."`
 	IptablesMode  string        `default:"auto" enum:"auto,legacy,nft" help:"iptables variant for the iptables backend: ${enum}."`
 	RetryInterval time.Duration `default:"30s" help:"How often to retry forwards whose port another program holds."`
+	CheckInterval time.Duration `default:"300ms" help:"How often to check that nobody removed natmap's rules (they are restored at once); 0 turns the check off."`
 	SavePath      string        `default:"" type:"path" help:"Where save writes the ruleset: default /etc/natmap/natmap.nft (nftables), /etc/iptables/rules.v4 and rules.v6 (iptables)." placeholder:"PATH"`
 	DockerHost    string        `default:"unix:///var/run/docker.sock" env:"DOCKER_HOST" help:"Docker engine to follow; the daemon runs without it until it answers." placeholder:"URL"`
 }
@@ -100,10 +101,12 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       time.Minute,
+		ConnContext:       peerContext,
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	go retryLoop(ctx, svc, d.RetryInterval)
+	go func() { served <- srv.Serve(&limitListener{Listener: ln, max: maxConns}) }()
+	go every(ctx, d.RetryInterval, func() { svc.RetryInactive(ctx) })
+	go every(ctx, d.CheckInterval, func() { svc.Heal(ctx) })
 	go docker.Watch(ctx, svc, time.Second)
 	log.Info("serving", "socket", g.Socket, "state", d.State, "version", version())
 
@@ -204,18 +207,19 @@ func listen(path, group string, log *slog.Logger) (net.Listener, error) {
 	return ln, nil
 }
 
-func retryLoop(ctx context.Context, svc *nat.Service, every time.Duration) {
-	if every <= 0 {
+// every runs fn at each interval until ctx ends; a zero interval never.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	if interval <= 0 {
 		return
 	}
-	t := time.NewTicker(every)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			svc.RetryInactive(ctx)
+			fn()
 		}
 	}
 }

@@ -1,0 +1,60 @@
+package nat
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// Peer is the process at the other end of an API connection, from the
+// kernel (SO_PEERCRED): who asked for a change.
+type Peer struct {
+	// UID is the peer's user ID.
+	UID int
+	// PID is the peer's process ID.
+	PID int
+}
+
+type peerKey struct{}
+
+// WithPeer returns ctx carrying p; the daemon sets it per connection.
+func WithPeer(ctx context.Context, p Peer) context.Context {
+	return context.WithValue(ctx, peerKey{}, p)
+}
+
+// PeerOf returns the peer of a request, if known.
+func PeerOf(ctx context.Context) (Peer, bool) {
+	p, ok := ctx.Value(peerKey{}).(Peer)
+	return p, ok
+}
+
+// statusRecorder remembers the status a handler replied with.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// audit logs every mutating request with its peer's uid and pid, its
+// status and how long it took.
+func audit(log *slog.Logger, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			next.ServeHTTP(w, r)
+			return
+		}
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		start := time.Now()
+		next.ServeHTTP(rec, r)
+		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", rec.status, "took", time.Since(start).Round(time.Microsecond)}
+		if p, ok := PeerOf(r.Context()); ok {
+			attrs = append(attrs, "uid", p.UID, "pid", p.PID)
+		}
+		log.Info("request", attrs...)
+	})
+}
