@@ -364,7 +364,7 @@ func waitFor(d time.Duration, cond func() bool) bool {
 // api sends a raw request to the daemon.
 func (l *lab) api(method, path, body string) (int, string) {
 	l.t.Helper()
-	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", l.socket)
 	}}}
 	req, err := http.NewRequest(method, "http://localhost"+path, strings.NewReader(body))

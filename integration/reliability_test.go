@@ -1,9 +1,23 @@
 package integration
 
 import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lab-ops/natmap/nat"
+	"github.com/lab-ops/natmap/store"
 )
 
 // TestIntegrationSelfHealing tampers with natmap's rules the ways people do
@@ -56,4 +70,159 @@ func TestIntegrationSelfHealing(t *testing.T) {
 			t.Errorf("natmap restored a table it does not own:\n%s", out)
 		}
 	}
+}
+
+// TestIntegrationSocketBoundary: the kernel refuses a process outside the
+// socket's group; mutating requests are logged with the peer's uid and
+// pid; a slow client and a flood of connections do not block others.
+func TestIntegrationSocketBoundary(t *testing.T) {
+	l := newLab(t)
+	l.startDaemon()
+	// nobody (65534) is neither root nor in the socket's group (root here).
+	cmd := exec.Command(binary, "natmap", "--socket", l.socket, "ls")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	// Let nobody reach the binary and the socket file itself: only the
+	// socket's own mode (0660 root:root) stands in the way.
+	for _, dir := range []string{filepath.Dir(binary), l.dir, filepath.Dir(l.dir)} {
+		os.Chmod(dir, 0o755)
+	}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "permission denied") {
+		t.Errorf("an outsider got through: %v\n%s", err, out)
+	}
+
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25")
+	if log := l.daemonLog.String(); !strings.Contains(log, "path=/dnat status=200") || !strings.Contains(log, "uid=0 pid=") {
+		t.Errorf("the change was not logged with its peer:\n%s", log)
+	}
+
+	// A slow client that never finishes its request headers, and 200
+	// idle connections (the limit is 128): others are still served.
+	slow, err := net.Dial("unix", l.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	slow.Write([]byte("POST /dnat HTTP/1.1\r\nHost: x\r\n"))
+	var idle []net.Conn
+	for i := 0; i < 200; i++ {
+		c, err := net.Dial("unix", l.socket)
+		if err != nil {
+			break
+		}
+		idle = append(idle, c)
+	}
+	time.Sleep(100 * time.Millisecond)
+	refused := 0
+	for _, c := range idle {
+		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); err == io.EOF {
+			refused++
+		}
+	}
+	if refused < 200-128 {
+		t.Errorf("%d of 200 connections were refused, want at least %d", refused, 200-128)
+	}
+	for _, c := range idle {
+		c.Close()
+	}
+	if out := l.mustCLI("ls"); !strings.Contains(out, "25") {
+		t.Errorf("ls while a client is slow:\n%s", out)
+	}
+	// The slow client is cut off after the header timeout (5s).
+	slow.SetReadDeadline(time.Now().Add(7 * time.Second))
+	if _, err := io.ReadAll(slow); err != nil {
+		t.Errorf("the slow client was not cut off: %v", err)
+	}
+}
+
+// TestIntegrationConcurrentClients: 64 clients send 50 requests each at
+// once, adds and deletes of ports of one shared rule (each client its own
+// ports, plus ten ports every client fights over). Every reply is one the
+// API can give; each client's ports end as a serial replay of its
+// acknowledged requests says; the kernel, the state file and the
+// reservations agree.
+func TestIntegrationConcurrentClients(t *testing.T) {
+	l := newLab(t)
+	l.startDaemon()
+	const clients, requests = 64, 50
+	results := make([]map[int]bool, clients)
+	var wg sync.WaitGroup
+	var bad atomic.Int32
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(c), 7))
+			owned := map[int]bool{}
+			for i := 0; i < requests; i++ {
+				port := 20000 + c*10 + rng.IntN(10)
+				shared := rng.IntN(4) == 0
+				if shared {
+					port = 30000 + rng.IntN(10)
+				}
+				method := "POST"
+				if rng.IntN(2) == 0 {
+					method = "DELETE"
+				}
+				code, body := l.api(method, "/dnat", fmt.Sprintf(`{"ext_ip":%q,"int_ip":%q,"ports":"%d"}`, extIP, serverIP, port))
+				switch {
+				case code == 200:
+					if !shared {
+						owned[port] = method == "POST"
+					}
+				case method == "DELETE" && code == 404:
+					if !shared && owned[port] {
+						bad.Add(1)
+						t.Errorf("client %d: delete of its own added port %d: 404 %s", c, port, body)
+					}
+				default:
+					bad.Add(1)
+					t.Errorf("client %d: %s port %d: %d %s", c, method, port, code, body)
+				}
+			}
+			results[c] = owned
+		}(c)
+	}
+	wg.Wait()
+	var list nat.ListResponse
+	if err := json.Unmarshal([]byte(l.mustCLI("--json", "ls")), &list); err != nil {
+		t.Fatal(err)
+	}
+	have := map[int]bool{}
+	for _, d := range list.Dnats {
+		ports, err := nat.ParsePorts(d.Ports)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ports.Pairs() {
+			have[int(p.Ext)] = true
+		}
+	}
+	for c, owned := range results {
+		for port, added := range owned {
+			if have[port] != added {
+				t.Errorf("client %d port %d: present %v, its last acknowledged request says %v", c, port, have[port], added)
+			}
+		}
+	}
+	if n := countForwards(t, l); n != len(have) {
+		t.Errorf("the kernel holds %d forwards, the daemon lists %d", n, len(have))
+	}
+	if st := status(t, l); st.Rules.Reservations != len(have) {
+		t.Errorf("%d reservations for %d forwards", st.Rules.Reservations, len(have))
+	}
+	l.stopDaemon()
+	stored, err := (&store.File{Path: l.state}).Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, d := range stored.Dnats {
+		n += d.Ports.Count()
+	}
+	if n != len(have) {
+		t.Errorf("the state file holds %d forwards, the daemon listed %d", n, len(have))
+	}
+	t.Logf("%d requests from %d clients; %d ports forwarded at the end; %d bad replies", clients*requests, clients, len(have), bad.Load())
 }
