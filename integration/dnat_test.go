@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -378,10 +379,26 @@ func TestIntegrationFwdPersistsAndSocketGroup(t *testing.T) {
 func countForwards(t *testing.T, l *lab) int {
 	t.Helper()
 	if testBackend() != "nftables" {
+		// A DNAT rule matches a port, a range or a multiport list.
 		n := 0
 		for _, line := range strings.Split(l.kernelRules(), "\n") {
-			if strings.HasPrefix(line, "-A NATMAP-PRE ") && strings.Contains(line, "-j DNAT") {
-				n++
+			if !strings.HasPrefix(line, "-A NATMAP-PRE ") || !strings.Contains(line, "-j DNAT") {
+				continue
+			}
+			fields := strings.Fields(line)
+			for i, f := range fields[:len(fields)-1] {
+				if f != "--dport" && f != "--dports" {
+					continue
+				}
+				for _, item := range strings.Split(fields[i+1], ",") {
+					lo, hi, isRange := strings.Cut(item, ":")
+					a, _ := strconv.Atoi(lo)
+					b := a
+					if isRange {
+						b, _ = strconv.Atoi(hi)
+					}
+					n += b - a + 1
+				}
 			}
 		}
 		return n

@@ -364,21 +364,32 @@ func waitFor(d time.Duration, cond func() bool) bool {
 // api sends a raw request to the daemon.
 func (l *lab) api(method, path, body string) (int, string) {
 	l.t.Helper()
+	code, reply, err := l.tryAPI(method, path, body)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return code, reply
+}
+
+// tryAPI sends a raw request and returns transport errors.
+func (l *lab) tryAPI(method, path, body string) (int, string, error) {
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", l.socket)
 	}}}
 	req, err := http.NewRequest(method, "http://localhost"+path, strings.NewReader(body))
 	if err != nil {
-		l.t.Fatal(err)
+		return 0, "", err
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		l.t.Fatal(err)
+		return 0, "", err
 	}
 	defer resp.Body.Close()
 	var b bytes.Buffer
-	b.ReadFrom(resp.Body)
-	return resp.StatusCode, b.String()
+	if _, err := b.ReadFrom(resp.Body); err != nil {
+		return 0, "", err
+	}
+	return resp.StatusCode, b.String(), nil
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer and readers at once.

@@ -226,3 +226,202 @@ func TestIntegrationConcurrentClients(t *testing.T) {
 	}
 	t.Logf("%d requests from %d clients; %d ports forwarded at the end; %d bad replies", clients*requests, clients, len(have), bad.Load())
 }
+
+// TestIntegrationZeroGapRestart sends a stream of TCP connections and UDP
+// datagrams through a forward while the daemon is restarted 20 times
+// (SIGTERM and SIGKILL in turn), and counts what was lost.
+func TestIntegrationZeroGapRestart(t *testing.T) {
+	l := newLab(t)
+	serve(t, l.server, "svc", serverIP+":5000")
+	l.startDaemon()
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "5000")
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "5000", "--proto", "udp")
+
+	stop := make(chan struct{})
+	var sent, lost atomic.Int32
+	var wg sync.WaitGroup
+	for _, proto := range []string{"tcp", "udp"} {
+		wg.Add(1)
+		go func(proto string) {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(10 * time.Millisecond):
+				}
+				sent.Add(1)
+				if got, err := dial(l.client, proto, extIP+":5000"); err != nil || !strings.HasPrefix(got, "svc ") {
+					lost.Add(1)
+					t.Logf("%s lost: %q %v", proto, got, err)
+				}
+			}
+		}(proto)
+	}
+	for i := 0; i < 20; i++ {
+		sig := syscall.SIGTERM
+		if i%2 == 1 {
+			sig = syscall.SIGKILL
+		}
+		l.signalDaemon(sig)
+		l.startDaemon()
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("20 restarts: %d connections and datagrams sent, %d lost", sent.Load(), lost.Load())
+	if lost.Load() != 0 {
+		t.Errorf("%d of %d lost across restarts", lost.Load(), sent.Load())
+	}
+}
+
+// TestIntegrationCrashTorture drives 1,000 mixed changes while killing the
+// daemon with SIGKILL at random moments (mid-request too) and restarting
+// it. At the end every acknowledged change is there, and the kernel, the
+// state file and the reservations agree.
+func TestIntegrationCrashTorture(t *testing.T) {
+	l := newLab(t)
+	l.startDaemon()
+	rng := rand.New(rand.NewPCG(42, 1))
+	// known[key]: present or absent, as the last acknowledged request on
+	// the key left it; a key whose last request got no answer is unknown.
+	known := map[string]bool{}
+	var acked, unanswered, kills int
+	killed := false // a SIGKILL is on its way to the running daemon
+	var slowestReap time.Duration
+	reap := func() {
+		// The kernel may take a while to release a killed process's
+		// nftables socket; the next daemon starts once it is gone.
+		start := time.Now()
+		defer func() { slowestReap = max(slowestReap, time.Since(start)) }()
+		select {
+		case <-l.daemonDone:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the killed daemon was not reaped within 30s")
+		}
+		l.daemon, killed = nil, false
+	}
+	for i := 0; i < 1000; i++ {
+		if l.daemon == nil {
+			l.startDaemon()
+		}
+		if !killed && rng.IntN(30) == 0 {
+			kills++
+			killed = true
+			delay := time.Duration(rng.IntN(3000)) * time.Microsecond
+			d := l.daemon
+			go func() { time.Sleep(delay); d.Process.Signal(syscall.SIGKILL) }()
+		}
+		add := rng.IntN(2) == 0
+		method := map[bool]string{true: "POST", false: "DELETE"}[add]
+		var key, path, body string
+		switch kind := rng.IntN(3); kind {
+		case 0:
+			port := 20000 + rng.IntN(40)
+			key, path, body = fmt.Sprint("dnat ", port), "/dnat", fmt.Sprintf(`{"ext_ip":%q,"int_ip":%q,"ports":"%d"}`, extIP, serverIP, port)
+		case 1:
+			port := 20000 + rng.IntN(40)
+			key, path, body = fmt.Sprint("hairpin ", port), "/hairpin", fmt.Sprintf(`{"ext_ip":%q,"int_ip":%q,"ports":"%d","lan_cidr":"10.0.0.0/24"}`, extIP, serverIP, port)
+		default:
+			host := 1 + rng.IntN(20)
+			key, path, body = fmt.Sprint("snat ", host), "/snat", fmt.Sprintf(`{"int_ip":"10.0.1.%d","ext_if":"ext0","ext_ip":%q}`, host, extIP)
+		}
+		code, _, err := l.tryAPI(method, path, body)
+		switch {
+		case err != nil && !killed:
+			t.Fatalf("%s %s with no kill on its way: %v\n%s", method, path, err, l.daemonLog)
+		case err != nil:
+			unanswered++
+			delete(known, key)
+			reap()
+		case code == 200:
+			acked++
+			known[key] = add
+		case code == 404 && !add:
+			acked++
+			known[key] = false
+		default:
+			t.Fatalf("%s %s %s: %d", method, path, body, code)
+		}
+	}
+	if killed {
+		time.Sleep(5 * time.Millisecond) // let the kill land
+		if _, _, err := l.tryAPI("GET", "/status", ""); err != nil {
+			reap()
+		} else {
+			// It may still land: take the daemon down for good and restart.
+			l.daemon.Process.Signal(syscall.SIGKILL)
+			reap()
+		}
+	}
+	if l.daemon == nil {
+		l.startDaemon()
+	}
+	t.Logf("%d acknowledged, %d unanswered, %d SIGKILLs", acked, unanswered, kills)
+	var list nat.ListResponse
+	if err := json.Unmarshal([]byte(l.mustCLI("--json", "ls")), &list); err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	ports := map[int]bool{}
+	for _, d := range list.Dnats {
+		pl, _ := nat.ParsePorts(d.Ports)
+		for _, p := range pl.Pairs() {
+			have[fmt.Sprint("dnat ", p.Ext)], ports[int(p.Ext)] = true, true
+		}
+	}
+	for _, h := range list.Hairpins {
+		pl, _ := nat.ParsePorts(h.Ports)
+		for _, p := range pl.Pairs() {
+			have[fmt.Sprint("hairpin ", p.Ext)], ports[int(p.Ext)] = true, true
+		}
+	}
+	for _, s := range list.Snats {
+		have["snat "+strings.TrimPrefix(s.IntIP, "10.0.1.")] = true
+	}
+	lost := 0
+	for key, present := range known {
+		if have[key] != present {
+			lost++
+			t.Errorf("%s: present %v, the last acknowledged request says %v", key, have[key], present)
+		}
+	}
+	if n := countForwards(t, l); n != len(ports) {
+		t.Errorf("the kernel holds %d forwards, the state %d", n, len(ports))
+	}
+	if st := status(t, l); st.Rules.Reservations != len(ports) {
+		t.Errorf("%d reservations for %d forwards", st.Rules.Reservations, len(ports))
+	}
+	kernel := l.kernelRules()
+	if testBackend() == "nftables" && strings.Count(kernel, "snat ip to") != len(list.Snats) {
+		t.Errorf("the kernel holds %d snat rules, the state %d", strings.Count(kernel, "snat ip to"), len(list.Snats))
+	}
+	l.stopDaemon()
+	stored, err := (&store.File{Path: l.state}).Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inFile := map[string]bool{}
+	for _, d := range stored.Dnats {
+		for _, p := range d.Ports.Pairs() {
+			inFile[fmt.Sprint("dnat ", p.Ext)] = true
+		}
+	}
+	for _, h := range stored.Hairpins {
+		for _, p := range h.Ports.Pairs() {
+			inFile[fmt.Sprint("hairpin ", p.Ext)] = true
+		}
+	}
+	for _, s := range stored.Snats {
+		inFile["snat "+strings.TrimPrefix(s.IntNet.Addr().String(), "10.0.1.")] = true
+	}
+	if len(inFile) != len(have) {
+		t.Errorf("the state file holds %d rules, the daemon listed %d", len(inFile), len(have))
+	}
+	for k := range have {
+		if !inFile[k] {
+			t.Errorf("%s is listed but not in the state file", k)
+		}
+	}
+	t.Logf("1000 changes: %d acknowledged, %d unanswered, %d SIGKILLs; %d keys checked, %d lost; %d forwards, %d snats at the end; slowest reap of a killed daemon %v",
+		acked, unanswered, kills, len(known), lost, len(ports), len(list.Snats), slowestReap.Round(time.Millisecond))
+}
