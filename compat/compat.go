@@ -303,7 +303,9 @@ func (b *Backend) Remove() error {
 			return err
 		}
 		for _, j := range jumps {
-			if ok, _ := ipt.ChainExists(j[0], j[1]); ok {
+			from, _ := ipt.ChainExists(j[0], j[1])
+			to, _ := ipt.ChainExists(j[0], j[2])
+			if from && to {
 				if err := ipt.DeleteIfExists(j[0], j[1], "-j", j[2]); err != nil {
 					return fmt.Errorf("removing the jump %s -> %s: %w", j[1], j[2], err)
 				}

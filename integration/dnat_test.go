@@ -311,17 +311,52 @@ func TestIntegrationCLIBadInputChangesNothing(t *testing.T) {
 }
 
 // TestIntegrationRestoreTenThousandForwards starts the daemon on a state
-// file holding 10,000 forwards: every one is reserved and installed, counted
-// back from the kernel, and traffic flows through one of them.
+// file holding 10,000 forwards: every one is reserved and installed,
+// counted back from the kernel, and traffic flows through one of them.
+// Then as many as the open-file limit allows (20,000 on a host that lets
+// the daemon raise its limit), and then more than it allows: the forwards
+// beyond it stay in the state, inactive, with a reason that says so.
 func TestIntegrationRestoreTenThousandForwards(t *testing.T) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	raised := syscall.Rlimit{Cur: 1 << 20, Max: 1 << 20}
+	canRaise := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised) == nil
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	most := 20000
+	if !canRaise && lim.Max < 20200 {
+		most = int(lim.Max)/1000*1000 - 1000
+		t.Logf("this host's open-file hard limit is %d and cannot be raised: 20,000 reservations are out of reach, testing %d", lim.Max, most)
+	}
+	t.Run("10000", func(t *testing.T) { restoreMany(t, 10000) })
+	t.Run(fmt.Sprint(most), func(t *testing.T) { restoreMany(t, most) })
+	if !canRaise {
+		t.Run("beyond the limit", func(t *testing.T) {
+			l := restoreState(t, int(lim.Max)/1000*1000+1000)
+			st := status(t, l)
+			if st.Rules.Inactive == 0 || st.Rules.Reservations+st.Rules.Inactive != st.Rules.Forwards {
+				t.Fatalf("status: %+v", st.Rules)
+			}
+			if ls := l.mustCLI("ls"); !strings.Contains(ls, "out of file descriptors") || !strings.Contains(ls, "raise LimitNOFILE") {
+				t.Errorf("ls does not say why")
+			}
+			t.Logf("%d forwards: %d reserved and installed, %d inactive for lack of descriptors", st.Rules.Forwards, st.Rules.Reservations, st.Rules.Inactive)
+		})
+	}
+}
+
+// restoreState starts a daemon on a state file of total forwards (1,000 a
+// rule) plus port 19999 to the real server.
+func restoreState(t *testing.T, total int) *lab {
 	l := newLab(t)
 	serve(t, l.server, "bulk", serverIP+":80")
 	var rules []string
-	for i := 0; i < 10; i++ {
-		// 1,000 ports each, all translated to port 80.
+	for i := 0; i < total/1000; i++ {
+		// 1,000 ports each, all translated to ports 1000-1999.
 		from := 20000 + i*1000
 		rules = append(rules, fmt.Sprintf(`{"ext_ip":"%s","int_ip":"%s","ports":"%d-%d:%d-%d","proto":"tcp"}`,
-			extIP, fmt.Sprintf("10.0.1.%d", i+1), from, from+999, 1000, 1999))
+			extIP, fmt.Sprintf("10.0.%d.%d", 1+i/200, 1+i%200), from, from+999, 1000, 1999))
 	}
 	// One more rule sends port 19999 to the real server.
 	rules = append(rules, fmt.Sprintf(`{"ext_ip":"%s","int_ip":"%s","ports":"19999:80","proto":"tcp"}`, extIP, serverIP))
@@ -331,17 +366,21 @@ func TestIntegrationRestoreTenThousandForwards(t *testing.T) {
 	}
 	start := time.Now()
 	l.startDaemon()
-	t.Logf("daemon served 10,001 forwards %v after start", time.Since(start).Round(time.Millisecond))
+	t.Logf("daemon served %d forwards %v after start", total+1, time.Since(start).Round(time.Millisecond))
+	return l
+}
 
-	n := countForwards(t, l)
-	if n != 10001 {
-		t.Fatalf("the kernel holds %d forwards, want 10001", n)
+func restoreMany(t *testing.T, total int) {
+	l := restoreState(t, total)
+
+	if n := countForwards(t, l); n != total+1 {
+		t.Fatalf("the kernel holds %d forwards, want %d", n, total+1)
 	}
 	var st nat.StatusResponse
 	if err := json.Unmarshal([]byte(l.mustCLI("--json", "status")), &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.Rules.Reservations != 10001 || st.Rules.Inactive != 0 {
+	if st.Rules.Reservations != total+1 || st.Rules.Inactive != 0 {
 		t.Fatalf("status: %+v", st.Rules)
 	}
 	expectReach(t, l.client, "tcp", extIP+":19999", "bulk")

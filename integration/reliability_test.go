@@ -425,3 +425,40 @@ func TestIntegrationCrashTorture(t *testing.T) {
 	t.Logf("1000 changes: %d acknowledged, %d unanswered, %d SIGKILLs; %d keys checked, %d lost; %d forwards, %d snats at the end; slowest reap of a killed daemon %v",
 		acked, unanswered, kills, len(known), lost, len(ports), len(list.Snats), slowestReap.Round(time.Millisecond))
 }
+
+// TestIntegrationDiskFull: when the state file cannot be written, a change
+// is refused with 500 and the kernel and the reservations are rolled back.
+func TestIntegrationDiskFull(t *testing.T) {
+	l := newLab(t)
+	disk := filepath.Join(t.TempDir(), "disk")
+	os.Mkdir(disk, 0o700)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "natmap-test", disk).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", disk).Run() })
+	l.state = filepath.Join(disk, "state.json")
+	serve(t, l.server, "mail", serverIP+":25")
+	l.startDaemon()
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25")
+	before := noCounters(l.kernelRules())
+	// Fill the disk.
+	exec.Command("dd", "if=/dev/zero", "of="+filepath.Join(disk, "fill"), "bs=4k", "count=64").Run()
+
+	code, body := l.api("POST", "/dnat", `{"ext_ip":"`+extIP+`","int_ip":"`+serverIP+`","ports":"465"}`)
+	if code != 500 || !strings.Contains(body, "saving state") || !strings.Contains(body, "no space left on device") {
+		t.Fatalf("add on a full disk: %d %s", code, body)
+	}
+	if after := noCounters(l.kernelRules()); after != before {
+		t.Errorf("the kernel was not rolled back:\n%s", after)
+	}
+	if !bindable(l, extIP+":465") {
+		t.Error("the refused forward's port stayed reserved")
+	}
+	if code, body := l.api("DELETE", "/dnat", `{"ext_ip":"`+extIP+`","int_ip":"`+serverIP+`","ports":"25"}`); code != 500 {
+		t.Fatalf("delete on a full disk: %d %s", code, body)
+	}
+	expectReach(t, l.client, "tcp", extIP+":25", "mail")
+	// Space again: changes work.
+	os.Remove(filepath.Join(disk, "fill"))
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "465")
+}

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -23,11 +24,36 @@ import (
 // ErrPortInUse is nat.ErrPortInUse, for callers that think of it as ours.
 var ErrPortInUse = nat.ErrPortInUse
 
-// Sockets reserves ports with real sockets. The zero value is ready.
-type Sockets struct{}
+// Headroom is how many file descriptors reservations leave to the rest of
+// the daemon (netlink sockets, the API's connections, the state file).
+const Headroom = 256
+
+// Sockets reserves ports with real sockets, at most the open-file limit
+// less Headroom of them.
+type Sockets struct {
+	max  int64
+	held atomic.Int64
+}
+
+// New returns Sockets sized by the process's open-file limit as it is now
+// (raise the limit first).
+func New() *Sockets {
+	var lim unix.Rlimit
+	max := int64(1 << 20)
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil {
+		max = int64(lim.Cur) - Headroom
+	}
+	return &Sockets{max: max}
+}
+
+// Held is how many ports are reserved.
+func (s *Sockets) Held() int { return int(s.held.Load()) }
 
 // Reserve implements nat.Reserver.
-func (Sockets) Reserve(e nat.Endpoint) (io.Closer, error) {
+func (s *Sockets) Reserve(e nat.Endpoint) (io.Closer, error) {
+	if s.held.Load() >= s.max {
+		return nil, fmt.Errorf("reserving %s: out of file descriptors: %d ports held, the open-file limit leaves no more (raise LimitNOFILE)", e, s.held.Load())
+	}
 	fd, err := bindSocket(e)
 	if err != nil {
 		switch {
@@ -38,7 +64,8 @@ func (Sockets) Reserve(e nat.Endpoint) (io.Closer, error) {
 		}
 		return nil, fmt.Errorf("reserving %s: %w", e, err)
 	}
-	return socket(fd), nil
+	s.held.Add(1)
+	return &socket{fd: fd, s: s}, nil
 }
 
 func bindSocket(e nat.Endpoint) (int, error) {
@@ -86,7 +113,13 @@ func configure(fd int, ap netip.AddrPort) error {
 }
 
 // socket is a held reservation.
-type socket int
+type socket struct {
+	fd int
+	s  *Sockets
+}
 
 // Close releases the port.
-func (s socket) Close() error { return unix.Close(int(s)) }
+func (k *socket) Close() error {
+	k.s.held.Add(-1)
+	return unix.Close(k.fd)
+}

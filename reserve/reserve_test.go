@@ -2,6 +2,7 @@ package reserve
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -25,9 +26,13 @@ func freePort(t *testing.T) uint16 {
 func TestReserveBlocksOthersAndReleases(t *testing.T) {
 	port := freePort(t)
 	ep := nat.Endpoint{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), Proto: nat.ProtoTCP}
-	c, err := Sockets{}.Reserve(ep)
+	s := New()
+	c, err := s.Reserve(ep)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if s.Held() != 1 {
+		t.Fatalf("held %d", s.Held())
 	}
 	if l, err := net.Listen("tcp", ep.Addr.String()); err == nil {
 		l.Close()
@@ -42,12 +47,12 @@ func TestReserveBlocksOthersAndReleases(t *testing.T) {
 		conn.Close()
 		t.Fatalf("connecting to reserved %s succeeded", ep)
 	}
-	if _, err := (Sockets{}).Reserve(ep); !errors.Is(err, nat.ErrPortInUse) {
+	if _, err := New().Reserve(ep); !errors.Is(err, nat.ErrPortInUse) {
 		t.Fatalf("second reservation: got %v, want ErrPortInUse", err)
 	}
 	// The same port over UDP is a different endpoint.
 	udp := nat.Endpoint{Addr: ep.Addr, Proto: nat.ProtoUDP}
-	cu, err := Sockets{}.Reserve(udp)
+	cu, err := New().Reserve(udp)
 	if err != nil {
 		t.Fatalf("udp beside tcp: %v", err)
 	}
@@ -69,7 +74,7 @@ func TestReserveTakenPortNamesEndpoint(t *testing.T) {
 	}
 	defer l.Close()
 	ap := netip.MustParseAddrPort(l.LocalAddr().String())
-	_, err = Sockets{}.Reserve(nat.Endpoint{Addr: ap, Proto: nat.ProtoUDP})
+	_, err = New().Reserve(nat.Endpoint{Addr: ap, Proto: nat.ProtoUDP})
 	if !errors.Is(err, ErrPortInUse) {
 		t.Fatalf("got %v, want ErrPortInUse", err)
 	}
@@ -80,9 +85,32 @@ func TestReserveTakenPortNamesEndpoint(t *testing.T) {
 
 func TestReserveIPv6(t *testing.T) {
 	ep := nat.Endpoint{Addr: netip.MustParseAddrPort("[::1]:0"), Proto: nat.ProtoTCP}
-	c, err := Sockets{}.Reserve(ep)
+	c, err := New().Reserve(ep)
 	if err != nil {
 		t.Skipf("no IPv6 loopback: %v", err)
 	}
 	c.Close()
+}
+
+func TestReserveStopsBeforeTheLimit(t *testing.T) {
+	s := &Sockets{max: 2}
+	var held []io.Closer
+	for i := 0; i < 2; i++ {
+		c, err := s.Reserve(nat.Endpoint{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)), Proto: nat.ProtoUDP})
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	_, err := s.Reserve(nat.Endpoint{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)), Proto: nat.ProtoUDP})
+	if err == nil || !strings.Contains(err.Error(), "out of file descriptors") || !strings.Contains(err.Error(), "raise LimitNOFILE") {
+		t.Fatalf("third reservation: %v", err)
+	}
+	held[0].Close()
+	c, err := s.Reserve(nat.Endpoint{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)), Proto: nat.ProtoUDP})
+	if err != nil {
+		t.Fatalf("after a release: %v", err)
+	}
+	c.Close()
+	held[1].Close()
 }

@@ -194,3 +194,32 @@ func TestMigrateEarlierFormat(t *testing.T) {
 		t.Errorf("rewritten file:\n%s", b)
 	}
 }
+
+func TestLoadFaults(t *testing.T) {
+	dir := t.TempDir()
+	// A directory in the file's place.
+	path := filepath.Join(dir, "state.json")
+	if err := os.Mkdir(path, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (&File{Path: path}).Load(); err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "is a directory") {
+		t.Errorf("directory: %v", err)
+	}
+	// Missing keys: a version alone is an empty state; a rule missing a
+	// key is refused naming it.
+	for content, want := range map[string]string{
+		`{"version": 1}`: "",
+		`{"version": 1, "dnats": [{"ext_ip": "203.0.113.1", "int_ip": "10.0.0.1", "proto": "tcp"}]}`: "ports: the list is empty",
+		`{"version": 1, "snats": [{"int_ip": "10.0.0.1/32", "ext_ip": "203.0.113.1"}]}`:              "ext_if: missing",
+	} {
+		p := filepath.Join(t.TempDir(), "state.json")
+		os.WriteFile(p, []byte(content), 0o600)
+		st, err := (&File{Path: p}).Load()
+		switch {
+		case want == "" && (err != nil || len(st.Dnats)+len(st.Snats) != 0):
+			t.Errorf("%s: %+v %v", content, st, err)
+		case want != "" && (err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), p)):
+			t.Errorf("%s: %v, want an error naming the file and saying %q", content, err, want)
+		}
+	}
+}

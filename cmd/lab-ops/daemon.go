@@ -74,7 +74,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		}
 		log.Info("migrating the earlier natmap's state file; its iptables rules were removed", "state", d.State, "removed", n)
 	}
-	svc := nat.NewService(nat.Deps{Backend: backend, Reserver: reserve.Sockets{}, Store: file, System: hostSystem{},
+	svc := nat.NewService(nat.Deps{Backend: backend, Reserver: reserve.New(), Store: file, System: hostSystem{},
 		Router: route.Netlink{}, Docker: docker, Log: log})
 	if err := svc.Start(ctx, st); err != nil {
 		return err
@@ -106,7 +106,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(&limitListener{Listener: ln, max: maxConns}) }()
 	go every(ctx, d.RetryInterval, func() { svc.RetryInactive(ctx) })
-	go every(ctx, d.CheckInterval, func() { svc.Heal(ctx) })
+	go healLoop(ctx, svc, d.CheckInterval)
 	go docker.Watch(ctx, svc, time.Second)
 	log.Info("serving", "socket", g.Socket, "state", d.State, "version", version())
 
@@ -205,6 +205,26 @@ func listen(path, group string, log *slog.Logger) (net.Listener, error) {
 		return nil, fmt.Errorf("setting the mode of %s: %w", path, err)
 	}
 	return ln, nil
+}
+
+// healLoop checks natmap's rules every interval, or, when a check is slow
+// (the iptables backend lists whole tables), after five times as long as
+// it took, so checking never takes more than a sixth of the daemon's time.
+func healLoop(ctx context.Context, svc *nat.Service, interval time.Duration) {
+	if interval <= 0 {
+		return
+	}
+	wait := interval
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		start := time.Now()
+		svc.Heal(ctx)
+		wait = max(interval, 5*time.Since(start))
+	}
 }
 
 // every runs fn at each interval until ctx ends; a zero interval never.
