@@ -2,10 +2,13 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/lab-ops/natmap/nat"
@@ -221,5 +224,44 @@ func TestLoadFaults(t *testing.T) {
 		case want != "" && (err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), p)):
 			t.Errorf("%s: %v, want an error naming the file and saying %q", content, err, want)
 		}
+	}
+}
+
+// TestLoadUnreadable runs Load as an unprivileged user (root reads any
+// file, so the test re-runs itself as nobody) on a file only root may
+// read: the error names the file and the reason, and the file stays.
+func TestLoadUnreadable(t *testing.T) {
+	if path := os.Getenv("NATMAP_STORE_LOAD"); path != "" {
+		_, err := (&File{Path: path}).Load()
+		fmt.Println(err)
+		return
+	}
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI is set but the test needs root to switch to an unprivileged user")
+		}
+		t.Skip("needs root to switch to an unprivileged user")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "store.test")
+	self, _ := os.ReadFile(os.Args[0])
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755)
+	path := filepath.Join(dir, "state.json")
+	if err := os.WriteFile(path, []byte(`{"version": 1}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestLoadUnreadable$")
+	cmd.Env = append(os.Environ(), "NATMAP_STORE_LOAD="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, _ := cmd.CombinedOutput()
+	if !strings.Contains(string(out), "reading state file "+path) || !strings.Contains(string(out), "permission denied") {
+		t.Errorf("as nobody: %s", out)
+	}
+	if b, _ := os.ReadFile(path); string(b) != `{"version": 1}` {
+		t.Errorf("the file changed: %s", b)
 	}
 }
