@@ -16,3 +16,7 @@ lint:
 # Try natmap in throwaway namespaces without touching the host's firewall.
 demo: build
     bash scripts/demo
+
+# The benchmark table at 10,000 forwards (a few minutes; root).
+bench:
+    go test -count=1 -run TestBenchTable -v -timeout 30m ./integration -args -natmap.bench=10000

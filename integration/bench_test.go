@@ -1,0 +1,301 @@
+package integration
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The benchmark: `go test ./integration -run TestBenchTable -v -args
+// -natmap.bench=10000` (or `just bench`) prints one table of figures with
+// baselines measured in the same run. The default size is a smoke run
+// that proves the benchmark works; CI runs only that.
+var benchSize = flag.Int("natmap.bench", 200, "forwards installed for TestBenchTable (10000 for the real figures)")
+
+type benchRow struct{ figure, value, baseline, note string }
+
+func TestBenchTable(t *testing.T) {
+	n := *benchSize
+	changes := min(200, n)
+	var rows []benchRow
+	add := func(figure, value, baseline, note string) {
+		rows = append(rows, benchRow{figure, value, baseline, note})
+		t.Logf("%s: %s (baseline %s) %s", figure, value, baseline, note)
+	}
+
+	// 1. Packet path: new connections per second through a forward with
+	// 10 forwards installed, then with n.
+	// Each measurement runs in fresh namespaces (so no connection state
+	// piles up), alternating 10 and n forwards, three times each; the
+	// medians are compared.
+	rounds := 3
+	if n < 1000 {
+		rounds = 1 // the smoke run only proves the benchmark works
+	}
+	for _, backend := range []string{"nftables", "iptables-nft", "iptables-legacy"} {
+		var few, many []float64
+		for round := 0; round < rounds; round++ {
+			for _, size := range []int{10, n} {
+				l := benchLab(t, backend, 10)
+				if size > 10 {
+					bulk(t, l, size, "POST")
+				}
+				rate := connRate(t, l)
+				l.stopDaemon()
+				if size > 10 {
+					many = append(many, rate)
+				} else {
+					few = append(few, rate)
+				}
+			}
+		}
+		f, m := median(few), median(many)
+		add(fmt.Sprintf("conn/s through a forward, %s, 10 vs %d forwards", backend, n),
+			fmt.Sprintf("%.0f vs %.0f", f, m), "10 forwards", fmt.Sprintf("ratio %.2f (target >= 0.9 for nftables)", m/f))
+	}
+
+	// 2. One change with n present, daemon side and CLI round trip.
+	l := benchLab(t, "nftables", n)
+	var daemonSide, cli []time.Duration
+	for i := 0; i < changes; i++ {
+		verb := []string{}
+		if i%2 == 1 {
+			verb = []string{"--delete"}
+		}
+		start := time.Now()
+		l.mustCLI(append([]string{"dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "4999"}, verb...)...)
+		cli = append(cli, time.Since(start))
+	}
+	daemonSide = tookFromLog(l.daemonLog.String(), "/dnat")
+	daemonSide = daemonSide[len(daemonSide)-changes:]
+	ipLegacy := oneRuleBaseline(t, "iptables-legacy", n)
+	ipNft := oneRuleBaseline(t, "iptables-nft", n)
+	nftRule := nftRuleBaseline(t, n)
+	add(fmt.Sprintf("one change with %d present, daemon side", n), pct(daemonSide),
+		fmt.Sprintf("nft add rule %v", nftRule.Round(10*time.Microsecond)), "target p50 <= 1ms")
+	add(fmt.Sprintf("one change with %d present, CLI round trip", n), pct(cli),
+		fmt.Sprintf("iptables -A: legacy %v, nft %v", ipLegacy.Round(10*time.Microsecond), ipNft.Round(10*time.Microsecond)), "target p50 <= 15ms, p99 <= 50ms")
+
+	// 5. Listing.
+	start := time.Now()
+	l.mustCLI("--json", "ls")
+	add(fmt.Sprintf("ls --json with %d forwards", n), time.Since(start).Round(100*time.Microsecond).String(), "-", "target <= 200ms")
+
+	// 4. Memory.
+	add(fmt.Sprintf("daemon RSS with %d forwards", n), rss(t, l.daemon.Process.Pid), "-", "target <= 64 MiB at 10,000")
+	l.stopDaemon()
+
+	// 3. Cold start.
+	start = time.Now()
+	l.startDaemon()
+	cold := time.Since(start)
+	restore := restoreBaseline(t, n)
+	add(fmt.Sprintf("cold start with %d forwards", n), cold.Round(time.Millisecond).String(),
+		fmt.Sprintf("iptables-legacy-restore %v", restore.Round(time.Millisecond)), "target <= 1s at 10,000")
+
+	out := fmt.Sprintf("\nnatmap benchmark: %d forwards, nproc %s, kernel %s\n", n, strings.TrimSpace(run(t, "nproc")), strings.TrimSpace(run(t, "uname", "-r")))
+	out += fmt.Sprintf("| %-60s | %-38s | %-44s | %s |\n", "figure", "natmap", "baseline", "note")
+	for _, r := range rows {
+		out += fmt.Sprintf("| %-60s | %-38s | %-44s | %s |\n", r.figure, r.value, r.baseline, r.note)
+	}
+	t.Log(out)
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).Output()
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return string(out)
+}
+
+// benchLab is a lab whose daemon (on backend) starts with n forwards on
+// ports 10000.. to other hosts, plus port 5000 to the server. The ports are
+// translated, so the iptables backend needs a rule per forward, as the
+// one-rule-per-port layouts natmap is measured against do.
+func benchLab(t *testing.T, backend string, n int) *lab {
+	t.Helper()
+	l := newLab(t)
+	serve(t, l.server, "svc", serverIP+":5000")
+	var rules []string
+	for i := 0; i < n; i += 1000 {
+		size := min(1000, n-i)
+		// Targets below the server's address: the iptables backend writes
+		// their rules before the measured forward's, the worst case.
+		rules = append(rules, fmt.Sprintf(`{"ext_ip":%q,"int_ip":"10.0.0.%d","ports":"%d-%d:%d-%d","proto":"tcp"}`,
+			extIP, 2+i/1000, 10000+i, 10000+i+size-1, 1000, 1000+size-1))
+	}
+	rules = append(rules, fmt.Sprintf(`{"ext_ip":%q,"int_ip":%q,"ports":"5000","proto":"tcp"}`, extIP, serverIP))
+	if err := os.WriteFile(l.state, []byte(`{"version": 1, "dnats": [`+strings.Join(rules, ",")+`]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--backend", "nftables"}
+	if backend != "nftables" {
+		args = []string{"--backend", "iptables", "--iptables-mode", strings.TrimPrefix(backend, "iptables-")}
+	}
+	l.startDaemon(append(args, "--check-interval", "0")...)
+	return l
+}
+
+// bulk adds (POST) or deletes n forwards beside the measured one, 1,000 a
+// request, with translated ports so the iptables backend writes a rule
+// per forward, and with targets below the server's address, so their
+// rules come before the measured forward's: the worst case for iptables.
+func bulk(t *testing.T, l *lab, n int, method string) {
+	t.Helper()
+	for i := 0; i < n; i += 1000 {
+		size := min(1000, n-i)
+		body := fmt.Sprintf(`{"ext_ip":%q,"int_ip":"10.0.0.%d","ports":"%d-%d:%d-%d"}`, extIP, 2+i/1000, 10000+i, 10000+i+size-1, 1000, 1000+size-1)
+		if code, reply := l.api(method, "/dnat", body); code != 200 {
+			t.Fatalf("%s %s: %d %s", method, body, code, reply)
+		}
+	}
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// connRate is TCP connections (connect and a one-line reply) per second
+// from the client through the forward on port 5000.
+func connRate(t *testing.T, l *lab) float64 {
+	t.Helper()
+	const conns = 1000
+	var took time.Duration
+	err := l.client.Do(func() error {
+		start := time.Now()
+		for i := 0; i < conns; i++ {
+			c, err := net.DialTimeout("tcp", extIP+":5000", 2*time.Second)
+			if err != nil {
+				return err
+			}
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+				c.Close()
+				return err
+			}
+			c.Close()
+		}
+		took = time.Since(start)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conns / took.Seconds()
+}
+
+var tookRE = regexp.MustCompile(`msg=request method=\S+ path=(\S+) status=\d+ took=(\S+)`)
+
+// tookFromLog reads the daemon's own timing of each request to path.
+func tookFromLog(log, path string) []time.Duration {
+	var out []time.Duration
+	for _, m := range tookRE.FindAllStringSubmatch(log, -1) {
+		if m[1] == path {
+			if d, err := time.ParseDuration(m[2]); err == nil {
+				out = append(out, d)
+			}
+		}
+	}
+	return out
+}
+
+func pct(ds []time.Duration) string {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	p := func(q float64) time.Duration { return s[min(len(s)-1, int(q*float64(len(s))))] }
+	return fmt.Sprintf("p50 %v, p99 %v", p(0.5).Round(10*time.Microsecond), p(0.99).Round(10*time.Microsecond))
+}
+
+// oneRuleBaseline is the wall time of `iptables -t nat -A` of one rule
+// with n rules present, in a namespace of its own (median of 20).
+func oneRuleBaseline(t *testing.T, tool string, n int) time.Duration {
+	t.Helper()
+	ns := newLab(t).router
+	var b strings.Builder
+	b.WriteString("*nat\n")
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "-A PREROUTING -d %s/32 -p tcp -m tcp --dport %d -j DNAT --to-destination 10.0.1.1:%d\n", extIP, 10000+i, 10000+i)
+	}
+	b.WriteString("COMMIT\n")
+	file := filepath.Join(t.TempDir(), "rules")
+	os.WriteFile(file, []byte(b.String()), 0o644)
+	ns.MustRun(t, "sh", "-c", tool+"-restore < "+file)
+	var ds []time.Duration
+	for i := 0; i < 20; i++ {
+		start := time.Now()
+		ns.MustRun(t, tool, "-t", "nat", "-A", "PREROUTING", "-d", extIP, "-p", "tcp", "--dport", strconv.Itoa(4000+i), "-j", "DNAT", "--to-destination", "10.0.1.1")
+		ds = append(ds, time.Since(start))
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2]
+}
+
+// nftRuleBaseline is the wall time of `nft add rule` with n rules present.
+func nftRuleBaseline(t *testing.T, n int) time.Duration {
+	t.Helper()
+	ns := newLab(t).router
+	var b strings.Builder
+	b.WriteString("table ip bench {\n chain pre {\n  type nat hook prerouting priority -100;\n")
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "  ip daddr %s tcp dport %d dnat to 10.0.1.1\n", extIP, 10000+i)
+	}
+	b.WriteString(" }\n}\n")
+	file := filepath.Join(t.TempDir(), "rules.nft")
+	os.WriteFile(file, []byte(b.String()), 0o644)
+	ns.MustRun(t, "nft", "-f", file)
+	var ds []time.Duration
+	for i := 0; i < 20; i++ {
+		start := time.Now()
+		ns.MustRun(t, "nft", "add", "rule", "ip", "bench", "pre", "ip", "daddr", extIP, "tcp", "dport", strconv.Itoa(4000+i), "dnat", "to", "10.0.1.1")
+		ds = append(ds, time.Since(start))
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2]
+}
+
+// restoreBaseline is iptables-legacy-restore of n DNAT rules into an
+// empty namespace.
+func restoreBaseline(t *testing.T, n int) time.Duration {
+	t.Helper()
+	ns := newLab(t).router
+	var b strings.Builder
+	b.WriteString("*nat\n")
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "-A PREROUTING -d %s/32 -p tcp -m tcp --dport %d -j DNAT --to-destination 10.0.1.1:%d\n", extIP, 10000+i, 10000+i)
+	}
+	b.WriteString("COMMIT\n")
+	file := filepath.Join(t.TempDir(), "rules")
+	os.WriteFile(file, []byte(b.String()), 0o644)
+	start := time.Now()
+	ns.MustRun(t, "sh", "-c", "iptables-legacy-restore < "+file)
+	return time.Since(start)
+}
+
+func rss(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			kb, _ := strconv.Atoi(strings.Fields(line)[1])
+			return fmt.Sprintf("%.1f MiB", float64(kb)/1024)
+		}
+	}
+	return "?"
+}
