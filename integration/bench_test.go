@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lab-ops/natmap/internal/netnstest"
 )
 
 // The benchmark: `go test ./integration -run TestBenchTable -v -args
@@ -220,11 +222,8 @@ func pct(ds []time.Duration) string {
 	return fmt.Sprintf("p50 %v, p99 %v", p(0.5).Round(10*time.Microsecond), p(0.99).Round(10*time.Microsecond))
 }
 
-// oneRuleBaseline is the wall time of `iptables -t nat -A` of one rule
-// with n rules present, in a namespace of its own (median of 20).
-func oneRuleBaseline(t *testing.T, tool string, n int) time.Duration {
-	t.Helper()
-	ns := newLab(t).router
+// iptablesRules is an iptables-restore file of n DNAT rules.
+func iptablesRules(t *testing.T, n int) string {
 	var b strings.Builder
 	b.WriteString("*nat\n")
 	for i := 0; i < n; i++ {
@@ -232,22 +231,42 @@ func oneRuleBaseline(t *testing.T, tool string, n int) time.Duration {
 	}
 	b.WriteString("COMMIT\n")
 	file := filepath.Join(t.TempDir(), "rules")
-	os.WriteFile(file, []byte(b.String()), 0o644)
-	ns.MustRun(t, "sh", "-c", tool+"-restore < "+file)
+	if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// medianRun is the median wall time of 20 runs of a command in ns, each
+// given its index.
+func medianRun(t *testing.T, ns *netnstest.NS, args func(i int) []string) time.Duration {
+	t.Helper()
 	var ds []time.Duration
 	for i := 0; i < 20; i++ {
+		a := args(i)
 		start := time.Now()
-		ns.MustRun(t, tool, "-t", "nat", "-A", "PREROUTING", "-d", extIP, "-p", "tcp", "--dport", strconv.Itoa(4000+i), "-j", "DNAT", "--to-destination", "10.0.1.1")
+		ns.MustRun(t, a[0], a[1:]...)
 		ds = append(ds, time.Since(start))
 	}
 	slices.Sort(ds)
 	return ds[len(ds)/2]
 }
 
+// oneRuleBaseline is the wall time of `iptables -t nat -A` of one rule
+// with n rules present, in a namespace of its own (median of 20).
+func oneRuleBaseline(t *testing.T, tool string, n int) time.Duration {
+	t.Helper()
+	ns := netnstest.New(t, "nmbench")
+	ns.MustRun(t, "sh", "-c", tool+"-restore < "+iptablesRules(t, n))
+	return medianRun(t, ns, func(i int) []string {
+		return []string{tool, "-t", "nat", "-A", "PREROUTING", "-d", extIP, "-p", "tcp", "--dport", strconv.Itoa(4000 + i), "-j", "DNAT", "--to-destination", "10.0.1.1"}
+	})
+}
+
 // nftRuleBaseline is the wall time of `nft add rule` with n rules present.
 func nftRuleBaseline(t *testing.T, n int) time.Duration {
 	t.Helper()
-	ns := newLab(t).router
+	ns := netnstest.New(t, "nmbench")
 	var b strings.Builder
 	b.WriteString("table ip bench {\n chain pre {\n  type nat hook prerouting priority -100;\n")
 	for i := 0; i < n; i++ {
@@ -255,31 +274,21 @@ func nftRuleBaseline(t *testing.T, n int) time.Duration {
 	}
 	b.WriteString(" }\n}\n")
 	file := filepath.Join(t.TempDir(), "rules.nft")
-	os.WriteFile(file, []byte(b.String()), 0o644)
-	ns.MustRun(t, "nft", "-f", file)
-	var ds []time.Duration
-	for i := 0; i < 20; i++ {
-		start := time.Now()
-		ns.MustRun(t, "nft", "add", "rule", "ip", "bench", "pre", "ip", "daddr", extIP, "tcp", "dport", strconv.Itoa(4000+i), "dnat", "to", "10.0.1.1")
-		ds = append(ds, time.Since(start))
+	if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	slices.Sort(ds)
-	return ds[len(ds)/2]
+	ns.MustRun(t, "nft", "-f", file)
+	return medianRun(t, ns, func(i int) []string {
+		return []string{"nft", "add", "rule", "ip", "bench", "pre", "ip", "daddr", extIP, "tcp", "dport", strconv.Itoa(4000 + i), "dnat", "to", "10.0.1.1"}
+	})
 }
 
 // restoreBaseline is iptables-legacy-restore of n DNAT rules into an
 // empty namespace.
 func restoreBaseline(t *testing.T, n int) time.Duration {
 	t.Helper()
-	ns := newLab(t).router
-	var b strings.Builder
-	b.WriteString("*nat\n")
-	for i := 0; i < n; i++ {
-		fmt.Fprintf(&b, "-A PREROUTING -d %s/32 -p tcp -m tcp --dport %d -j DNAT --to-destination 10.0.1.1:%d\n", extIP, 10000+i, 10000+i)
-	}
-	b.WriteString("COMMIT\n")
-	file := filepath.Join(t.TempDir(), "rules")
-	os.WriteFile(file, []byte(b.String()), 0o644)
+	ns := netnstest.New(t, "nmbench")
+	file := iptablesRules(t, n)
 	start := time.Now()
 	ns.MustRun(t, "sh", "-c", "iptables-legacy-restore < "+file)
 	return time.Since(start)
