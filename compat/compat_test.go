@@ -5,12 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/lab-ops/natmap/internal/golden"
 	"github.com/lab-ops/natmap/internal/netnstest"
 	"github.com/lab-ops/natmap/nat"
 )
@@ -37,23 +36,6 @@ func save(t *testing.T, ns *netnstest.NS, mode Mode, v6 bool) string {
 		out.WriteString(volatile.ReplaceAllString(ns.MustRun(t, tool, "-t", table), ""))
 	}
 	return out.String()
-}
-
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs:\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
 }
 
 func TestIntegrationGoldenBothModes(t *testing.T) {
@@ -95,8 +77,8 @@ func TestIntegrationGoldenBothModes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			golden(t, "sequence-"+string(mode)+".v4", save(t, ns, mode, false))
-			golden(t, "sequence-"+string(mode)+".v6", save(t, ns, mode, true))
+			golden.Check(t, "sequence-"+string(mode)+".v4", save(t, ns, mode, false), *update)
+			golden.Check(t, "sequence-"+string(mode)+".v6", save(t, ns, mode, true), *update)
 
 			// A failed change (deleting what is absent) changes nothing.
 			before := save(t, ns, mode, false)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/lab-ops/natmap/internal/golden"
 	"github.com/lab-ops/natmap/internal/netnstest"
 	"github.com/lab-ops/natmap/nat"
 )
@@ -36,23 +37,6 @@ func newBackend(t *testing.T) (*Backend, *netnstest.NS) {
 func listTable(t *testing.T, ns *netnstest.NS) string {
 	t.Helper()
 	return ns.MustRun(t, "nft", "list", "table", "inet", TableName)
-}
-
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs from the kernel's listing:\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
 }
 
 func TestIntegrationGoldenSequence(t *testing.T) {
@@ -90,7 +74,7 @@ func TestIntegrationGoldenSequence(t *testing.T) {
 	if err := b.Apply(ctx, nat.Change{Del: []nat.Forward{dns}, Rules: &rules}); err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "sequence.nft", listTable(t, ns))
+	golden.Check(t, "sequence.nft", listTable(t, ns), *update)
 
 	// Render writes a script that builds the same table.
 	rendered := netnstest.New(t, "nmnft")
@@ -129,7 +113,7 @@ func TestIntegrationGoldenSequence(t *testing.T) {
 	if err := b.Replace(ctx, nat.Ruleset{}); err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "empty.nft", listTable(t, ns))
+	golden.Check(t, "empty.nft", listTable(t, ns), *update)
 }
 
 // TestIntegrationTenThousandForwards proves the bulk workarounds: a
