@@ -48,7 +48,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	if err := refuseLiveSocket(g.Socket); err != nil {
 		return err
 	}
-	lock, err := store.Lock(d.State)
+	lock, err := lockState(d.State)
 	if err != nil {
 		return err
 	}
@@ -123,6 +123,20 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	}
 	os.Remove(g.Socket)
 	return nil
+}
+
+// lockState takes the state file's lock, waiting up to 3 s: a daemon that
+// was just killed holds it until the kernel has released all its sockets
+// (its nftables socket can take tens of milliseconds).
+func lockState(path string) (*os.File, error) {
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		lock, err := store.Lock(path)
+		if err == nil || time.Now().After(deadline) {
+			return lock, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // savePath is --save-path or the backend's usual place.
