@@ -152,7 +152,7 @@ func fullScript(f family, groups map[groupKey][]nat.Forward, r nat.Rules) string
 // Check implements nat.Checker: every jump is there, and each of natmap's
 // chains holds as many rules as natmap wrote. It reads one iptables-save per
 // family.
-func (b *Backend) Check(ctx context.Context, rs nat.Ruleset) error {
+func (b *Backend) Check(ctx context.Context, r nat.Rules) error {
 	b.mu.Lock()
 	groups := b.groups
 	b.mu.Unlock()
@@ -165,7 +165,7 @@ func (b *Backend) Check(ctx context.Context, rs nat.Ruleset) error {
 			return fmt.Errorf("%s: %w", f.binary(b.mode, "-save"), err)
 		}
 		have, chains := countRules(string(out))
-		want, _ := countRules(fullScript(f, groups, rs.Rules))
+		want, _ := countRules(fullScript(f, groups, r))
 		for _, j := range jumps {
 			if chains[j[0]+" "+j[1]] && have[j[0]+" "+j[1]+" -> "+j[2]] == 0 {
 				return fmt.Errorf("the jump %s -> %s is missing", j[1], j[2])
@@ -295,6 +295,13 @@ func sortedKeys[V any](m map[groupKey]V) []groupKey {
 // Remove deletes natmap's jumps and chains, in both families.
 func (b *Backend) Remove() error {
 	for _, f := range []family{v4, v6} {
+		// One listing tells whether there is anything to remove: the
+		// daemon calls Remove at every start for the backends it does not
+		// use, and a host without natmap's chains should not pay for a
+		// dozen iptables runs.
+		if out, err := exec.Command(f.binary(b.mode, "-save")).Output(); err == nil && !strings.Contains(string(out), ":NATMAP-") {
+			continue
+		}
 		ipt, err := b.iptables(f)
 		if err != nil {
 			if f.v6 {

@@ -59,15 +59,24 @@ func (d *Docker) State() (connected bool, err error) {
 	return d.connected, d.lastErr
 }
 
+// apiClient returns the Docker API client, made on first use (making it
+// does not connect). The caller holds d.mu.
+func (d *Docker) apiClient() (*client.Client, error) {
+	if d.cli == nil {
+		cli, err := client.New(client.WithHost(d.host)) // negotiates the API version by itself
+		if err != nil {
+			return nil, err
+		}
+		d.cli = cli
+	}
+	return d.cli, nil
+}
+
 func (d *Docker) client() (*client.Client, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.cli == nil {
-		cli, err := client.New(client.WithHost(d.host), client.WithAPIVersionNegotiation())
-		if err != nil {
-			return nil, fmt.Errorf("Docker is not available: %v: %w", err, nat.ErrUnavailable)
-		}
-		d.cli = cli
+	if _, err := d.apiClient(); err != nil {
+		return nil, fmt.Errorf("Docker is not available: %v: %w", err, nat.ErrUnavailable)
 	}
 	if !d.connected {
 		return nil, fmt.Errorf("Docker is not available: %v: %w", d.lastErr, nat.ErrUnavailable)
@@ -166,16 +175,11 @@ func (d *Docker) Watch(ctx context.Context, svc *nat.Service, retry time.Duratio
 // until the stream fails.
 func (d *Docker) session(ctx context.Context, svc *nat.Service) error {
 	d.mu.Lock()
-	if d.cli == nil {
-		cli, err := client.New(client.WithHost(d.host), client.WithAPIVersionNegotiation())
-		if err != nil {
-			d.mu.Unlock()
-			return err
-		}
-		d.cli = cli
-	}
-	cli := d.cli
+	cli, err := d.apiClient()
 	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	if _, err := cli.Ping(ctx, client.PingOptions{}); err != nil {
 		return err
 	}

@@ -59,6 +59,11 @@ func TestIntegrationSelfHealing(t *testing.T) {
 		}
 		t.Logf("repair time after %q: %v", strings.Join(tamper, " "), time.Since(start).Round(time.Millisecond))
 		expectReach(t, l.client, "tcp", extIP+":25", "mail")
+		if testBackend() == "nftables" && strings.Join(tamper, " ") != "nft flush ruleset" {
+			if out := l.router.MustRun(t, "nft", "list", "tables"); !strings.Contains(out, "inet other") {
+				t.Errorf("after %v and the repair, the table inet other is gone:\n%s", tamper, out)
+			}
+		}
 	}
 	if !strings.Contains(l.daemonLog.String(), "restored them") {
 		t.Errorf("no repair logged:\n%s", l.daemonLog)

@@ -197,6 +197,9 @@ func TestIntegrationPolicyRoute(t *testing.T) {
 		t.Errorf("table 100:\n%s", table)
 	}
 	// The LAN is still reached directly, not through the gateway.
+	if route := l.server.MustRun(t, "ip", "route", "get", server2IP, "from", serverIP); strings.Contains(route, " via ") {
+		t.Errorf("traffic from the service to the LAN goes through a gateway: %s", route)
+	}
 	if src := expectReach(t, l.server, "tcp", server2IP+":9", "lan"); src != serverIP {
 		t.Errorf("server2 saw %s", src)
 	}

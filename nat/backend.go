@@ -151,6 +151,8 @@ func renderForwards(prefix string, fs []Forward) string {
 // table or chains). Check is cheap: it looks at the structure (table,
 // chains, jumps, rule counts), not at every forward.
 type Checker interface {
-	// Check returns an error saying what is missing or changed.
-	Check(ctx context.Context, rs Ruleset) error
+	// Check returns an error saying what is missing or changed, given the
+	// SNAT and masquerade rules natmap installed (the forwards are the
+	// backend's to know).
+	Check(ctx context.Context, r Rules) error
 }

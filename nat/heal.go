@@ -14,14 +14,22 @@ func (s *Service) Heal(ctx context.Context) bool {
 	if !ok {
 		return false
 	}
+	// The look runs without the lock, so that a slow check (the iptables
+	// backend lists whole tables) does not hold up requests; a difference
+	// is confirmed under the lock, as a change may have raced the look.
+	s.mu.Lock()
+	rules := s.rules()
+	s.mu.Unlock()
+	if checker.Check(ctx, rules) == nil {
+		return false
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	rs := s.activeRuleset()
-	problem := checker.Check(ctx, rs)
+	problem := checker.Check(ctx, s.rules())
 	if problem == nil {
 		return false
 	}
-	if err := s.backend.Replace(ctx, rs); err != nil {
+	if err := s.backend.Replace(ctx, s.activeRuleset()); err != nil {
 		s.log.Error("natmap's rules were changed from outside and could not be restored", "problem", problem, "err", err)
 		return false
 	}

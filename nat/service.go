@@ -275,11 +275,7 @@ func (s *Service) Clear(ctx context.Context) error {
 		}
 	}
 	s.changes++
-	var udp []Forward
-	for _, e := range forwards {
-		udp = append(udp, e.f)
-	}
-	s.flushUDP(udp)
+	s.flushUDP(before.Forwards)
 	s.log.Info("all rules cleared", "dnats", len(dnats), "hairpins", len(hairpins), "snats", len(snats), "policy_routes", len(routes), "mappings", len(mappings))
 	return nil
 }

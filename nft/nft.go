@@ -302,7 +302,7 @@ func (b *Backend) Remove() error {
 // Check implements nat.Checker: the table, its sets and chains are there,
 // each chain with the rules natmap wrote (forwards are not listed: that
 // would cost a dump of every map).
-func (b *Backend) Check(_ context.Context, rs nat.Ruleset) error {
+func (b *Backend) Check(_ context.Context, rs nat.Rules) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	c, err := b.connect()

@@ -84,12 +84,21 @@ func TestReserveTakenPortNamesEndpoint(t *testing.T) {
 }
 
 func TestReserveIPv6(t *testing.T) {
-	ep := nat.Endpoint{Addr: netip.MustParseAddrPort("[::1]:0"), Proto: nat.ProtoTCP}
-	c, err := New().Reserve(ep)
+	probe, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
 		t.Skipf("no IPv6 loopback: %v", err)
 	}
-	c.Close()
+	ap := netip.MustParseAddrPort(probe.Addr().String())
+	probe.Close()
+	c, err := New().Reserve(nat.Endpoint{Addr: ap, Proto: nat.ProtoTCP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if l, err := net.Listen("tcp", ap.String()); err == nil {
+		l.Close()
+		t.Fatalf("listening on reserved %s succeeded", ap)
+	}
 }
 
 func TestReserveStopsBeforeTheLimit(t *testing.T) {
