@@ -105,8 +105,45 @@ func (s *Service) Start(ctx context.Context, st State) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.build(st); err != nil {
+		return err
+	}
+	for ep, e := range s.forwards {
+		if err := s.take(ep); err != nil {
+			s.inactive[ep] = err.Error()
+			s.log.Warn("forward inactive: port taken by another program", "forward", e.f.String(), "err", err)
+		}
+	}
+	if err := s.backend.Replace(ctx, s.activeRuleset()); err != nil {
+		s.releaseAllHolds()
+		return fmt.Errorf("installing %d forwards with %s: %w", len(s.forwards)-len(s.inactive), s.backend.Name(), err)
+	}
+	for _, m := range s.mappings {
+		s.afterInstall(m)
+	}
+	for _, p := range st.PolicyRoutes {
+		s.routes[p] = ""
+		if err := s.router.AddPolicyRoute(p); err != nil {
+			s.routes[p] = err.Error()
+			s.log.Warn("policy route not installed", "route", p.String(), "err", err)
+		}
+	}
+	if st.IPForward || st.IPv6Forward {
+		if err := s.sys.EnableForwarding(st.IPv6Forward); err != nil {
+			s.log.Warn("enabling IP forwarding again failed", "err", err)
+		}
+	}
+	s.log.Info("state restored", "dnats", len(s.dnats), "hairpins", len(s.hairpins), "snats", len(s.snats),
+		"policy_routes", len(s.routes), "forwards", len(s.forwards), "inactive", len(s.inactive), "backend", s.backend.Name())
+	return nil
+}
+
+// build fills the empty model with st's rules and forwards, touching
+// neither the kernel nor the reservations. Policy routes are left to the
+// caller, which installs them.
+func (s *Service) build(st State) error {
 	s.state = State{IPForward: st.IPForward, IPv6Forward: st.IPv6Forward}
-	tx := &txn{} // never rolled back: Start builds from nothing
+	tx := &txn{} // never rolled back: the model is thrown away on failure
 	for _, d := range st.Dnats {
 		s.dnats[d.ID()] = d
 		if _, err := s.own(tx, d.Forwards()); err != nil {
@@ -141,33 +178,6 @@ func (s *Service) Start(ctx context.Context, st State) error {
 		}
 	}
 	s.nextID = max(s.nextID, st.NextMappingID)
-	for ep, e := range s.forwards {
-		if err := s.take(ep); err != nil {
-			s.inactive[ep] = err.Error()
-			s.log.Warn("forward inactive: port taken by another program", "forward", e.f.String(), "err", err)
-		}
-	}
-	if err := s.backend.Replace(ctx, s.activeRuleset()); err != nil {
-		s.releaseAllHolds()
-		return fmt.Errorf("installing %d forwards with %s: %w", len(s.forwards)-len(s.inactive), s.backend.Name(), err)
-	}
-	for _, m := range s.mappings {
-		s.afterInstall(m)
-	}
-	for _, p := range st.PolicyRoutes {
-		s.routes[p] = ""
-		if err := s.router.AddPolicyRoute(p); err != nil {
-			s.routes[p] = err.Error()
-			s.log.Warn("policy route not installed", "route", p.String(), "err", err)
-		}
-	}
-	if st.IPForward || st.IPv6Forward {
-		if err := s.sys.EnableForwarding(st.IPv6Forward); err != nil {
-			s.log.Warn("enabling IP forwarding again failed", "err", err)
-		}
-	}
-	s.log.Info("state restored", "dnats", len(s.dnats), "hairpins", len(s.hairpins), "snats", len(s.snats),
-		"policy_routes", len(s.routes), "forwards", len(s.forwards), "inactive", len(s.inactive), "backend", s.backend.Name())
 	return nil
 }
 

@@ -333,6 +333,10 @@ type Listing struct {
 func (s *Service) List() Listing {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.list()
+}
+
+func (s *Service) list() Listing {
 	st := s.snapshot()
 	var l Listing
 	for _, d := range st.Dnats {
@@ -405,6 +409,10 @@ type Stats struct {
 	// Repairs counts the times natmap restored its rules after somebody
 	// else changed them.
 	Repairs int `json:"repairs"`
+	// ByState counts the rules of each kind ("dnat", "hairpin", "snat",
+	// "policy_route", "mapping") by status ("active", "partial",
+	// "inactive").
+	ByState map[string]map[string]int `json:"by_state"`
 	// LastRepair is when it last did, if ever.
 	LastRepair *time.Time `json:"last_repair,omitempty"`
 }
@@ -419,6 +427,7 @@ func (s *Service) Stats() Stats {
 		lastRepair = &t
 	}
 	return Stats{
+		ByState:      s.list().byState(),
 		Dnats:        len(s.dnats),
 		Hairpins:     len(s.hairpins),
 		Snats:        len(s.snats),
@@ -432,4 +441,38 @@ func (s *Service) Stats() Stats {
 		Repairs:      s.repairs,
 		LastRepair:   lastRepair,
 	}
+}
+
+// byState counts the rules of each kind by status.
+func (l Listing) byState() map[string]map[string]int {
+	out := map[string]map[string]int{}
+	count := func(kind, status string) {
+		if out[kind] == nil {
+			out[kind] = map[string]int{}
+		}
+		out[kind][status]++
+	}
+	for _, d := range l.Dnats {
+		count("dnat", d.Status)
+	}
+	for _, h := range l.Hairpins {
+		count("hairpin", h.Status)
+	}
+	for range l.Snats {
+		count("snat", "active")
+	}
+	for _, p := range l.PolicyRoutes {
+		count("policy_route", p.Status)
+	}
+	for _, m := range l.Mappings {
+		count("mapping", m.Status)
+	}
+	return out
+}
+
+// Summary is a one-line account of the counts, for a service manager's
+// status line.
+func (st Stats) Summary() string {
+	return fmt.Sprintf("%d forwards (%d inactive): %d dnat, %d hairpin, %d snat, %d policy routes, %d docker mappings",
+		st.Forwards, st.Inactive, st.Dnats, st.Hairpins, st.Snats, st.PolicyRoutes, st.Mappings)
 }

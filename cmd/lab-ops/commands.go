@@ -172,11 +172,26 @@ func (c *StatusCmd) Run(g *Globals, out *output) error {
 	fmt.Fprintf(out.stdout, "natmap %s, up %s\n", st.Version, time.Duration(st.UptimeSeconds)*time.Second)
 	fmt.Fprintf(out.stdout, "backend: %s (%s)\n", st.Backend, st.BackendReason)
 	fmt.Fprintf(out.stdout, "Docker: %s\n", st.Docker)
-	fmt.Fprintf(out.stdout, "rules: %d dnat, %d hairpin, %d snat, %d policy routes, %d docker mappings\n",
-		st.Rules.Dnats, st.Rules.Hairpins, st.Rules.Snats, st.Rules.PolicyRoutes, st.Rules.Mappings)
+	fmt.Fprintln(out.stdout, "rules:")
+	for _, k := range []struct{ key, name string }{{"dnat", "dnat"}, {"hairpin", "hairpin"}, {"snat", "snat"},
+		{"policy_route", "policy routes"}, {"mapping", "docker mappings"}} {
+		by := st.Rules.ByState[k.key]
+		total := by["active"] + by["partial"] + by["inactive"]
+		fmt.Fprintf(out.stdout, "  %-16s %d", k.name+":", total)
+		if total > 0 {
+			fmt.Fprintf(out.stdout, " (%d active, %d partial, %d inactive)", by["active"], by["partial"], by["inactive"])
+		}
+		fmt.Fprintln(out.stdout)
+	}
 	fmt.Fprintf(out.stdout, "forwarded ports: %d (%d inactive), reserved ports: %d\n",
 		st.Rules.Forwards, st.Rules.Inactive, st.Rules.Reservations)
 	fmt.Fprintf(out.stdout, "changes since start: %d, IP forwarding set by natmap: %v\n", st.Rules.Changes, st.Rules.IPForward)
+	repair := "never"
+	if st.Rules.LastRepair != nil {
+		repair = fmt.Sprintf("%s (%s ago), %d repairs since start", st.Rules.LastRepair.Format(time.RFC3339),
+			time.Since(*st.Rules.LastRepair).Round(time.Second), st.Rules.Repairs)
+	}
+	fmt.Fprintf(out.stdout, "last repair of rules changed from outside: %s\n", repair)
 	return nil
 }
 

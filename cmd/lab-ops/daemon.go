@@ -109,13 +109,25 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	go healLoop(ctx, svc, d.CheckInterval)
 	go docker.Watch(ctx, svc, time.Second)
 	log.Info("serving", "socket", g.Socket, "state", d.State, "version", version())
+	if err := notify("READY=1", "STATUS="+svc.Stats().Summary()); err != nil {
+		log.Warn("readiness not sent", "err", err)
+	}
 
-	select {
-	case <-ctx.Done():
-	case err := <-served:
-		return fmt.Errorf("serving %s: %w", g.Socket, err)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case err := <-served:
+			return fmt.Errorf("serving %s: %w", g.Socket, err)
+		case <-hup:
+			reload(ctx, svc, file, log)
+		}
 	}
 	log.Info("stopping; kernel rules stay in place")
+	_ = notify("STOPPING=1")
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(shutdown); err != nil {
@@ -123,6 +135,23 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	}
 	os.Remove(g.Socket)
 	return nil
+}
+
+// reload makes the running configuration equal to the state file, read
+// again (SIGHUP, `systemctl reload natmap`). A file that does not load, or
+// a configuration that cannot be installed, changes nothing.
+func reload(ctx context.Context, svc *nat.Service, file *store.File, log *slog.Logger) {
+	_ = notify("RELOADING=1", "MONOTONIC_USEC="+monotonicUsec())
+	defer func() { _ = notify("READY=1", "STATUS="+svc.Stats().Summary()) }()
+	log.Info("reloading the state file", "state", file.Path)
+	st, err := file.Load()
+	if err != nil {
+		log.Error("reload refused, nothing changed", "err", err)
+		return
+	}
+	if err := svc.Reload(ctx, st); err != nil {
+		log.Error("reload refused, nothing changed", "state", file.Path, "err", err)
+	}
 }
 
 // lockState takes the state file's lock, waiting up to 3 s: a daemon that

@@ -1,0 +1,180 @@
+package nat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Reload makes the running configuration equal to st (the state file,
+// read again) in one change: the kernel is replaced in one transaction,
+// ports new to the configuration are reserved, those no rule uses any more
+// are released, and forwards that stay keep their reservation throughout.
+// As at start, a forward whose port another program holds is kept inactive
+// and retried. On any failure nothing changes.
+func (s *Service) Reload(ctx context.Context, st State) error {
+	return s.replaceAll(ctx, st, false)
+}
+
+// replaceAll is Reload; strict refuses the whole change, listing every
+// port it could not reserve, instead of keeping those forwards inactive.
+func (s *Service) replaceAll(ctx context.Context, st State, strict bool) error {
+	if err := st.Validate(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := NewService(Deps{Backend: s.backend, Reserver: s.reserver, Store: s.store, System: s.sys,
+		Router: s.router, Docker: s.docker, Log: s.log})
+	if err := next.build(st); err != nil {
+		return err
+	}
+	var fresh []Endpoint
+	var problems []error
+	for ep, e := range next.forwards {
+		if h, ok := s.holds[ep]; ok {
+			next.holds[ep] = h
+			continue
+		}
+		if err := next.take(ep); err != nil {
+			if strict {
+				problems = append(problems, fmt.Errorf("reserving %s: %w", ep, err))
+			} else {
+				next.inactive[ep] = err.Error()
+				s.log.Warn("forward inactive: port taken by another program", "forward", e.f.String(), "err", err)
+			}
+			continue
+		}
+		fresh = append(fresh, ep)
+	}
+	if len(problems) > 0 {
+		next.releaseAll(fresh)
+		return errors.Join(problems...)
+	}
+	before := s.activeRuleset()
+	after := next.activeRuleset()
+	if err := s.backend.Replace(ctx, after); err != nil {
+		next.releaseAll(fresh)
+		return fmt.Errorf("installing %d forwards with %s: %w", len(after.Forwards), s.backend.Name(), err)
+	}
+
+	old, oldRoutes := *s.model(), s.routes
+	s.setModel(next.model())
+	s.routes = map[PolicyRoute]string{}
+	for _, p := range st.PolicyRoutes {
+		s.routes[p] = oldRoutes[p]
+	}
+	if err := s.persist(); err != nil {
+		s.setModel(&old)
+		s.routes = oldRoutes
+		if uerr := s.backend.Replace(ctx, before); uerr != nil {
+			s.log.Error("restoring the rules after a failed reload", "err", uerr)
+		}
+		next.releaseAll(fresh)
+		return err
+	}
+	for ep, h := range old.holds {
+		if _, kept := s.holds[ep]; !kept {
+			if err := h.Close(); err != nil {
+				s.log.Warn("releasing a port", "endpoint", ep.String(), "err", err)
+			}
+		}
+	}
+	s.reconcileRoutes(oldRoutes)
+	for _, m := range s.mappings {
+		s.afterInstall(m)
+	}
+	if st.IPForward || st.IPv6Forward {
+		if err := s.sys.EnableForwarding(st.IPv6Forward); err != nil {
+			s.log.Warn("enabling IP forwarding failed", "err", err)
+		}
+	}
+	s.flushUDP(gone(before.Forwards, after.Forwards))
+	s.changes++
+	s.log.Info("configuration reloaded", "dnats", len(s.dnats), "hairpins", len(s.hairpins), "snats", len(s.snats),
+		"policy_routes", len(s.routes), "mappings", len(s.mappings), "forwards", len(s.forwards), "inactive", len(s.inactive))
+	return nil
+}
+
+// model is the part of the Service that Reload replaces as a whole.
+type model struct {
+	state    State
+	dnats    map[DNATID]DNAT
+	hairpins map[HairpinID]Hairpin
+	snats    map[SNATID]SNAT
+	forwards map[Endpoint]fwdEntry
+	inactive map[Endpoint]string
+	parked   map[Endpoint]string
+	holds    map[Endpoint]io.Closer
+	mappings map[int]Mapping
+	nextID   int
+}
+
+func (s *Service) model() *model {
+	return &model{s.state, s.dnats, s.hairpins, s.snats, s.forwards, s.inactive, s.parked, s.holds, s.mappings, s.nextID}
+}
+
+func (s *Service) setModel(m *model) {
+	s.state, s.dnats, s.hairpins, s.snats = m.state, m.dnats, m.hairpins, m.snats
+	s.forwards, s.inactive, s.parked, s.holds = m.forwards, m.inactive, m.parked, m.holds
+	s.mappings, s.nextID = m.mappings, m.nextID
+}
+
+// reconcileRoutes brings the kernel from the policy routes in old to
+// those now in s.routes: it removes the routes no longer wanted (a table's
+// routes with the last rule using it) and installs the new ones, and those
+// that failed before. A route that fails stays in the state with the
+// reason, as at start.
+func (s *Service) reconcileRoutes(old map[PolicyRoute]string) {
+	tables := map[uint32]bool{}
+	for p := range s.routes {
+		tables[p.Table] = true
+	}
+	for p, reason := range old {
+		if _, keep := s.routes[p]; !keep && reason != "" {
+			delete(old, p) // never installed
+		}
+	}
+	for p := range old {
+		if _, keep := s.routes[p]; keep {
+			continue
+		}
+		delete(old, p)
+		last := !tables[p.Table]
+		for q := range old {
+			if q.Table == p.Table {
+				last = false
+			}
+		}
+		if err := s.router.DeletePolicyRoute(p, last); err != nil {
+			s.log.Error("removing a policy route", "route", p.String(), "err", err)
+		}
+	}
+	for p, reason := range s.routes {
+		if _, had := old[p]; had && reason == "" {
+			continue
+		}
+		s.routes[p] = ""
+		if err := s.router.AddPolicyRoute(p); err != nil {
+			s.routes[p] = err.Error()
+			s.log.Warn("policy route not installed", "route", p.String(), "err", err)
+		}
+	}
+}
+
+// gone lists the forwards of before whose endpoint after does not forward
+// the same way.
+func gone(before, after []Forward) []Forward {
+	now := make(map[Forward]bool, len(after))
+	for _, f := range after {
+		now[f] = true
+	}
+	var out []Forward
+	for _, f := range before {
+		if !now[f] {
+			out = append(out, f)
+		}
+	}
+	return out
+}
