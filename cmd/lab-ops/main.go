@@ -33,6 +33,8 @@ type CLI struct {
 // NatmapCmd groups natmap's commands.
 type NatmapCmd struct {
 	Daemon      DaemonCmd      `cmd:"" help:"Run the natmap daemon (as root): it owns the NAT rules and serves the socket API."`
+	Install     InstallCmd     `cmd:"" help:"Install natmap as a systemd service (as root): binary, natmap group, unit, enable --now."`
+	Uninstall   UninstallCmd   `cmd:"" help:"Remove what install did (the state stays unless --purge)."`
 	Dnat        DnatCmd        `cmd:"" help:"Forward ports of an external address to an internal host (--delete to remove)."`
 	Snat        SnatCmd        `cmd:"" help:"Rewrite the source address of an internal host's outgoing traffic (--delete to remove)."`
 	Hairpin     HairpinCmd     `cmd:"" help:"Let internal hosts reach a forwarded service through the external address (--delete to remove)."`

@@ -1,0 +1,326 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/lab-ops/natmap/compat"
+	"github.com/lab-ops/natmap/nft"
+	"github.com/lab-ops/natmap/store"
+)
+
+// InstallCmd installs natmap as a systemd service.
+type InstallCmd struct {
+	DryRun bool   `help:"Print every action, and the unit file, without doing any of them."`
+	Root   string `type:"path" help:"Install into this directory instead of / (an image, a test): writes the files, the group and the enablement; starts nothing." placeholder:"DIR"`
+	User   string `help:"User to add to the natmap group (default: the user who ran sudo, $SUDO_USER)." placeholder:"NAME"`
+}
+
+// UninstallCmd removes what install did.
+type UninstallCmd struct {
+	DryRun bool   `help:"Print every action without doing any of them."`
+	Root   string `type:"path" help:"Uninstall from this directory instead of /; stops nothing." placeholder:"DIR"`
+	Purge  bool   `help:"Also remove every natmap rule from the kernel, the state (/var/lib/natmap) and /etc/natmap."`
+}
+
+// step is one action of install or uninstall: done reports that there is
+// nothing to do, do does it.
+type step struct {
+	what string
+	done func() (bool, error)
+	do   func() error
+}
+
+// host is the system install acts on: / or --root.
+type host struct {
+	root string
+	run  func(name string, args ...string) error
+}
+
+func newHost(root string) host {
+	return host{root: root, run: func(name string, args ...string) error {
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+		}
+		return nil
+	}}
+}
+
+func (h host) path(p string) string { return filepath.Join(h.root, p) }
+
+// live reports that install acts on the running system, not a directory.
+func (h host) live() bool { return h.root == "" || h.root == "/" }
+
+// prefix is the option that points the shadow tools at the root.
+func (h host) prefix() []string {
+	if h.live() {
+		return nil
+	}
+	return []string{"--prefix", h.root}
+}
+
+// systemctl runs systemctl on the root (offline with --root).
+func (h host) systemctl(args ...string) error {
+	if !h.live() {
+		args = append([]string{"--root", h.root}, args...)
+	}
+	return h.run("systemctl", args...)
+}
+
+// groupMembers returns the members of group in the root's /etc/group, and
+// whether the group exists.
+func (h host) groupMembers(group string) ([]string, bool, error) {
+	f, err := os.Open(h.path("/etc/group"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("reading the groups: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), ":")
+		if len(fields) == 4 && fields[0] == group {
+			var members []string
+			if fields[3] != "" {
+				members = strings.Split(fields[3], ",")
+			}
+			return members, true, nil
+		}
+	}
+	return nil, false, sc.Err()
+}
+
+// sameFile reports that path holds exactly b with mode perm.
+func (h host) sameFile(path string, b []byte, perm fs.FileMode) (bool, error) {
+	fi, err := os.Stat(h.path(path))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	have, err := os.ReadFile(h.path(path))
+	if err != nil {
+		return false, err
+	}
+	return bytes.Equal(have, b) && fi.Mode().Perm() == perm, nil
+}
+
+func (h host) absent(path string) func() (bool, error) {
+	return func() (bool, error) {
+		_, err := os.Lstat(h.path(path))
+		if errors.Is(err, fs.ErrNotExist) {
+			return true, nil
+		}
+		return false, err
+	}
+}
+
+// Run installs natmap: binary, group, membership, unit, enable --now.
+func (c *InstallCmd) Run(g *Globals, out *output) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("finding this program: %w", err)
+	}
+	bin, err := os.ReadFile(self)
+	if err != nil {
+		return fmt.Errorf("reading this program: %w", err)
+	}
+	user := c.User
+	if user == "" {
+		user = os.Getenv("SUDO_USER")
+	}
+	if user == "root" {
+		user = ""
+	}
+	h := newHost(c.Root)
+	unit := []byte(unitFile())
+	changed := false // the binary or the unit: a running service restarts
+	joined := false  // user joined the group
+	steps := []step{
+		{
+			what: "copy " + self + " to " + binPath,
+			done: func() (bool, error) { return h.sameFile(binPath, bin, 0o755) },
+			do: func() error {
+				changed = true
+				return store.WriteFile(h.path(binPath), bin, 0o755)
+			},
+		},
+		{
+			what: "create the system group " + serviceGroup,
+			done: func() (bool, error) { _, ok, err := h.groupMembers(serviceGroup); return ok, err },
+			do: func() error {
+				return h.run("groupadd", append(h.prefix(), "--system", serviceGroup)...)
+			},
+		},
+	}
+	if user != "" {
+		steps = append(steps, step{
+			what: "add " + user + " to the group " + serviceGroup + " (it takes effect at their next login)",
+			done: func() (bool, error) {
+				members, _, err := h.groupMembers(serviceGroup)
+				return slices.Contains(members, user), err
+			},
+			do: func() error {
+				joined = true
+				return h.run("usermod", append(h.prefix(), "--append", "--groups", serviceGroup, user)...)
+			},
+		})
+	}
+	steps = append(steps, step{
+		what: "write " + unitPath,
+		done: func() (bool, error) { return h.sameFile(unitPath, unit, 0o644) },
+		do: func() error {
+			changed = true
+			return store.WriteFile(h.path(unitPath), unit, 0o644)
+		},
+	})
+	if h.live() {
+		steps = append(steps, step{
+			what: "systemctl daemon-reload",
+			done: func() (bool, error) { return !changed, nil },
+			do:   func() error { return h.systemctl("daemon-reload") },
+		})
+	}
+	steps = append(steps, step{
+		what: "systemctl enable " + unitName,
+		done: func() (bool, error) { return h.systemctl("--quiet", "is-enabled", unitName) == nil, nil },
+		do:   func() error { return h.systemctl("--quiet", "enable", unitName) },
+	})
+	if h.live() {
+		steps = append(steps, step{
+			what: "systemctl start " + unitName + " (or restart it when the binary or the unit changed)",
+			done: func() (bool, error) { return !changed && h.systemctl("--quiet", "is-active", unitName) == nil, nil },
+			do:   func() error { return h.systemctl("restart", unitName) },
+		})
+	}
+	if c.DryRun {
+		fmt.Fprintf(out.stdout, "The unit file %s:\n\n%s\n", unitPath, unit)
+	}
+	if err := runSteps(steps, c.DryRun, out); err != nil {
+		return err
+	}
+	if joined {
+		fmt.Fprintf(out.stdout, "After %s logs in again, lab-ops natmap works without sudo.\n", user)
+	}
+	return nil
+}
+
+// Run uninstalls natmap.
+func (c *UninstallCmd) Run(g *Globals, out *output) error {
+	h := newHost(c.Root)
+	_, err := os.Stat(h.path(unitPath))
+	hadUnit := err == nil
+	var steps []step
+	if h.live() && c.Purge {
+		active := h.systemctl("--quiet", "is-active", unitName) == nil
+		steps = append(steps, step{
+			what: "remove every natmap rule from the kernel",
+			done: func() (bool, error) { return false, nil },
+			do: func() error {
+				if active { // the daemon removes policy routes too
+					_, err := newClient(&Globals{Socket: socketLink}, out).call(http.MethodDelete, "/clear", nil, nil)
+					return err
+				}
+				log := slog.New(slog.NewTextHandler(out.stderr, nil))
+				nb := nft.New()
+				defer nb.Close()
+				if err := nb.Remove(); err != nil {
+					return err
+				}
+				removeCompat(log, compat.Legacy, compat.NFT)
+				return nil
+			},
+		})
+	}
+	steps = append(steps, step{
+		what: "systemctl disable " + unitName,
+		done: func() (bool, error) {
+			_, err := os.Stat(h.path(unitPath))
+			return errors.Is(err, fs.ErrNotExist) || h.systemctl("--quiet", "is-enabled", unitName) != nil, nil
+		},
+		do: func() error { return h.systemctl("--quiet", "disable", unitName) },
+	})
+	if h.live() {
+		steps = append(steps, step{
+			what: "systemctl stop " + unitName + " (the kernel rules stay unless --purge)",
+			done: func() (bool, error) { return h.systemctl("--quiet", "is-active", unitName) != nil, nil },
+			do:   func() error { return h.systemctl("stop", unitName) },
+		})
+	}
+	steps = append(steps,
+		removeStep(h, unitPath),
+		removeStep(h, socketLink),
+		removeStep(h, binPath),
+		step{
+			what: "delete the group " + serviceGroup,
+			done: func() (bool, error) { _, ok, err := h.groupMembers(serviceGroup); return !ok, err },
+			do:   func() error { return h.run("groupdel", append(h.prefix(), serviceGroup)...) },
+		})
+	if h.live() {
+		steps = append(steps, step{
+			what: "systemctl daemon-reload",
+			done: func() (bool, error) { return !hadUnit, nil },
+			do:   func() error { return h.systemctl("daemon-reload") },
+		})
+	}
+	if c.Purge {
+		steps = append(steps, removeStep(h, stateDir), removeStep(h, configDir))
+	} else {
+		fmt.Fprintf(out.stdout, "The state (%s) stays: install again to carry on where natmap left off, or uninstall --purge to remove it.\n", stateDir)
+	}
+	return runSteps(steps, c.DryRun, out)
+}
+
+func removeStep(h host, path string) step {
+	return step{
+		what: "remove " + path,
+		done: h.absent(path),
+		do:   func() error { return os.RemoveAll(h.path(path)) },
+	}
+}
+
+// runSteps does each step that is not done yet (or, with dryRun, says
+// what it would do), and says when there was nothing to do.
+func runSteps(steps []step, dryRun bool, out *output) error {
+	did := 0
+	for _, s := range steps {
+		done, err := s.done()
+		if err != nil {
+			return fmt.Errorf("checking %q: %w", s.what, err)
+		}
+		switch {
+		case done:
+			fmt.Fprintf(out.stdout, "  unchanged  %s\n", s.what)
+		case dryRun:
+			fmt.Fprintf(out.stdout, "  would      %s\n", s.what)
+			did++
+		default:
+			if err := s.do(); err != nil {
+				return fmt.Errorf("%s: %w", s.what, err)
+			}
+			fmt.Fprintf(out.stdout, "  done       %s\n", s.what)
+			did++
+		}
+	}
+	switch {
+	case did == 0:
+		fmt.Fprintln(out.stdout, "Nothing to do: already as it should be.")
+	case dryRun:
+		fmt.Fprintf(out.stdout, "Dry run: %d actions not done.\n", did)
+	}
+	return nil
+}
