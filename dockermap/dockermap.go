@@ -105,6 +105,26 @@ func (d *Docker) Container(ctx context.Context, ref string) (nat.Container, erro
 	return nat.Container{}, fmt.Errorf("inspecting container %q: %w", ref, err)
 }
 
+// Names lists the names of every container, running or not.
+func (d *Docker) Names(ctx context.Context) ([]string, error) {
+	cli, err := d.client()
+	if err != nil {
+		return nil, err
+	}
+	list, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true})
+	if err != nil {
+		return nil, fmt.Errorf("listing containers: %w", err)
+	}
+	var names []string
+	for _, c := range list.Items {
+		for _, n := range c.Names {
+			names = append(names, strings.TrimPrefix(n, "/"))
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
 // ambiguous names the containers whose ID starts with ref.
 func (d *Docker) ambiguous(ctx context.Context, cli *client.Client, ref string) error {
 	list, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true})

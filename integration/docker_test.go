@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -337,6 +339,14 @@ func TestIntegrationDockerContainerReferences(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "matches several containers") || !strings.Contains(errOut, names[0]) || !strings.Contains(errOut, names[1]) {
 		t.Fatalf("ambiguous prefix: exit %d %s", code, errOut)
 	}
+	// Completion offers Docker's container names, from the daemon.
+	line := "lab-ops natmap docker add ref1"
+	comp := exec.Command(binary)
+	comp.Env = append(os.Environ(), "COMP_LINE="+line, fmt.Sprintf("COMP_POINT=%d", len(line)), "NATMAP_SOCKET="+d.socket)
+	if out, err := comp.Output(); err != nil || !strings.Contains(string(out), "ref1\n") || strings.Contains(string(out), "ref0") {
+		t.Errorf("completing %q: %v %q, want ref1 and the other ref1* containers", line, err, out)
+	}
+
 	// A full ID and a unique prefix both name the container.
 	id := d.engine.inspect(t, names[0], "{{.Id}}")
 	d.mustCLI("docker", "add", id, "8081:80")

@@ -39,6 +39,8 @@ type Info struct {
 	Save func(Ruleset) ([]string, error)
 	// DockerState reports whether Docker answers, and why not.
 	DockerState func() (bool, error)
+	// ContainerNames lists Docker's containers; nil without Docker.
+	ContainerNames func(context.Context) ([]string, error)
 }
 
 type api struct {
@@ -77,6 +79,7 @@ func NewHandler(svc *Service, info Info, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET /rules", a.rules)
 	mux.HandleFunc("DELETE /clear", a.clear)
 	mux.HandleFunc("GET /status", a.status)
+	mux.HandleFunc("GET /containers", a.containers)
 	mux.HandleFunc("POST /fwd", a.fwd)
 	mux.HandleFunc("POST /save", a.save)
 	mux.HandleFunc("GET /ruleset", a.ruleset)
@@ -212,6 +215,19 @@ func (a *api) status(w http.ResponseWriter, r *http.Request) {
 		Rules:         a.svc.Stats(),
 		UptimeSeconds: int64(time.Since(a.info.Started).Seconds()),
 	})
+}
+
+// containers lists the names of the containers natmap maps and, when
+// Docker answers, of all of Docker's containers (for completion).
+func (a *api) containers(w http.ResponseWriter, r *http.Request) {
+	names := a.svc.ContainerNames()
+	if a.info.ContainerNames != nil {
+		if more, err := a.info.ContainerNames(r.Context()); err == nil {
+			names = append(names, more...)
+		}
+	}
+	slices.Sort(names)
+	reply(w, http.StatusOK, ContainersResponse{Containers: slices.Compact(names)})
 }
 
 func (a *api) fwd(w http.ResponseWriter, r *http.Request) {

@@ -149,6 +149,12 @@ type StatusResponse struct {
 	UptimeSeconds int64 `json:"uptime_seconds"`
 }
 
+// ContainersResponse is the reply of GET /containers.
+type ContainersResponse struct {
+	// Containers are container names, sorted.
+	Containers []string `json:"containers"`
+}
+
 // ErrorResponse is the body of every error reply.
 type ErrorResponse struct {
 	// Error says what went wrong.

@@ -94,9 +94,10 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	srv := &http.Server{
 		Handler: nat.NewHandler(svc, nat.Info{
 			Version: version(), BackendReason: reason, Started: time.Now(),
-			Render:      func(rs nat.Ruleset) []byte { return be.render(rs)[0].data },
-			Save:        func(rs nat.Ruleset) ([]string, error) { return saveFiles(d.savePath(backend), be.render(rs)) },
-			DockerState: docker.State,
+			Render:         func(rs nat.Ruleset) []byte { return be.render(rs)[0].data },
+			Save:           func(rs nat.Ruleset) ([]string, error) { return saveFiles(d.savePath(backend), be.render(rs)) },
+			DockerState:    docker.State,
+			ContainerNames: docker.Names,
 		}, log),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,

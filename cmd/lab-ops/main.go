@@ -27,7 +27,8 @@ const (
 type CLI struct {
 	Globals
 
-	Natmap NatmapCmd `cmd:"" help:"Manage the host's NAT: DNAT, port reservations, the natmap daemon."`
+	Natmap     NatmapCmd     `cmd:"" help:"Manage the host's NAT: DNAT, port reservations, the natmap daemon."`
+	Completion CompletionCmd `cmd:"" help:"Print a shell completion script: source <(lab-ops completion bash)."`
 }
 
 // NatmapCmd groups natmap's commands.
@@ -54,17 +55,16 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	var cli CLI
 	exitCode := -1
-	parser, err := kong.New(&cli,
-		kong.Name("lab-ops"),
-		kong.Description("natmap: the single authority for this host's NAT."),
-		kong.Writers(stdout, stderr),
-		kong.Exit(func(code int) { exitCode = code }),
-		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
-		kong.Vars{"version": version()},
-	)
+	parser, err := newParser(&cli, stdout, stderr, func(code int) { exitCode = code })
 	if err != nil {
 		fmt.Fprintln(stderr, "internal error:", err)
 		return exitUnknown
+	}
+	if line, bash, ok := completionRequest(); ok {
+		for _, c := range completions(parser.Model, line, bash, daemonContainers) {
+			fmt.Fprintln(stdout, c)
+		}
+		return exitOK
 	}
 	ctx, err := parser.Parse(args)
 	if exitCode >= 0 { // --help and the like
@@ -85,6 +85,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitFailed
 	}
 	return exitOK
+}
+
+// newParser builds the command line's model.
+func newParser(cli *CLI, stdout, stderr io.Writer, exit func(int)) (*kong.Kong, error) {
+	return kong.New(cli,
+		kong.Name("lab-ops"),
+		kong.Description("natmap: the single authority for this host's NAT."),
+		kong.Writers(stdout, stderr),
+		kong.Exit(exit),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Vars{"version": version()},
+	)
 }
 
 // usageError is a command line that parsed but makes no sense.
