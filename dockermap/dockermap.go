@@ -43,6 +43,15 @@ type Docker struct {
 	cli       *client.Client
 	connected bool
 	lastErr   error
+	connects  int // times the daemon (re)connected
+}
+
+// Reconnects counts the times natmap connected to Docker again after
+// losing it.
+func (d *Docker) Reconnects() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return max(d.connects-1, 0)
 }
 
 // New returns a Docker for the engine at host (such as DefaultHost). mark
@@ -209,6 +218,9 @@ func (d *Docker) session(ctx context.Context, svc *nat.Service) error {
 	d.mu.Lock()
 	wasDown := !d.connected
 	d.connected, d.lastErr = true, nil
+	if wasDown {
+		d.connects++
+	}
 	d.mu.Unlock()
 	if wasDown {
 		d.log.Info("connected to Docker", "host", d.host)

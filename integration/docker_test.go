@@ -387,4 +387,7 @@ func TestIntegrationDockerEngineRestart(t *testing.T) {
 	}) {
 		t.Fatalf("the mapping did not come back after Docker restarted:\n%s\n%s", d.mustCLI("ls"), d.daemonLog)
 	}
+	if _, text := d.api("GET", "/metrics", ""); value(scrape(t, text), "natmap_docker_reconnects_total") != 1 {
+		t.Errorf("natmap_docker_reconnects_total after one engine restart:\n%s", text)
+	}
 }

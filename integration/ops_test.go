@@ -1,13 +1,21 @@
 package integration
 
 import (
+	"bufio"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // notifySocket listens where the daemon sends sd_notify messages and
@@ -111,4 +119,121 @@ func TestReadinessAndReload(t *testing.T) {
 		t.Errorf("a refused reload changed the kernel:\n%s\nwant\n%s", after, before)
 	}
 	expectReach(t, l.client, "tcp", extIP+":2525", "two")
+}
+
+// scrape reads the metrics in Prometheus' text format.
+func scrape(t *testing.T, text string) map[string]*dto.MetricFamily {
+	t.Helper()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("the metrics do not parse: %v\n%s", err, text)
+	}
+	return fams
+}
+
+// value is the value of the family's metric with the given labels (name,
+// value pairs); for a histogram, its count.
+func value(fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+	f, ok := fams[name]
+	if !ok {
+		return -1
+	}
+next:
+	for _, m := range f.Metric {
+		for i := 0; i+1 < len(labels); i += 2 {
+			found := false
+			for _, lp := range m.Label {
+				found = found || (lp.GetName() == labels[i] && lp.GetValue() == labels[i+1])
+			}
+			if !found {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount())
+		}
+	}
+	return -1
+}
+
+// TestMetrics: GET /metrics on the socket and on --metrics-listen parses
+// as Prometheus text, and its numbers move with what the daemon does.
+func TestMetrics(t *testing.T) {
+	l := newLab(t)
+	l.startDaemon("--metrics-listen", "127.0.0.1:9187", "--check-interval", "100ms")
+	metrics := func() map[string]*dto.MetricFamily {
+		code, text := l.api("GET", "/metrics", "")
+		if code != 200 {
+			t.Fatalf("GET /metrics: %d %s", code, text)
+		}
+		return scrape(t, text)
+	}
+	m := metrics()
+	if v := value(m, "natmap_rules", "kind", "dnat", "status", "active"); v != 0 {
+		t.Fatalf("natmap_rules{dnat,active} = %v at start, want 0", v)
+	}
+	applies := max(value(m, "natmap_kernel_apply_seconds", "op", "apply"), 0) // absent before the first
+
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25,465")
+	// A port another program holds is a reservation failure.
+	var held net.Listener
+	if err := l.router.Do(func() (err error) { held, err = net.Listen("tcp", extIP+":587"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if _, _, code := l.cli("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "587"); code == 0 {
+		t.Fatal("a dnat on a held port was accepted")
+	}
+	l.dropNAT()
+	if !waitFor(5*time.Second, func() bool { return value(metrics(), "natmap_kernel_repairs_total") == 1 }) {
+		t.Fatalf("natmap_kernel_repairs_total did not reach 1:\n%s", l.daemonLog)
+	}
+
+	m = metrics()
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"natmap_rules", []string{"kind", "dnat", "status", "active"}, 1},
+		{"natmap_forwards", []string{"status", "active"}, 2},
+		{"natmap_changes_applied_total", nil, 1},
+		{"natmap_reservation_failures_total", nil, 1},
+		{"natmap_reserved_ports", nil, 2},
+		{"natmap_docker_connected", nil, 0},
+		{"natmap_docker_reconnects_total", nil, 0},
+	} {
+		if got := value(m, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	if got := value(m, "natmap_kernel_apply_seconds", "op", "apply"); got != applies+1 {
+		t.Errorf("kernel applies observed: %v, want %v", got, applies+1)
+	}
+
+	// The same over TCP, for a scraper.
+	var conn net.Conn
+	if err := l.router.Do(func() (err error) { conn, err = net.Dial("tcp", "127.0.0.1:9187"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "GET /metrics HTTP/1.0\r\nHost: natmap\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /metrics over TCP: %d %v", resp.StatusCode, err)
+	}
+	text := string(b)
+	if got := value(scrape(t, text), "natmap_rules", "kind", "dnat", "status", "active"); got != 1 {
+		t.Errorf("over TCP natmap_rules{dnat,active} = %v, want 1", got)
+	}
 }

@@ -6,6 +6,7 @@ import "fmt"
 func (s *Service) take(ep Endpoint) error {
 	c, err := s.reserver.Reserve(ep)
 	if err != nil {
+		s.reserveFailures++
 		return err
 	}
 	s.holds[ep] = c

@@ -48,6 +48,7 @@ func (s *Service) replaceAll(ctx context.Context, st State, strict bool) error {
 		}
 		fresh = append(fresh, ep)
 	}
+	s.reserveFailures += next.reserveFailures
 	if len(problems) > 0 {
 		next.releaseAll(fresh)
 		return errors.Join(problems...)

@@ -37,6 +37,8 @@ type Service struct {
 	docker   Containers
 	changes  int // changes applied since start
 
+	reserveFailures int // reservations refused since start
+
 	repairs    int       // times Heal restored the kernel rules
 	lastRepair time.Time // when it last did
 }

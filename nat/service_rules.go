@@ -409,6 +409,9 @@ type Stats struct {
 	// Repairs counts the times natmap restored its rules after somebody
 	// else changed them.
 	Repairs int `json:"repairs"`
+	// ReserveFailures counts the port reservations refused since start
+	// (another program held the port, or descriptors ran out).
+	ReserveFailures int `json:"reserve_failures"`
 	// ByState counts the rules of each kind ("dnat", "hairpin", "snat",
 	// "policy_route", "mapping") by status ("active", "partial",
 	// "inactive").
@@ -427,19 +430,20 @@ func (s *Service) Stats() Stats {
 		lastRepair = &t
 	}
 	return Stats{
-		ByState:      s.list().byState(),
-		Dnats:        len(s.dnats),
-		Hairpins:     len(s.hairpins),
-		Snats:        len(s.snats),
-		PolicyRoutes: len(s.routes),
-		Mappings:     len(s.mappings),
-		Forwards:     len(s.forwards),
-		Inactive:     len(s.inactive),
-		Reservations: len(s.holds),
-		Changes:      s.changes,
-		IPForward:    s.state.IPForward,
-		Repairs:      s.repairs,
-		LastRepair:   lastRepair,
+		ByState:         s.list().byState(),
+		Dnats:           len(s.dnats),
+		Hairpins:        len(s.hairpins),
+		Snats:           len(s.snats),
+		PolicyRoutes:    len(s.routes),
+		Mappings:        len(s.mappings),
+		Forwards:        len(s.forwards),
+		Inactive:        len(s.inactive),
+		Reservations:    len(s.holds),
+		Changes:         s.changes,
+		IPForward:       s.state.IPForward,
+		Repairs:         s.repairs,
+		ReserveFailures: s.reserveFailures,
+		LastRepair:      lastRepair,
 	}
 }
 

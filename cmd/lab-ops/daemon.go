@@ -34,6 +34,7 @@ type DaemonCmd struct {
 	CheckInterval time.Duration `default:"300ms" help:"How often to check that nobody removed natmap's rules (they are restored at once); 0 turns the check off."`
 	SavePath      string        `default:"" type:"path" help:"Where save writes the ruleset: default /etc/natmap/natmap.nft (nftables), /etc/iptables/rules.v4 and rules.v6 (iptables)." placeholder:"PATH"`
 	DockerHost    string        `default:"unix:///var/run/docker.sock" env:"DOCKER_HOST" help:"Docker engine to follow; the daemon runs without it until it answers." placeholder:"URL"`
+	MetricsListen string        `help:"Also serve GET /metrics (Prometheus) on this TCP address, such as 127.0.0.1:9187; off by default (the socket always serves it)." placeholder:"ADDR"`
 }
 
 // Run starts the daemon and serves until SIGTERM or SIGINT. On exit the
@@ -74,7 +75,8 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		}
 		log.Info("migrating the earlier natmap's state file; its iptables rules were removed", "state", d.State, "removed", n)
 	}
-	svc := nat.NewService(nat.Deps{Backend: backend, Reserver: reserve.New(), Store: file, System: hostSystem{},
+	met := newMetrics()
+	svc := nat.NewService(nat.Deps{Backend: timed{backend, met.apply}, Reserver: reserve.New(), Store: file, System: hostSystem{},
 		Router: route.Netlink{}, Docker: docker, Log: log})
 	if err := svc.Start(ctx, st); err != nil {
 		return err
@@ -87,18 +89,37 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		log.Info("state file rewritten in natmap's format", "state", d.State, "backup", file.BackupPath())
 	}
 
+	met.watch(svc, docker.State, docker.Reconnects)
+
 	ln, err := listen(g.Socket, d.SocketGroup, log)
 	if err != nil {
 		return err
 	}
+	var metricsSrv *http.Server
+	if d.MetricsListen != "" {
+		mln, err := net.Listen("tcp", d.MetricsListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", met.handler())
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go metricsSrv.Serve(mln)
+		defer metricsSrv.Close()
+		log.Info("serving metrics", "address", mln.Addr().String())
+	}
+	api := http.NewServeMux()
+	api.Handle("GET /metrics", met.handler())
+	api.Handle("/", nat.NewHandler(svc, nat.Info{
+		Version: version(), BackendReason: reason, Started: time.Now(),
+		Render:         func(rs nat.Ruleset) []byte { return be.render(rs)[0].data },
+		Save:           func(rs nat.Ruleset) ([]string, error) { return saveFiles(d.savePath(backend), be.render(rs)) },
+		DockerState:    docker.State,
+		ContainerNames: docker.Names,
+	}, log))
 	srv := &http.Server{
-		Handler: nat.NewHandler(svc, nat.Info{
-			Version: version(), BackendReason: reason, Started: time.Now(),
-			Render:         func(rs nat.Ruleset) []byte { return be.render(rs)[0].data },
-			Save:           func(rs nat.Ruleset) ([]string, error) { return saveFiles(d.savePath(backend), be.render(rs)) },
-			DockerState:    docker.State,
-			ContainerNames: docker.Names,
-		}, log),
+		Handler:           api,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       time.Minute,
