@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/alecthomas/kong"
+
 	"github.com/lab-ops/natmap/compat"
 	"github.com/lab-ops/natmap/nft"
 	"github.com/lab-ops/natmap/store"
@@ -129,8 +131,9 @@ func (h host) absent(path string) func() (bool, error) {
 	}
 }
 
-// Run installs natmap: binary, group, membership, unit, enable --now.
-func (c *InstallCmd) Run(g *Globals, out *output) error {
+// Run installs natmap: binary, man pages, group, membership, unit,
+// enable --now.
+func (c *InstallCmd) Run(g *Globals, out *output, app *kong.Kong) error {
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("finding this program: %w", err)
@@ -157,6 +160,25 @@ func (c *InstallCmd) Run(g *Globals, out *output) error {
 			do: func() error {
 				changed = true
 				return store.WriteFile(h.path(binPath), bin, 0o755)
+			},
+		},
+		{
+			what: "write the man pages to " + manDir + " (man lab-ops-natmap)",
+			done: func() (bool, error) {
+				for name, page := range manPages(app.Model) {
+					if same, err := h.sameFile(filepath.Join(manDir, name), []byte(page), 0o644); !same || err != nil {
+						return false, err
+					}
+				}
+				return true, nil
+			},
+			do: func() error {
+				for name, page := range manPages(app.Model) {
+					if err := store.WriteFile(h.path(filepath.Join(manDir, name)), []byte(page), 0o644); err != nil {
+						return err
+					}
+				}
+				return nil
 			},
 		},
 		{
@@ -265,6 +287,22 @@ func (c *UninstallCmd) Run(g *Globals, out *output) error {
 		removeStep(h, unitPath),
 		removeStep(h, socketLink),
 		removeStep(h, binPath),
+		step{
+			what: "remove the man pages from " + manDir,
+			done: func() (bool, error) {
+				matches, err := filepath.Glob(h.path(filepath.Join(manDir, "lab-ops-*.8")))
+				return len(matches) == 0, err
+			},
+			do: func() error {
+				matches, _ := filepath.Glob(h.path(filepath.Join(manDir, "lab-ops-*.8")))
+				for _, m := range matches {
+					if err := os.Remove(m); err != nil {
+						return err
+					}
+				}
+				return nil
+			},
+		},
 		step{
 			what: "delete the group " + serviceGroup,
 			done: func() (bool, error) { _, ok, err := h.groupMembers(serviceGroup); return !ok, err },

@@ -129,3 +129,45 @@ func TestInstallIntoRoot(t *testing.T) {
 		t.Errorf("a second uninstall: exit %d, want nothing done:\n%s", code, out)
 	}
 }
+
+// TestManPages: every command has a page that names each of its flags and
+// renders without complaint.
+func TestManPages(t *testing.T) {
+	var cli CLI
+	parser, err := newParser(&cli, os.Stdout, os.Stderr, func(int) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages := manPages(parser.Model)
+	for _, want := range []string{"lab-ops-natmap.8", "lab-ops-natmap-dnat.8", "lab-ops-natmap-docker-add.8", "lab-ops-natmap-install.8", "lab-ops-completion.8"} {
+		if _, ok := pages[want]; !ok {
+			t.Errorf("no page %s among %d", want, len(pages))
+		}
+	}
+	dir := t.TempDir()
+	if out, code := runCLI(t, "man", "--dir", dir); code != 0 {
+		t.Fatalf("man: exit %d\n%s", code, out)
+	}
+	for _, n := range parser.Model.Leaves(true) {
+		page, ok := pages[pageName(n)+".8"]
+		if !ok {
+			if !n.Hidden {
+				t.Errorf("no page for %s", pageName(n))
+			}
+			continue
+		}
+		for _, f := range n.Flags {
+			if !f.Hidden && !strings.Contains(page, `\-\-`+roff(f.Name)) {
+				t.Errorf("%s does not describe --%s", pageName(n), f.Name)
+			}
+		}
+		if _, err := exec.LookPath("man"); err == nil {
+			cmd := exec.Command("man", "--warnings", "-l", filepath.Join(dir, pageName(n)+".8"))
+			cmd.Env = append(os.Environ(), "MANWIDTH=80", "MANPAGER=cat")
+			out, err := cmd.CombinedOutput()
+			if err != nil || strings.Contains(string(out), "warning") {
+				t.Errorf("man -l %s: %v\n%s", pageName(n), err, out)
+			}
+		}
+	}
+}

@@ -29,6 +29,7 @@ type CLI struct {
 
 	Natmap     NatmapCmd     `cmd:"" help:"Manage the host's NAT: DNAT, port reservations, the natmap daemon."`
 	Completion CompletionCmd `cmd:"" help:"Print a shell completion script: source <(lab-ops completion bash)."`
+	Man        ManCmd        `cmd:"" hidden:"" help:"Write man pages generated from the command line (just man)."`
 }
 
 // NatmapCmd groups natmap's commands.
@@ -76,7 +77,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	out = newOutput(&cli.Globals, stdout, stderr)
-	if err := ctx.Run(&cli.Globals, out); err != nil {
+	if err := ctx.Run(&cli.Globals, out, parser); err != nil {
 		out.fail(err)
 		var ue usageError
 		if errors.As(err, &ue) {

@@ -5,6 +5,7 @@ import "strings"
 // Where install puts things (under --root).
 const (
 	binPath      = "/usr/local/bin/lab-ops"
+	manDir       = "/usr/local/share/man/man8"
 	unitPath     = "/etc/systemd/system/natmap.service"
 	unitName     = "natmap.service"
 	serviceGroup = "natmap"
