@@ -80,6 +80,8 @@ func NewHandler(svc *Service, info Info, log *slog.Logger) http.Handler {
 	mux.HandleFunc("DELETE /clear", a.clear)
 	mux.HandleFunc("GET /status", a.status)
 	mux.HandleFunc("GET /containers", a.containers)
+	mux.HandleFunc("GET /config", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, svc.Config()) })
+	mux.HandleFunc("POST /apply", a.apply)
 	mux.HandleFunc("POST /fwd", a.fwd)
 	mux.HandleFunc("POST /save", a.save)
 	mux.HandleFunc("GET /ruleset", a.ruleset)
@@ -287,8 +289,29 @@ func (a *api) noRoute(w http.ResponseWriter, r *http.Request) {
 }
 
 // fail replies with the error's status; the mapping lives in ErrStatus.
+// apply makes the configuration equal to the body's (POST /apply).
+func (a *api) apply(w http.ResponseWriter, r *http.Request) {
+	var req ApplyRequest
+	if err := decodeBody(w, r, &req, false); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	resp, err := a.svc.Apply(r.Context(), req.Config, req.Prune, req.DryRun)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	reply(w, http.StatusOK, resp)
+}
+
 func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 	code := ErrStatus(err)
+	var pe *ProblemsError
+	if errors.As(err, &pe) {
+		a.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "status", code, "problems", len(pe.Problems))
+		reply(w, code, ErrorResponse{Error: errorText(err), Problems: pe.Problems})
+		return
+	}
 	level := slog.LevelInfo
 	if code >= 500 {
 		level = slog.LevelError

@@ -2,7 +2,6 @@ package nat
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 )
@@ -20,18 +19,24 @@ func (s *Service) Reload(ctx context.Context, st State) error {
 // replaceAll is Reload; strict refuses the whole change, listing every
 // port it could not reserve, instead of keeping those forwards inactive.
 func (s *Service) replaceAll(ctx context.Context, st State, strict bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.replaceLocked(ctx, st, strict)
+}
+
+// replaceLocked is replaceAll under the lock; a strict failure to reserve
+// is a reserveErrors.
+func (s *Service) replaceLocked(ctx context.Context, st State, strict bool) error {
 	if err := st.Validate(); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	next := NewService(Deps{Backend: s.backend, Reserver: s.reserver, Store: s.store, System: s.sys,
 		Router: s.router, Docker: s.docker, Log: s.log})
 	if err := next.build(st); err != nil {
 		return err
 	}
 	var fresh []Endpoint
-	var problems []error
+	problems := reserveErrors{}
 	for ep, e := range next.forwards {
 		if h, ok := s.holds[ep]; ok {
 			next.holds[ep] = h
@@ -39,7 +44,7 @@ func (s *Service) replaceAll(ctx context.Context, st State, strict bool) error {
 		}
 		if err := next.take(ep); err != nil {
 			if strict {
-				problems = append(problems, fmt.Errorf("reserving %s: %w", ep, err))
+				problems[ep] = err
 			} else {
 				next.inactive[ep] = err.Error()
 				s.log.Warn("forward inactive: port taken by another program", "forward", e.f.String(), "err", err)
@@ -51,7 +56,7 @@ func (s *Service) replaceAll(ctx context.Context, st State, strict bool) error {
 	s.reserveFailures += next.reserveFailures
 	if len(problems) > 0 {
 		next.releaseAll(fresh)
-		return errors.Join(problems...)
+		return problems
 	}
 	before := s.activeRuleset()
 	after := next.activeRuleset()

@@ -6,17 +6,17 @@ package nat
 // DnatConfig is the body of POST and DELETE /dnat, and the reply of POST.
 type DnatConfig struct {
 	// ExtIP is the external address.
-	ExtIP string `json:"ext_ip"`
+	ExtIP string `json:"ext_ip" yaml:"ext_ip"`
 	// IntIP is the internal address.
-	IntIP string `json:"int_ip"`
+	IntIP string `json:"int_ip" yaml:"int_ip"`
 	// Ports is a port list such as "25,465,8000-8100,2222:22".
-	Ports string `json:"ports"`
+	Ports string `json:"ports" yaml:"ports"`
 	// Proto is "tcp" (the default when empty) or "udp".
-	Proto string `json:"proto"`
+	Proto string `json:"proto" yaml:"proto,omitempty"`
 	// ExtIf limits the rule to one input interface; null for any.
-	ExtIf *string `json:"ext_if"`
+	ExtIf *string `json:"ext_if" yaml:"ext_if,omitempty"`
 	// PreserveSrcIP is accepted for compatibility; the source is always kept.
-	PreserveSrcIP bool `json:"preserve_src_ip"`
+	PreserveSrcIP bool `json:"preserve_src_ip" yaml:"preserve_src_ip,omitempty"`
 }
 
 // DnatEntry is one DNAT rule in a ListResponse.
@@ -31,11 +31,11 @@ type DnatEntry struct {
 // SnatConfig is the body of POST and DELETE /snat.
 type SnatConfig struct {
 	// IntIP is the internal address or CIDR.
-	IntIP string `json:"int_ip"`
+	IntIP string `json:"int_ip" yaml:"int_ip"`
 	// ExtIP is the source address given to the traffic.
-	ExtIP string `json:"ext_ip"`
+	ExtIP string `json:"ext_ip" yaml:"ext_ip"`
 	// ExtIf is the interface the traffic leaves by (required).
-	ExtIf string `json:"ext_if"`
+	ExtIf string `json:"ext_if" yaml:"ext_if,omitempty"`
 }
 
 // SnatEntry is one SNAT rule in a ListResponse.
@@ -48,16 +48,16 @@ type SnatEntry struct {
 // HairpinConfig is the body of POST and DELETE /hairpin.
 type HairpinConfig struct {
 	// ExtIP is the external address.
-	ExtIP string `json:"ext_ip"`
+	ExtIP string `json:"ext_ip" yaml:"ext_ip"`
 	// IntIP is the service's internal address.
-	IntIP string `json:"int_ip"`
+	IntIP string `json:"int_ip" yaml:"int_ip"`
 	// Ports is a port list, as for DNAT.
-	Ports string `json:"ports"`
+	Ports string `json:"ports" yaml:"ports"`
 	// Proto is "tcp" (the default when empty) or "udp".
-	Proto string `json:"proto"`
+	Proto string `json:"proto" yaml:"proto,omitempty"`
 	// LanCIDR is the network whose connections are masqueraded; null for
 	// the connected network of int_ip.
-	LanCIDR *string `json:"lan_cidr"`
+	LanCIDR *string `json:"lan_cidr" yaml:"lan_cidr,omitempty"`
 }
 
 // HairpinEntry is one hairpin rule in a ListResponse.
@@ -72,11 +72,11 @@ type HairpinEntry struct {
 // PolicyRouteConfig is the body of POST and DELETE /policy-route.
 type PolicyRouteConfig struct {
 	// SrcIP is the source address whose traffic is routed.
-	SrcIP string `json:"src_ip"`
+	SrcIP string `json:"src_ip" yaml:"src_ip"`
 	// Via is the gateway.
-	Via string `json:"via"`
+	Via string `json:"via" yaml:"via"`
 	// Table is the routing table (1-252, 256 and above).
-	Table uint32 `json:"table"`
+	Table uint32 `json:"table" yaml:"table"`
 }
 
 // PolicyRouteEntry is one policy route in a ListResponse.
@@ -159,6 +159,8 @@ type ContainersResponse struct {
 type ErrorResponse struct {
 	// Error says what went wrong.
 	Error string `json:"error"`
+	// Problems lists each problem of a refused configuration (POST /apply).
+	Problems []Problem `json:"problems,omitempty"`
 }
 
 // toDNAT parses and validates a request body.

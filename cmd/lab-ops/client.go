@@ -34,8 +34,9 @@ func newClient(g *Globals, out *output) *client {
 
 // apiError is an error reply of the daemon.
 type apiError struct {
-	status int
-	msg    string
+	status   int
+	msg      string
+	problems []nat.Problem // of a refused configuration
 }
 
 func (e *apiError) Error() string { return e.msg }
@@ -86,7 +87,7 @@ func (c *client) call(method, path string, body, reply any) (http.Header, error)
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("the daemon answered %s: %s", resp.Status, bytes.TrimSpace(b))
 		}
-		return nil, &apiError{status: resp.StatusCode, msg: e.Error}
+		return nil, &apiError{status: resp.StatusCode, msg: e.Error, problems: e.Problems}
 	}
 	if raw, ok := reply.(*rawReply); ok {
 		*raw = b

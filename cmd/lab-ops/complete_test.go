@@ -36,7 +36,7 @@ complete_line() {
 `
 	for line, want := range map[string]string{
 		"lab-ops ":                                 "completion natmap",
-		"lab-ops natmap d":                         "daemon dnat docker",
+		"lab-ops natmap d":                         "daemon diff dnat docker",
 		"lab-ops natmap daemon --backend ":         "auto iptables nftables",
 		"lab-ops natmap daemon --iptables-mode=l":  "legacy",
 		"lab-ops natmap daemon --check":            "--check-interval",

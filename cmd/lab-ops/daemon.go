@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/lab-ops/natmap/compat"
+	"github.com/lab-ops/natmap/config"
 	"github.com/lab-ops/natmap/dockermap"
 	"github.com/lab-ops/natmap/nat"
 	"github.com/lab-ops/natmap/reserve"
@@ -34,6 +35,7 @@ type DaemonCmd struct {
 	CheckInterval time.Duration `default:"300ms" help:"How often to check that nobody removed natmap's rules (they are restored at once); 0 turns the check off."`
 	SavePath      string        `default:"" type:"path" help:"Where save writes the ruleset: default /etc/natmap/natmap.nft (nftables), /etc/iptables/rules.v4 and rules.v6 (iptables)." placeholder:"PATH"`
 	DockerHost    string        `default:"unix:///var/run/docker.sock" env:"DOCKER_HOST" help:"Docker engine to follow; the daemon runs without it until it answers." placeholder:"URL"`
+	Config        string        `type:"existingfile" help:"Apply this configuration file at start, after restoring the state (as apply without --prune); a file that does not apply stops the daemon." placeholder:"FILE"`
 	MetricsListen string        `help:"Also serve GET /metrics (Prometheus) on this TCP address, such as 127.0.0.1:9187; off by default (the socket always serves it)." placeholder:"ADDR"`
 }
 
@@ -90,6 +92,11 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	}
 
 	met.watch(svc, docker.State, docker.Reconnects)
+	if d.Config != "" {
+		if err := applyAtStart(ctx, svc, d.Config, log); err != nil {
+			return err
+		}
+	}
 
 	ln, err := listen(g.Socket, d.SocketGroup, log)
 	if err != nil {
@@ -174,6 +181,28 @@ func reload(ctx context.Context, svc *nat.Service, file *store.File, log *slog.L
 	if err := svc.Reload(ctx, st); err != nil {
 		log.Error("reload refused, nothing changed", "state", file.Path, "err", err)
 	}
+}
+
+// applyAtStart applies the --config file.
+func applyAtStart(ctx context.Context, svc *nat.Service, path string, log *slog.Logger) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--config: %w", err)
+	}
+	f, err := config.Parse(data)
+	if err != nil {
+		return fmt.Errorf("--config %s: %w", path, err)
+	}
+	resp, err := svc.Apply(ctx, f.Config, false, false)
+	var pe *nat.ProblemsError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("--config %s: %d problems, nothing was applied:\n%s", path, len(pe.Problems), f.Problems(path, pe.Problems))
+	}
+	if err != nil {
+		return fmt.Errorf("--config %s: %w", path, err)
+	}
+	log.Info("configuration file applied", "config", path, "added", len(resp.Add), "kept", len(resp.Keep))
+	return nil
 }
 
 // lockState takes the state file's lock, waiting up to 3 s: a daemon that

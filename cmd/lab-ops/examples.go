@@ -134,3 +134,33 @@ func (*CompletionCmd) Help() string {
   source <(lab-ops completion zsh)      # in ~/.zshrc
   lab-ops completion fish | source      # in ~/.config/fish/config.fish`
 }
+
+func (*ExportCmd) Help() string {
+	return `The file lists every dnat, snat, hairpin, policy route and Docker mapping,
+in a stable order, with comments (docs/config.md).
+
+Examples:
+  lab-ops natmap export > natmap.yaml
+  lab-ops natmap export --output /etc/natmap/natmap.yaml`
+}
+
+func (*DiffCmd) Help() string {
+	return `Exit status: 0 nothing would change, 3 something would, 1 the file was
+refused (every problem is listed with its line).
+
+Examples:
+  lab-ops natmap diff -f natmap.yaml
+  lab-ops natmap diff -f natmap.yaml --prune
+  lab-ops natmap --json diff -f natmap.yaml`
+}
+
+func (*ApplyCmd) Help() string {
+	return `Every new port is reserved and the kernel changed in one transaction; a
+problem anywhere in the file changes nothing and lists every problem with
+its line. Applying the same file again changes nothing.
+
+Examples:
+  lab-ops natmap apply -f natmap.yaml
+  lab-ops natmap apply -f natmap.yaml --prune
+  lab-ops natmap apply -f natmap.yaml --dry-run`
+}

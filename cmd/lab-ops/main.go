@@ -47,6 +47,9 @@ type NatmapCmd struct {
 	Status      StatusCmd      `cmd:"" help:"Show the daemon's backend, version and rule counts."`
 	Fwd         FwdCmd         `cmd:"" help:"Enable IP forwarding (required for DNAT), now and at every daemon start."`
 	Clear       ClearCmd       `cmd:"" help:"Remove every natmap rule, release every reserved port and reset the state."`
+	Export      ExportCmd      `cmd:"" help:"Print the whole configuration as a YAML file (for version control and apply)."`
+	Diff        DiffCmd        `cmd:"" help:"Show what applying a configuration file would add, remove and keep (exit 3 when something would change)."`
+	Apply       ApplyCmd       `cmd:"" help:"Make natmap's configuration equal to a file, in one change or not at all."`
 }
 
 func main() {
@@ -78,6 +81,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	out = newOutput(&cli.Globals, stdout, stderr)
 	if err := ctx.Run(&cli.Globals, out, parser); err != nil {
+		var status exitStatus
+		if errors.As(err, &status) {
+			return int(status)
+		}
 		out.fail(err)
 		var ue usageError
 		if errors.As(err, &ue) {

@@ -1,0 +1,540 @@
+package nat
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strconv"
+)
+
+// Config is a whole configuration as a file declares it (the wire shapes
+// of the single-rule requests). GET /config returns one; POST /apply takes
+// one.
+type Config struct {
+	// Version is the format's version, 1.
+	Version int `json:"version" yaml:"version"`
+	// Forwarding, when set, is the IP forwarding natmap enables.
+	Forwarding *ForwardingConfig `json:"forwarding,omitempty" yaml:"forwarding,omitempty"`
+	// Dnat are the DNAT rules.
+	Dnat []DnatConfig `json:"dnat" yaml:"dnat"`
+	// Snat are the SNAT rules.
+	Snat []SnatConfig `json:"snat" yaml:"snat"`
+	// Hairpin are the hairpin rules.
+	Hairpin []HairpinConfig `json:"hairpin" yaml:"hairpin"`
+	// PolicyRoutes are the policy routes.
+	PolicyRoutes []PolicyRouteConfig `json:"policy_routes" yaml:"policy_routes"`
+	// Docker are the Docker mappings.
+	Docker []MappingConfig `json:"docker" yaml:"docker"`
+}
+
+// ForwardingConfig is the IP forwarding natmap turns on (it never turns
+// forwarding off).
+type ForwardingConfig struct {
+	// IPv4 enables IPv4 forwarding.
+	IPv4 bool `json:"ipv4" yaml:"ipv4"`
+	// IPv6 enables IPv6 forwarding.
+	IPv6 bool `json:"ipv6" yaml:"ipv6"`
+}
+
+// MappingConfig is one Docker mapping in a Config.
+type MappingConfig struct {
+	// Container is the container's name (or a local service's name).
+	Container string `json:"container" yaml:"container"`
+	// HostIP is the host address; empty for every address.
+	HostIP string `json:"host_ip,omitempty" yaml:"host_ip,omitempty"`
+	// HostPort is the host port (required).
+	HostPort int `json:"host_port" yaml:"host_port"`
+	// ContainerPort is the container's port; 0 means the host port.
+	ContainerPort int `json:"container_port,omitempty" yaml:"container_port,omitempty"`
+	// TargetIP makes a local service mapping, without Docker.
+	TargetIP string `json:"target_ip,omitempty" yaml:"target_ip,omitempty"`
+	// Proto is tcp (the default) or udp.
+	Proto string `json:"proto,omitempty" yaml:"proto,omitempty"`
+}
+
+// sectionOrder orders problems as a file lists its sections.
+var sectionOrder = []string{"", "dnat", "snat", "hairpin", "policy_routes", "docker"}
+
+// ConfigVersion is the version of the Config format.
+const ConfigVersion = 1
+
+// ApplyRequest is the body of POST /apply.
+type ApplyRequest struct {
+	// Config is the configuration to apply.
+	Config Config `json:"config"`
+	// Prune removes the rules the configuration does not name.
+	Prune bool `json:"prune"`
+	// DryRun only reports what would change.
+	DryRun bool `json:"dry_run"`
+}
+
+// ApplyResponse says what an apply changed (or, dry, would change).
+type ApplyResponse struct {
+	// Add are the rules added, Remove those removed, Keep those kept, each
+	// as a sentence such as "dnat tcp 203.0.113.43 ports 25 -> 10.0.0.101".
+	Add    []string `json:"add"`
+	Remove []string `json:"remove"`
+	Keep   []string `json:"keep"`
+	// Changed reports that Add or Remove is not empty.
+	Changed bool `json:"changed"`
+	// Applied reports that the change was made (not a dry run).
+	Applied bool `json:"applied"`
+}
+
+// Problem is one entry of a configuration that cannot be applied.
+type Problem struct {
+	// Section is the list the entry is in: "dnat", "snat", "hairpin",
+	// "policy_routes", "docker", or "" for the whole file.
+	Section string `json:"section"`
+	// Index is the entry's place in its list, from 0.
+	Index int `json:"index"`
+	// Error says what is wrong.
+	Error string `json:"error"`
+}
+
+// ProblemsError is a configuration refused because of its problems.
+type ProblemsError struct {
+	Problems []Problem
+	// status is the kind of the first problem (ErrInvalid, ErrConflict...).
+	cause error
+}
+
+func (e *ProblemsError) Error() string {
+	msg := fmt.Sprintf("the configuration has %d problems; nothing was changed:", len(e.Problems))
+	for _, p := range e.Problems {
+		msg += "\n  " + p.String()
+	}
+	return msg
+}
+
+func (e *ProblemsError) Unwrap() error { return e.cause }
+
+func (p Problem) String() string {
+	if p.Section == "" {
+		return p.Error
+	}
+	return fmt.Sprintf("%s[%d]: %s", p.Section, p.Index, p.Error)
+}
+
+// ConfigOfState is st as a Config.
+func ConfigOfState(st State) Config {
+	c := Config{Version: ConfigVersion, Dnat: []DnatConfig{}, Snat: []SnatConfig{}, Hairpin: []HairpinConfig{},
+		PolicyRoutes: []PolicyRouteConfig{}, Docker: []MappingConfig{}}
+	if st.IPForward || st.IPv6Forward {
+		c.Forwarding = &ForwardingConfig{IPv4: st.IPForward, IPv6: st.IPv6Forward}
+	}
+	for _, d := range st.Dnats {
+		c.Dnat = append(c.Dnat, ConfigOf(d))
+	}
+	for _, s := range st.Snats {
+		c.Snat = append(c.Snat, SnatConfigOf(s))
+	}
+	for _, h := range st.Hairpins {
+		c.Hairpin = append(c.Hairpin, HairpinConfigOf(h))
+	}
+	for _, p := range st.PolicyRoutes {
+		c.PolicyRoutes = append(c.PolicyRoutes, PolicyRouteConfigOf(p))
+	}
+	for _, m := range st.Mappings {
+		mc := MappingConfig{Container: m.Container, HostPort: int(m.HostPort), ContainerPort: int(m.ContainerPort), Proto: m.Proto.String()}
+		if !m.HostIP.IsUnspecified() || m.HostIP.Is6() {
+			mc.HostIP = m.HostIP.String()
+		}
+		if m.TargetIP.IsValid() {
+			mc.TargetIP = m.TargetIP.String()
+		}
+		c.Docker = append(c.Docker, mc)
+	}
+	return c
+}
+
+// Config returns the running configuration.
+func (s *Service) Config() Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return ConfigOfState(s.snapshot())
+}
+
+// parsed is a Config parsed into rules, each with its index in its
+// section; entries with problems are left out.
+type parsed struct {
+	dnats    []at[DNAT]
+	snats    []at[SNAT]
+	hairpins []at[Hairpin]
+	routes   []at[PolicyRoute]
+	mappings []at[MappingRequest]
+	problems []Problem
+}
+
+// at is an entry and its index in its section.
+type at[T any] struct {
+	i int
+	v T
+}
+
+func parseConfig(c Config) parsed {
+	var p parsed
+	bad := func(section string, i int, err error) {
+		p.problems = append(p.problems, Problem{Section: section, Index: i, Error: err.Error()})
+	}
+	if c.Version != ConfigVersion {
+		p.problems = append(p.problems, Problem{Error: fmt.Sprintf("version %d is not supported (want version: %d)", c.Version, ConfigVersion)})
+	}
+	for i, dc := range c.Dnat {
+		d, err := dc.toDNAT()
+		if err != nil {
+			bad("dnat", i, err)
+			continue
+		}
+		p.dnats = append(p.dnats, at[DNAT]{i, d})
+	}
+	for i, sc := range c.Snat {
+		sn, err := sc.toSNAT()
+		if err != nil {
+			bad("snat", i, err)
+			continue
+		}
+		p.snats = append(p.snats, at[SNAT]{i, sn})
+	}
+	for i, hc := range c.Hairpin {
+		h, err := hc.toHairpin()
+		if err == nil {
+			err = h.Validate()
+		}
+		if err != nil {
+			bad("hairpin", i, err)
+			continue
+		}
+		p.hairpins = append(p.hairpins, at[Hairpin]{i, h})
+	}
+	for i, rc := range c.PolicyRoutes {
+		r, err := rc.toPolicyRoute()
+		if err == nil {
+			err = r.Validate()
+		}
+		if err != nil {
+			bad("policy_routes", i, err)
+			continue
+		}
+		p.routes = append(p.routes, at[PolicyRoute]{i, r})
+	}
+	for i, mc := range c.Docker {
+		w := DockerAddMapRequest{HostPort: mc.HostPort, ContainerPort: mc.ContainerPort, Proto: mc.Proto}
+		if mc.HostIP != "" {
+			w.HostIP = &mc.HostIP
+		}
+		if mc.TargetIP != "" {
+			w.TargetIP = &mc.TargetIP
+		}
+		req, err := w.toRequest(mc.Container)
+		if err == nil && req.HostPort == 0 {
+			err = fieldErr("host_port", "a configuration needs the host port (0 would pick a new one at every apply)")
+		}
+		if err == nil && req.ContainerPort == 0 {
+			req.ContainerPort = req.HostPort
+		}
+		if err != nil {
+			bad("docker", i, err)
+			continue
+		}
+		p.mappings = append(p.mappings, at[MappingRequest]{i, req})
+	}
+	return p
+}
+
+// Apply makes natmap's configuration equal to c in one change: every new
+// port reserved and the kernel updated in one transaction, or nothing
+// changed at all. Without prune, rules c does not name are kept; with
+// prune they are removed. A problem anywhere (a bad entry, a port another
+// rule or program holds) refuses the whole configuration with every
+// problem listed, as a *ProblemsError. Applying what is already there
+// changes nothing.
+func (s *Service) Apply(ctx context.Context, c Config, prune, dryRun bool) (ApplyResponse, error) {
+	p := parseConfig(c)
+	// Containers are looked up before taking the lock (Docker may be slow).
+	mappings := make([]at[Mapping], 0, len(p.mappings))
+	for _, e := range p.mappings {
+		i, req := e.i, e.v
+		m := Mapping{Container: req.Container, HostIP: req.HostIP, HostPort: req.HostPort,
+			ContainerPort: req.ContainerPort, Proto: req.Proto, TargetIP: req.TargetIP}
+		if !m.Local() {
+			if known, ok := s.knownMapping(m); ok {
+				m = known
+			} else if ct, err := s.findContainer(ctx, req.Container); err != nil {
+				p.problems = append(p.problems, Problem{Section: "docker", Index: i, Error: err.Error()})
+				continue
+			} else {
+				m.Container, m.ContainerID = ct.Name, ct.ID
+				if ct.Running {
+					m.ContainerIP = ct.IP
+				}
+			}
+		}
+		mappings = append(mappings, at[Mapping]{i, m})
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	before := s.snapshot()
+	want, sources, problems := s.desired(before, p, mappings, c.Forwarding, prune)
+	if problems = append(p.problems, problems...); len(problems) > 0 {
+		slices.SortStableFunc(problems, func(a, b Problem) int {
+			return cmp.Or(slices.Index(sectionOrder, a.Section)-slices.Index(sectionOrder, b.Section), a.Index-b.Index)
+		})
+		cause := ErrConflict
+		if len(p.problems) > 0 {
+			cause = ErrInvalid
+		}
+		return ApplyResponse{}, &ProblemsError{Problems: problems, cause: cause}
+	}
+	resp := diffStates(before, want)
+	if !resp.Changed || dryRun {
+		return resp, nil
+	}
+	if err := s.replaceLocked(ctx, want, true); err != nil {
+		var busy reserveErrors
+		if errors.As(err, &busy) {
+			var problems []Problem
+			for _, ep := range slices.SortedFunc(maps.Keys(busy), compareEndpoint) {
+				src := sources[ep]
+				problems = append(problems, Problem{Section: src.section, Index: src.index, Error: fmt.Sprintf("reserving %s: %v", ep, busy[ep])})
+			}
+			return ApplyResponse{}, &ProblemsError{Problems: problems, cause: ErrPortInUse}
+		}
+		return ApplyResponse{}, err
+	}
+	resp.Applied = true
+	return resp, nil
+}
+
+// knownMapping finds the mapping m already is (same container name and
+// addresses), so an apply neither asks Docker nor renumbers it.
+func (s *Service) knownMapping(m Mapping) (Mapping, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, old := range s.mappings {
+		if sameMapping(old, m) {
+			return old, true
+		}
+	}
+	return Mapping{}, false
+}
+
+func sameMapping(a, b Mapping) bool {
+	return a.Container == b.Container && a.HostIP == b.HostIP && a.HostPort == b.HostPort &&
+		a.Proto == b.Proto && a.ContainerPort == b.ContainerPort && a.TargetIP == b.TargetIP
+}
+
+// source is where a forward comes from in the configuration.
+type source struct {
+	section string
+	index   int
+}
+
+// desired is before with the parsed configuration merged in (prune: the
+// configuration alone), and where each forward came from. Forwards that
+// disagree (one endpoint, two targets) are problems.
+func (s *Service) desired(before State, p parsed, mappings []at[Mapping], fwd *ForwardingConfig, prune bool) (State, map[Endpoint]source, []Problem) {
+	want := State{IPForward: before.IPForward, IPv6Forward: before.IPv6Forward, NextMappingID: before.NextMappingID}
+	if fwd != nil {
+		want.IPForward = fwd.IPv4 || (!prune && before.IPForward)
+		want.IPv6Forward = fwd.IPv6 || (!prune && before.IPv6Forward)
+	}
+	forwards := map[Endpoint]Forward{}
+	sources := map[Endpoint]source{}
+	var problems []Problem
+	claim := func(src source, fs []Forward) bool {
+		ok := true
+		for _, f := range fs {
+			have, taken := forwards[f.Endpoint()]
+			switch {
+			case !taken:
+				forwards[f.Endpoint()] = f
+				sources[f.Endpoint()] = src
+			case have != f:
+				what := "this configuration"
+				if other := sources[f.Endpoint()]; other.section != "" {
+					what = fmt.Sprintf("%s[%d]", other.section, other.index)
+				} else {
+					what = "a rule already installed (apply --prune to replace it)"
+				}
+				problems = append(problems, Problem{Section: src.section, Index: src.index,
+					Error: fmt.Sprintf("%s is already forwarded to %s by %s", f.Endpoint(), have.Int, what)})
+				ok = false
+			}
+		}
+		return ok
+	}
+
+	dnats := map[DNATID]DNAT{}
+	hairpins := map[HairpinID]Hairpin{}
+	snats := map[SNATID]SNAT{}
+	routes := map[PolicyRoute]bool{}
+	var kept []Mapping
+	if !prune {
+		for _, d := range before.Dnats {
+			claim(source{}, d.Forwards())
+			dnats[d.ID()] = d
+		}
+		for _, h := range before.Hairpins {
+			claim(source{}, h.dnat().Forwards())
+			hairpins[h.ID()] = h
+		}
+		for _, sn := range before.Snats {
+			snats[sn.ID()] = sn
+		}
+		for _, r := range before.PolicyRoutes {
+			routes[r] = true
+		}
+		for _, m := range before.Mappings {
+			claim(source{}, []Forward{m.forward()})
+			kept = append(kept, m)
+		}
+	}
+	for _, e := range p.dnats {
+		i, d := e.i, e.v
+		if !claim(source{"dnat", i}, d.Forwards()) {
+			continue
+		}
+		if old, ok := dnats[d.ID()]; ok {
+			d.Ports = unionPorts(old.Ports, d.Ports)
+		}
+		dnats[d.ID()] = d
+	}
+	for _, e := range p.hairpins {
+		i, h := e.i, e.v
+		if !h.LanCIDR.IsValid() {
+			lan, err := s.router.ConnectedPrefix(h.IntIP)
+			if err != nil {
+				problems = append(problems, Problem{Section: "hairpin", Index: i, Error: err.Error()})
+				continue
+			}
+			h.LanCIDR = lan
+		}
+		if !claim(source{"hairpin", i}, h.dnat().Forwards()) {
+			continue
+		}
+		if old, ok := hairpins[h.ID()]; ok {
+			h.Ports = unionPorts(old.Ports, h.Ports)
+		}
+		hairpins[h.ID()] = h
+	}
+	for _, e := range p.snats {
+		snats[e.v.ID()] = e.v
+	}
+	for _, e := range p.routes {
+		i, r := e.i, e.v
+		for q := range routes {
+			if q.Table == r.Table && q.Via != r.Via {
+				problems = append(problems, Problem{Section: "policy_routes", Index: i,
+					Error: fmt.Sprintf("table %d already routes via %s (%s)", r.Table, q.Via, q)})
+			}
+		}
+		routes[r] = true
+	}
+	for _, e := range mappings {
+		i, m := e.i, e.v
+		if slices.ContainsFunc(kept, func(k Mapping) bool { return sameMapping(k, m) }) {
+			continue
+		}
+		if !claim(source{"docker", i}, []Forward{m.forward()}) {
+			continue
+		}
+		if m.ID == 0 {
+			m.ID = want.NextMappingID
+			want.NextMappingID++
+		}
+		kept = append(kept, m)
+	}
+	want.Dnats = slices.SortedFunc(maps.Values(dnats), compareDNAT)
+	want.Hairpins = slices.SortedFunc(maps.Values(hairpins), compareHairpin)
+	want.Snats = slices.SortedFunc(maps.Values(snats), func(a, b SNAT) int { return compareStrings(a.String(), b.String()) })
+	want.PolicyRoutes = slices.SortedFunc(maps.Keys(routes), comparePolicyRoute)
+	want.Mappings = kept
+	slices.SortFunc(want.Mappings, func(a, b Mapping) int { return a.ID - b.ID })
+	return want, sources, problems
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func compareEndpoint(a, b Endpoint) int { return compareStrings(a.String(), b.String()) }
+
+// diffStates lists the rules of before and after as added, removed and
+// kept. A rule whose ports changed is one removed and one added.
+func diffStates(before, after State) ApplyResponse {
+	lines := func(st State) []string {
+		var out []string
+		for _, d := range st.Dnats {
+			out = append(out, "dnat "+d.String())
+		}
+		for _, h := range st.Hairpins {
+			out = append(out, h.String())
+		}
+		for _, sn := range st.Snats {
+			out = append(out, sn.String())
+		}
+		for _, r := range st.PolicyRoutes {
+			out = append(out, r.String())
+		}
+		for _, m := range st.Mappings {
+			target := m.Container
+			if m.TargetIP.IsValid() {
+				target += " (" + m.TargetIP.String() + ")"
+			}
+			out = append(out, fmt.Sprintf("docker %s %s -> %s:%d", m.Proto, netip.AddrPortFrom(m.HostIP, m.HostPort), target, m.ContainerPort))
+		}
+		if st.IPForward {
+			out = append(out, "forwarding ipv4")
+		}
+		if st.IPv6Forward {
+			out = append(out, "forwarding ipv6")
+		}
+		return out
+	}
+	old, now := lines(before), lines(after)
+	resp := ApplyResponse{Add: []string{}, Remove: []string{}, Keep: []string{}}
+	for _, l := range now {
+		if slices.Contains(old, l) {
+			resp.Keep = append(resp.Keep, l)
+		} else {
+			resp.Add = append(resp.Add, l)
+		}
+	}
+	for _, l := range old {
+		if !slices.Contains(now, l) {
+			resp.Remove = append(resp.Remove, l)
+		}
+	}
+	resp.Changed = len(resp.Add)+len(resp.Remove) > 0
+	return resp
+}
+
+// reserveErrors are the ports a strict replace could not reserve.
+type reserveErrors map[Endpoint]error
+
+func (r reserveErrors) Error() string {
+	msg := strconv.Itoa(len(r)) + " ports could not be reserved:"
+	for _, ep := range slices.SortedFunc(maps.Keys(r), compareEndpoint) {
+		msg += fmt.Sprintf(" %s (%v);", ep, r[ep])
+	}
+	return msg
+}
+
+// unionPorts is every port of a and b (which agree on shared ports).
+func unionPorts(a, b PortList) PortList {
+	pairs := append(a.Pairs(), b.Pairs()...)
+	slices.SortFunc(pairs, func(x, y PortPair) int { return int(x.Ext) - int(y.Ext) })
+	return PortListOf(slices.Compact(pairs))
+}

@@ -1,0 +1,85 @@
+package nat
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func mailConfig() Config {
+	return Config{
+		Version:    ConfigVersion,
+		Forwarding: &ForwardingConfig{IPv4: true},
+		Dnat:       []DnatConfig{{ExtIP: "203.0.113.43", IntIP: "10.0.0.101", Ports: "25,465,587"}},
+		Snat:       []SnatConfig{{IntIP: "10.0.0.101", ExtIP: "203.0.113.43", ExtIf: "vmbr0"}},
+		Hairpin:    []HairpinConfig{{ExtIP: "203.0.113.43", IntIP: "10.0.0.101", Ports: "25,465,587"}},
+		Docker:     []MappingConfig{{Container: "svc", HostPort: 8080, TargetIP: "127.0.0.1", ContainerPort: 80}},
+	}
+}
+
+func TestApplyIsOneChangeAndIdempotent(t *testing.T) {
+	r := newRig(t, State{})
+	txns := r.fake.Transactions
+	resp, err := r.svc.Apply(ctx, mailConfig(), false, false)
+	if err != nil || !resp.Applied || len(resp.Add) != 5 {
+		t.Fatalf("apply: %+v %v", resp, err)
+	}
+	if got := r.fake.Transactions - txns; got != 1 {
+		t.Errorf("apply took %d kernel transactions, want 1", got)
+	}
+	snap := r.snapshot()
+	again, err := r.svc.Apply(ctx, mailConfig(), false, false)
+	if err != nil || again.Changed || again.Applied || len(again.Keep) != 5 {
+		t.Fatalf("second apply: %+v %v, want nothing changed", again, err)
+	}
+	if got := r.snapshot(); got != snap {
+		t.Errorf("a second apply changed things:\n%s\nwant\n%s", got, snap)
+	}
+	// The running configuration, exported, applies as a no-op too.
+	if resp, err := r.svc.Apply(ctx, r.svc.Config(), true, false); err != nil || resp.Changed {
+		t.Errorf("applying the exported configuration with --prune: %+v %v", resp, err)
+	}
+}
+
+func TestApplyPrune(t *testing.T) {
+	r := newRig(t, State{Dnats: []DNAT{dnat(t, "203.0.113.44", "10.0.0.102", "80", "tcp", "")}})
+	resp, err := r.svc.Apply(ctx, mailConfig(), false, true)
+	if err != nil || len(resp.Remove) != 0 || len(resp.Keep) != 1 {
+		t.Fatalf("dry run without prune: %+v %v, want the old rule kept", resp, err)
+	}
+	resp, err = r.svc.Apply(ctx, mailConfig(), true, false)
+	if err != nil || len(resp.Remove) != 1 || !strings.Contains(resp.Remove[0], "203.0.113.44") {
+		t.Fatalf("apply --prune: %+v %v, want the old rule removed", resp, err)
+	}
+	if strings.Contains(r.fake.Dump(), "203.0.113.44") || strings.Contains(r.res.dump(), "203.0.113.44") {
+		t.Errorf("pruned rule still in the kernel or reserved:\n%s\n%s", r.fake.Dump(), r.res.dump())
+	}
+}
+
+func TestApplyRefusesWithEveryProblem(t *testing.T) {
+	r := newRig(t, State{Dnats: []DNAT{dnat(t, "203.0.113.43", "10.0.0.109", "110", "tcp", "")}})
+	busy := Endpoint{Proto: ProtoTCP, Addr: netip.MustParseAddrPort("203.0.113.43:993")}
+	r.res.busy[busy] = true
+	snap := r.snapshot()
+
+	c := mailConfig()
+	c.Dnat = append(c.Dnat,
+		DnatConfig{ExtIP: "203.0.113.43", IntIP: "10.0.0.101", Ports: "110"},  // taken by the installed rule
+		DnatConfig{ExtIP: "203.0.113.300", IntIP: "10.0.0.101", Ports: "143"}) // bad address
+	_, err := r.svc.Apply(ctx, c, false, false)
+	var pe *ProblemsError
+	if !errors.As(err, &pe) || len(pe.Problems) != 2 ||
+		pe.Problems[0].Index != 1 || !strings.Contains(pe.Problems[0].Error, "already forwarded") ||
+		pe.Problems[1].Index != 2 || !strings.Contains(pe.Problems[1].Error, "203.0.113.300") {
+		t.Fatalf("a conflict and a bad address: %v, want both, at dnat[1] and dnat[2]", err)
+	}
+	c.Dnat = append(c.Dnat[:1], DnatConfig{ExtIP: "203.0.113.43", IntIP: "10.0.0.101", Ports: "993"})
+	_, err = r.svc.Apply(ctx, c, false, false)
+	if !errors.As(err, &pe) || len(pe.Problems) != 1 || pe.Problems[0].Index != 1 || !strings.Contains(pe.Problems[0].Error, "203.0.113.43:993") {
+		t.Fatalf("busy port: %v, want one problem at dnat[1] naming the port", err)
+	}
+	if got := r.snapshot(); got != snap {
+		t.Fatalf("a refused apply changed things:\n%s\nwant\n%s", got, snap)
+	}
+}
