@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -389,5 +390,28 @@ func TestIntegrationDockerEngineRestart(t *testing.T) {
 	}
 	if _, text := d.api("GET", "/metrics", ""); value(scrape(t, text), "natmap_docker_reconnects_total") != 1 {
 		t.Errorf("natmap_docker_reconnects_total after one engine restart:\n%s", text)
+	}
+}
+
+// TestIntegrationDockerApplyFile: a configuration file's Docker mappings
+// are applied by container name, exported back, and applying again
+// changes nothing (the mapping keeps its ID).
+func TestIntegrationDockerApplyFile(t *testing.T) {
+	d := newDockerLab(t)
+	d.engine.run(t, "filed", false, "0.0.0.0:80")
+	d.start()
+	file := filepath.Join(d.dir, "natmap.yaml")
+	os.WriteFile(file, []byte("version: 1\ndocker:\n  - container: filed\n    host_port: 8088\n    container_port: 80\n"), 0o644)
+	d.mustCLI("apply", "-f", file)
+	expectReach(t, d.client, "tcp", dockerHostIP+":8088", "filed")
+	if out, _, code := d.cli("diff", "-f", file); code != 0 {
+		t.Errorf("diff after apply: exit %d\n%s", code, out)
+	}
+	if out := d.mustCLI("export"); !strings.Contains(out, "container: filed") || !strings.Contains(out, "host_port: 8088") {
+		t.Errorf("export:\n%s", out)
+	}
+	os.WriteFile(file, []byte("version: 1\ndocker:\n  - container: nosuch\n    host_port: 8089\n"), 0o644)
+	if _, errOut, code := d.cli("apply", "-f", file); code == 0 || !strings.Contains(errOut, "natmap.yaml:3: docker[0]") {
+		t.Errorf("a file naming a missing container: exit %d\n%s", code, errOut)
 	}
 }
