@@ -434,6 +434,12 @@ func (s *Service) desired(before State, p parsed, mappings []at[Mapping], fwd *F
 					Error: fmt.Sprintf("table %d already routes via %s (%s)", r.Table, q.Via, q)})
 			}
 		}
+		if _, installed := s.routes[r]; !installed {
+			if err := s.router.CheckGateway(r.Via); err != nil {
+				problems = append(problems, Problem{Section: "policy_routes", Index: i, Error: err.Error()})
+				continue
+			}
+		}
 		routes[r] = true
 	}
 	for _, e := range mappings {

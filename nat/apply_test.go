@@ -83,3 +83,30 @@ func TestApplyRefusesWithEveryProblem(t *testing.T) {
 		t.Fatalf("a refused apply changed things:\n%s\nwant\n%s", got, snap)
 	}
 }
+
+func TestApplyPolicyRoutes(t *testing.T) {
+	r := newRig(t, State{})
+	c := Config{Version: ConfigVersion, PolicyRoutes: []PolicyRouteConfig{
+		{SrcIP: "10.0.0.101", Via: "10.0.0.1", Table: 100},
+		{SrcIP: "10.0.0.102", Via: "192.0.2.1", Table: 101}, // no connected network
+	}}
+	snap := r.snapshot()
+	_, err := r.svc.Apply(ctx, c, false, false)
+	var pe *ProblemsError
+	if !errors.As(err, &pe) || len(pe.Problems) != 1 || pe.Problems[0].Index != 1 {
+		t.Fatalf("a gateway on no connected network: %v, want a problem at policy_routes[1]", err)
+	}
+	if got := r.snapshot(); got != snap {
+		t.Fatalf("a refused apply changed things:\n%s\nwant\n%s", got, snap)
+	}
+	c.PolicyRoutes = c.PolicyRoutes[:1]
+	if _, err := r.svc.Apply(ctx, c, false, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.router.dump(); got != "policy route from 10.0.0.101 via 10.0.0.1 table 100; table 100" {
+		t.Errorf("routes after apply: %s", got)
+	}
+	if resp, err := r.svc.Apply(ctx, Config{Version: ConfigVersion}, true, false); err != nil || len(resp.Remove) != 1 || r.router.dump() != "" {
+		t.Errorf("apply --prune of an empty file: %+v %v; routes %q", resp, err, r.router.dump())
+	}
+}
