@@ -264,7 +264,12 @@ func (s *Service) Apply(ctx context.Context, c Config, prune, dryRun bool) (Appl
 		if !m.Local() {
 			if known, ok := s.knownMapping(m); ok {
 				m = known
-			} else if ct, err := s.findContainer(ctx, req.Container); err != nil {
+			} else if ct, err := s.findContainer(ctx, req.Container); errors.Is(err, ErrUnavailable) {
+				// Docker is not up (yet: the daemon may start first at
+				// boot). The mapping waits, reserved, and follows the
+				// container by name once Docker answers.
+				s.log.Warn("Docker is not available: the mapping waits for it", "container", req.Container, "err", err)
+			} else if err != nil {
 				p.problems = append(p.problems, Problem{Section: "docker", Index: i, Error: err.Error()})
 				continue
 			} else {

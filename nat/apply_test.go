@@ -110,3 +110,22 @@ func TestApplyPolicyRoutes(t *testing.T) {
 		t.Errorf("apply --prune of an empty file: %+v %v; routes %q", resp, err, r.router.dump())
 	}
 }
+
+// TestApplyWaitsForDocker: a container mapping applied while Docker is not
+// there (a daemon that starts before Docker at boot) is kept, reserved and
+// parked, to follow its container by name once Docker answers.
+func TestApplyWaitsForDocker(t *testing.T) {
+	r := newRig(t, State{})
+	c := Config{Version: ConfigVersion, Docker: []MappingConfig{{Container: "web", HostPort: 8080, ContainerPort: 80}}}
+	resp, err := r.svc.Apply(ctx, c, false, false)
+	if err != nil || !resp.Applied {
+		t.Fatalf("apply without Docker: %+v %v", resp, err)
+	}
+	l := r.svc.List()
+	if len(l.Mappings) != 1 || l.Mappings[0].Status != "inactive" || !strings.Contains(r.res.dump(), ":8080") {
+		t.Errorf("mapping %+v, reserved %s; want it parked with its port reserved", l.Mappings, r.res.dump())
+	}
+	if strings.Contains(r.fake.Dump(), "8080") {
+		t.Errorf("a parked mapping is in the kernel:\n%s", r.fake.Dump())
+	}
+}
