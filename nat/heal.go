@@ -20,13 +20,13 @@ func (s *Service) Heal(ctx context.Context) bool {
 	s.mu.Lock()
 	rules := s.rules()
 	s.mu.Unlock()
-	if checker.Check(ctx, rules) == nil {
-		return false
+	if checker.Check(ctx, rules) == nil || ctx.Err() != nil {
+		return false // intact, or the daemon is stopping (the check was cut short)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	problem := checker.Check(ctx, s.rules())
-	if problem == nil {
+	if problem == nil || ctx.Err() != nil {
 		return false
 	}
 	if err := s.backend.Replace(ctx, s.activeRuleset()); err != nil {
