@@ -2,8 +2,9 @@
 // iptables-legacy or tools that only understand iptables. It programs
 // chains of natmap's own — NATMAP-PRE, NATMAP-OUT, NATMAP-POST,
 // NATMAP-HAIRPIN and NATMAP-SNAT in the nat table, NATMAP-FWD in the filter
-// table — reached by one jump each, inserted at the top of PREROUTING,
-// OUTPUT, POSTROUTING and FORWARD (and DOCKER-USER when it exists). It
+// table, NATMAP-COUNT (counting only) in the mangle table — reached by one
+// jump each, inserted at the top of PREROUTING, OUTPUT, POSTROUTING and
+// FORWARD (and DOCKER-USER when it exists). It
 // never appends rules to built-in chains.
 //
 // Every change is one `iptables-restore --noflush` per address family
@@ -47,6 +48,7 @@ const (
 	ChainHairpin = "NATMAP-HAIRPIN"
 	ChainSNAT    = "NATMAP-SNAT"
 	ChainForward = "NATMAP-FWD"
+	ChainCount   = "NATMAP-COUNT" // mangle: counts the forwards' packets
 )
 
 // jumps are the jumps from built-in chains: table, chain, target.
@@ -56,7 +58,12 @@ var jumps = [][3]string{
 	{"nat", "POSTROUTING", ChainPost},
 	{"filter", "FORWARD", ChainForward},
 	{"filter", "DOCKER-USER", ChainForward},
+	{"mangle", "PREROUTING", ChainCount},
 }
+
+// ownChains are natmap's chains: table, chain.
+var ownChains = [][2]string{{"nat", ChainPre}, {"nat", ChainOut}, {"nat", ChainPost}, {"nat", ChainHairpin}, {"nat", ChainSNAT},
+	{"filter", ChainForward}, {"mangle", ChainCount}}
 
 // Backend implements nat.Backend with iptables. It keeps the forwards it
 // installed, grouped as they are written, so that a change rewrites only
@@ -146,6 +153,14 @@ func fullScript(f family, groups map[groupKey][]nat.Forward, r nat.Rules) string
 	w.line(":%s - [0:0]", ChainForward)
 	w.rule("-A", ChainForward, "-m", "connmark", "--mark", markMask(nat.MarkForwarded), "-j", "ACCEPT")
 	w.commit()
+	w.table("mangle")
+	w.line(":%s - [0:0]", ChainCount)
+	for _, k := range sortedKeys(groups) {
+		if famOf(k.ext) == f {
+			countingRules(&w, "-A", k, groups[k])
+		}
+	}
+	w.commit()
 	return w.String()
 }
 
@@ -171,7 +186,7 @@ func (b *Backend) Check(ctx context.Context, r nat.Rules) error {
 				return fmt.Errorf("the jump %s -> %s is missing", j[1], j[2])
 			}
 		}
-		for _, tc := range [][2]string{{"nat", ChainPre}, {"nat", ChainOut}, {"nat", ChainPost}, {"nat", ChainHairpin}, {"nat", ChainSNAT}, {"filter", ChainForward}} {
+		for _, tc := range ownChains {
 			key := tc[0] + " " + tc[1]
 			if !chains[key] {
 				return fmt.Errorf("chain %s is missing", tc[1])
@@ -240,6 +255,14 @@ func (b *Backend) Apply(ctx context.Context, ch nat.Change) error {
 		}
 		if n == 0 {
 			continue
+		}
+		w.commit()
+		w.table("mangle")
+		for _, k := range sortedKeys(touched) {
+			if famOf(k.ext) == f {
+				countingRules(&w, "-D", k, b.groups[k])
+				countingRules(&w, "-A", k, next[k])
+			}
 		}
 		w.commit()
 		if err := b.restore(ctx, f, w.String()); err != nil {
@@ -318,7 +341,7 @@ func (b *Backend) Remove() error {
 				}
 			}
 		}
-		for _, tc := range [][2]string{{"nat", ChainPre}, {"nat", ChainOut}, {"nat", ChainPost}, {"nat", ChainHairpin}, {"nat", ChainSNAT}, {"filter", ChainForward}} {
+		for _, tc := range ownChains {
 			if ok, _ := ipt.ChainExists(tc[0], tc[1]); ok {
 				if err := ipt.ClearAndDeleteChain(tc[0], tc[1]); err != nil {
 					return fmt.Errorf("removing chain %s: %w", tc[1], err)
@@ -402,9 +425,72 @@ func Render(rs nat.Ruleset) (v4text, v6text []byte) {
 		w.rule("-A", "FORWARD", "-j", ChainForward)
 		w.rule("-A", ChainForward, "-m", "connmark", "--mark", markMask(nat.MarkForwarded), "-j", "ACCEPT")
 		w.commit()
+		w.table("mangle")
+		w.line(":PREROUTING ACCEPT [0:0]")
+		w.line(":%s - [0:0]", ChainCount)
+		w.rule("-A", "PREROUTING", "-j", ChainCount)
+		for _, k := range sortedKeys(groups) {
+			if famOf(k.ext) == f {
+				countingRules(&w, "-A", k, groups[k])
+			}
+		}
+		w.commit()
 		out[i] = []byte(w.String())
 	}
 	return out[0], out[1]
+}
+
+// Counters implements nat.Counting from the rules' counters
+// (iptables-save -c): for each entry, the first packets its mark rule in
+// NATMAP-PRE saw plus the rest its NATMAP-COUNT rule saw. An entry that
+// covers several ports (a range, a multiport list) reports its total on
+// the first of them, so sums over a rule's forwards are right.
+func (b *Backend) Counters(ctx context.Context, fs []nat.Forward) (map[nat.Endpoint]nat.Counter, error) {
+	b.mu.Lock()
+	groups := b.groups
+	b.mu.Unlock()
+	byComment := map[string]nat.Counter{}
+	for _, f := range []family{v4, v6} {
+		for _, table := range []string{"nat", "mangle"} {
+			out, err := exec.CommandContext(ctx, f.binary(b.mode, "-save"), "-c", "-t", table).Output()
+			if err != nil {
+				if f.v6 {
+					continue
+				}
+				return nil, fmt.Errorf("%s -c: %w", f.binary(b.mode, "-save"), err)
+			}
+			for _, l := range strings.Split(string(out), "\n") {
+				counted := strings.Contains(l, " -A "+ChainCount+" ") ||
+					(strings.Contains(l, " -A "+ChainPre+" ") && strings.Contains(l, "-j CONNMARK"))
+				if !counted {
+					continue
+				}
+				var p, n uint64
+				if _, err := fmt.Sscanf(l, "[%d:%d]", &p, &n); err != nil {
+					continue
+				}
+				_, rest, _ := strings.Cut(l, `--comment "`)
+				comment, _, _ := strings.Cut(rest, `"`)
+				c := byComment[comment]
+				c.Packets += p
+				c.Bytes += n
+				byComment[comment] = c
+			}
+		}
+	}
+	want := map[nat.Endpoint]bool{}
+	for _, f := range fs {
+		want[f.Endpoint()] = true
+	}
+	out := map[nat.Endpoint]nat.Counter{}
+	for k, gfs := range groups {
+		for _, e := range entries(k, gfs) {
+			if c, ok := byComment[e.comment(k)]; ok && want[e.first.Endpoint()] {
+				out[e.first.Endpoint()] = c
+			}
+		}
+	}
+	return out, nil
 }
 
 // LegacyInUse reports whether the host's iptables-legacy tables hold rules

@@ -52,6 +52,7 @@ type entry struct {
 	ports     string // "25", "8000:8100" or a multiport list "25,465,8000:8100"
 	multiport bool
 	to        string // the DNAT target: ADDR (ports kept) or ADDR:PORT
+	first     nat.Forward
 }
 
 // entries packs a group's forwards (sorted by port) into as few matches as
@@ -63,19 +64,22 @@ func entries(key groupKey, fs []nat.Forward) []entry {
 		addr = "[" + addr + "]"
 	}
 	var out []entry
-	type span struct{ from, to uint16 }
+	type span struct {
+		from, to uint16
+		first    nat.Forward
+	}
 	var spans []span
 	for _, f := range fs {
 		p, q := f.Ext.Port(), f.Int.Port()
 		if p != q {
-			out = append(out, entry{ports: fmt.Sprint(p), to: fmt.Sprintf("%s:%d", addr, q)})
+			out = append(out, entry{ports: fmt.Sprint(p), to: fmt.Sprintf("%s:%d", addr, q), first: f})
 			continue
 		}
 		if n := len(spans); n > 0 && spans[n-1].to+1 == p {
 			spans[n-1].to = p
 			continue
 		}
-		spans = append(spans, span{p, p})
+		spans = append(spans, span{p, p, f})
 	}
 	text := func(s span) string {
 		if s.from == s.to {
@@ -86,6 +90,7 @@ func entries(key groupKey, fs []nat.Forward) []entry {
 	for len(spans) > 0 {
 		var items []string
 		slots := 0
+		first := spans[0].first
 		for len(spans) > 0 {
 			cost := 1
 			if spans[0].from != spans[0].to {
@@ -96,9 +101,42 @@ func entries(key groupKey, fs []nat.Forward) []entry {
 			}
 			items, slots, spans = append(items, text(spans[0])), slots+cost, spans[1:]
 		}
-		out = append(out, entry{ports: strings.Join(items, ","), multiport: len(items) > 1, to: key.dst.String()})
+		out = append(out, entry{ports: strings.Join(items, ","), multiport: len(items) > 1, to: key.dst.String(), first: first})
 	}
 	return out
+}
+
+// groupMatch is what a group's rules match: the protocol and the
+// destination, and, for traffic that arrives (in), the input interface.
+func groupMatch(key groupKey) (match, in []string) {
+	match = []string{"-p", key.proto.String()}
+	if key.ext.IsUnspecified() {
+		match = append(match, "-m", "addrtype", "--dst-type", "LOCAL")
+	} else {
+		match = append(match, "-d", hostAddr(key.ext))
+	}
+	in = match
+	if key.iif != "" {
+		in = append(append([]string{}, match...), "-i", key.iif)
+	}
+	return match, in
+}
+
+// portMatch and comment are an entry's port match and its comment, which
+// names it (and by which Counters finds it).
+func (e entry) portMatch(key groupKey) []string {
+	if e.multiport {
+		return []string{"-m", "multiport", "--dports", e.ports}
+	}
+	return []string{"-m", key.proto.String(), "--dport", e.ports}
+}
+
+func (e entry) comment(key groupKey) string {
+	what := fmt.Sprintf("natmap:dnat %s %s port %s -> %s", key.proto, key.ext, e.ports, e.to)
+	if key.iif != "" {
+		what += " iif " + key.iif
+	}
+	return what
 }
 
 // groupRules writes a group's rules (op is -A or -D): for each entry a
@@ -106,29 +144,11 @@ func entries(key groupKey, fs []nat.Forward) []entry {
 // limited to an input interface, in NATMAP-OUT for the host's own
 // connections.
 func groupRules(s *script, op string, key groupKey, fs []nat.Forward) {
-	proto := key.proto.String()
-	match := []string{"-p", proto}
-	if key.ext.IsUnspecified() {
-		match = append(match, "-m", "addrtype", "--dst-type", "LOCAL")
-	} else {
-		match = append(match, "-d", hostAddr(key.ext))
-	}
-	in := match
-	if key.iif != "" {
-		in = append(append([]string{}, match...), "-i", key.iif)
-	}
+	match, in := groupMatch(key)
 	for _, e := range entries(key, fs) {
-		port := []string{"-m", proto, "--dport", e.ports}
-		if e.multiport {
-			port = []string{"-m", "multiport", "--dports", e.ports}
-		}
-		what := fmt.Sprintf("natmap:dnat %s %s port %s -> %s", proto, key.ext, e.ports, e.to)
-		if key.iif != "" {
-			what += " iif " + key.iif
-		}
-		comment := []string{"-m", "comment", "--comment", what}
+		comment := []string{"-m", "comment", "--comment", e.comment(key)}
 		write := func(chain string, m []string, mark uint32) {
-			base := append(append(append([]string{op, chain}, m...), port...), comment...)
+			base := append(append(append([]string{op, chain}, m...), e.portMatch(key)...), comment...)
 			s.rule(append(append([]string{}, base...), "-j", "CONNMARK", "--or-mark", fmt.Sprintf("%#x", mark))...)
 			s.rule(append(append([]string{}, base...), "-j", "DNAT", "--to-destination", e.to)...)
 		}
@@ -136,6 +156,19 @@ func groupRules(s *script, op string, key groupKey, fs []nat.Forward) {
 		if key.iif == "" {
 			write(ChainOut, match, nat.MarkForwarded|nat.MarkLocal)
 		}
+	}
+}
+
+// countingRules writes a group's counting rules in NATMAP-COUNT (mangle
+// table; op is -A or -D): one per entry, without a target, matching the
+// established packets the client side sends (the mark rule in NATMAP-PRE
+// counts the first).
+func countingRules(s *script, op string, key groupKey, fs []nat.Forward) {
+	_, in := groupMatch(key)
+	for _, e := range entries(key, fs) {
+		args := append(append([]string{op, ChainCount}, in...), e.portMatch(key)...)
+		args = append(args, "-m", "conntrack", "--ctstate", "ESTABLISHED", "--ctdir", "ORIGINAL", "-m", "comment", "--comment", e.comment(key))
+		s.rule(args...)
 	}
 }
 

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lab-ops/natmap/nat"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -235,5 +237,48 @@ func TestMetrics(t *testing.T) {
 	text := string(b)
 	if got := value(scrape(t, text), "natmap_rules", "kind", "dnat", "status", "active"); got != 1 {
 		t.Errorf("over TCP natmap_rules{dnat,active} = %v, want 1", got)
+	}
+}
+
+// TestLsCounters: ls --counters shows the packets and bytes each forward's
+// clients sent, from the kernel, growing with real traffic.
+func TestLsCounters(t *testing.T) {
+	l := newLab(t)
+	serve(t, l.server, "server", serverIP+":25")
+	l.startDaemon()
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25")
+	counters := func() (packets, bytes uint64, ok bool) {
+		var list nat.ListResponse
+		if err := json.Unmarshal([]byte(l.mustCLI("--json", "ls", "--counters")), &list); err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Dnats) != 1 || list.Dnats[0].Counter == nil {
+			return 0, 0, false
+		}
+		return list.Dnats[0].Packets, list.Dnats[0].Bytes, true
+	}
+	p0, _, ok := counters()
+	if !ok || p0 != 0 {
+		t.Fatalf("counters before any traffic: %d packets (ok %v), want 0", p0, ok)
+	}
+	const conns = 5
+	for range conns {
+		expectReach(t, l.client, "tcp", extIP+":25", "server")
+	}
+	// Every connection sends at least SYN, ACK and FIN from the client.
+	if !waitFor(2*time.Second, func() bool { p, _, _ := counters(); return p >= 3*conns }) {
+		p, b, _ := counters()
+		t.Fatalf("after %d connections: %d packets, %d bytes; want at least %d packets", conns, p, b, 3*conns)
+	}
+	p, b, _ := counters()
+	t.Logf("%d connections: %d packets, %d bytes counted", conns, p, b)
+	if b < 40*p {
+		t.Errorf("%d bytes for %d packets", b, p)
+	}
+	if out := l.mustCLI("ls", "--counters"); !strings.Contains(out, "PACKETS") || !strings.Contains(out, fmt.Sprint(p)) {
+		t.Errorf("ls --counters:\n%s", out)
+	}
+	if out := l.mustCLI("ls"); strings.Contains(out, "PACKETS") {
+		t.Errorf("plain ls shows counters:\n%s", out)
 	}
 }

@@ -139,19 +139,26 @@ func deleted[R any](del func(context.Context, R) error) func(context.Context, R)
 
 func (a *api) mappings(w http.ResponseWriter, r *http.Request) {
 	l := a.svc.List()
+	if r.URL.Query().Get("counters") != "" {
+		var err error
+		if l, err = a.svc.ListCounted(r.Context()); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
 	resp := ListResponse{Docker: []DockerPortMap{}, Dnats: []DnatEntry{}, Snats: []SnatEntry{}, Hairpins: []HairpinEntry{}, PolicyRoutes: []PolicyRouteEntry{}}
 	for _, st := range l.Dnats {
-		resp.Dnats = append(resp.Dnats, DnatEntry{DnatConfig: ConfigOf(st.Rule), Status: st.Status, Reason: st.Reason})
+		resp.Dnats = append(resp.Dnats, DnatEntry{DnatConfig: ConfigOf(st.Rule), Status: st.Status, Reason: st.Reason, Counter: st.Counter})
 	}
 	for _, st := range l.Hairpins {
-		resp.Hairpins = append(resp.Hairpins, HairpinEntry{HairpinConfig: HairpinConfigOf(st.Rule), Status: st.Status, Reason: st.Reason})
+		resp.Hairpins = append(resp.Hairpins, HairpinEntry{HairpinConfig: HairpinConfigOf(st.Rule), Status: st.Status, Reason: st.Reason, Counter: st.Counter})
 	}
 	for _, sn := range l.Snats {
 		resp.Snats = append(resp.Snats, SnatEntry{SnatConfig: SnatConfigOf(sn), Status: "active"})
 	}
 	for _, st := range l.Mappings {
 		pm := PortMapOf(st.Rule)
-		pm.Status, pm.Reason = st.Status, st.Reason
+		pm.Status, pm.Reason, pm.Counter = st.Status, st.Reason, st.Counter
 		resp.Docker = append(resp.Docker, pm)
 	}
 	for _, st := range l.PolicyRoutes {

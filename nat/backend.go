@@ -146,6 +146,21 @@ func renderForwards(prefix string, fs []Forward) string {
 	return b.String()
 }
 
+// Counter is what the kernel counted for a forward: the packets and
+// bytes the client side sent (the first packet of each connection
+// included).
+type Counter struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// Counting is a Backend that reads per-forward counters.
+type Counting interface {
+	// Counters returns the counters of the given forwards that the
+	// kernel has.
+	Counters(ctx context.Context, fs []Forward) (map[Endpoint]Counter, error)
+}
+
 // Checker is a Backend that can tell whether the kernel still holds what
 // natmap installed (somebody may flush the ruleset or delete natmap's
 // table or chains). Check is cheap: it looks at the structure (table,

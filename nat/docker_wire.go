@@ -49,6 +49,8 @@ type DockerPortMap struct {
 	Status string `json:"status,omitempty"`
 	// Reason says why the mapping is inactive.
 	Reason string `json:"reason,omitempty"`
+	// Counter is what the kernel counted (GET /mappings?counters=1).
+	*Counter `json:",omitempty"`
 }
 
 // RemapRequest is the body of PUT /remap/{container}.

@@ -313,6 +313,9 @@ type Status[R any] struct {
 	Reason string
 	// Inactive lists the external ports that are not installed.
 	Inactive []uint16
+	// Counter is what the kernel counted for the rule's forwards (set by
+	// ListCounted, with a backend that counts).
+	Counter *Counter
 }
 
 // Listing is every rule with its status, each kind sorted.
@@ -334,6 +337,47 @@ func (s *Service) List() Listing {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.list()
+}
+
+// ListCounted is List with each forwarding rule's kernel counters: the
+// packets and bytes its clients sent, summed over its forwards (a dnat
+// and a hairpin of the same forward share them). It reads every counter
+// from the kernel, so it costs more than List.
+func (s *Service) ListCounted(ctx context.Context) (Listing, error) {
+	s.mu.Lock()
+	l := s.list()
+	installed := s.activeRuleset().Forwards
+	s.mu.Unlock()
+	counting, ok := s.backend.(Counting)
+	if !ok {
+		return l, nil
+	}
+	counts, err := counting.Counters(ctx, installed)
+	if err != nil {
+		return l, fmt.Errorf("reading the kernel's counters: %w", err)
+	}
+	if counts == nil {
+		return l, nil
+	}
+	sum := func(fs []Forward) *Counter {
+		var c Counter
+		for _, f := range fs {
+			n := counts[f.Endpoint()]
+			c.Packets += n.Packets
+			c.Bytes += n.Bytes
+		}
+		return &c
+	}
+	for i := range l.Dnats {
+		l.Dnats[i].Counter = sum(l.Dnats[i].Rule.Forwards())
+	}
+	for i := range l.Hairpins {
+		l.Hairpins[i].Counter = sum(l.Hairpins[i].Rule.dnat().Forwards())
+	}
+	for i := range l.Mappings {
+		l.Mappings[i].Counter = sum([]Forward{l.Mappings[i].Rule.forward()})
+	}
+	return l, nil
 }
 
 func (s *Service) list() Listing {

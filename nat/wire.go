@@ -26,6 +26,8 @@ type DnatEntry struct {
 	Status string `json:"status"`
 	// Reason says why some forwards are not installed.
 	Reason string `json:"reason,omitempty"`
+	// Counter is what the kernel counted (GET /mappings?counters=1).
+	*Counter `json:",omitempty"`
 }
 
 // SnatConfig is the body of POST and DELETE /snat.
@@ -67,6 +69,8 @@ type HairpinEntry struct {
 	Status string `json:"status"`
 	// Reason says why some forwards are not installed.
 	Reason string `json:"reason,omitempty"`
+	// Counter is what the kernel counted (GET /mappings?counters=1).
+	*Counter `json:",omitempty"`
 }
 
 // PolicyRouteConfig is the body of POST and DELETE /policy-route.

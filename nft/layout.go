@@ -1,6 +1,8 @@
 package nft
 
 import (
+	"strings"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -94,7 +96,9 @@ func (l lookup) keyType() nftables.SetDatatype {
 
 // sets returns the key set and the target map of this lookup.
 func (l lookup) sets(t *nftables.Table) (keys, targets *nftables.Set) {
-	keys = &nftables.Set{Table: t, Name: "match" + l.suffix(), Concatenation: true, KeyType: l.keyType()}
+	// Every key has a counter: the dnat rule counts a flow's first packet,
+	// the count rule the rest of what the client sends.
+	keys = &nftables.Set{Table: t, Name: "match" + l.suffix(), Concatenation: true, KeyType: l.keyType(), Counter: true}
 	targets = &nftables.Set{
 		Table: t, Name: "dnat" + l.suffix(), IsMap: true, Concatenation: true, KeyType: l.keyType(),
 		DataType: nftables.MustConcatSetType(l.fam.addr, nftables.TypeInetService),
@@ -184,6 +188,33 @@ func (l lookup) dnatRule(t *nftables.Table, c *nftables.Chain, keys, targets *nf
 	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs, UserData: comment(l.comment())}
 }
 
+// countRule: established packets from the client side of a forwarded
+// flow hit its key, whose counter counts them (the first packet was
+// counted by the dnat rule's lookup).
+//
+//	ct state established ct direction original [iifname .] ip daddr . meta l4proto . th dport @matchX
+func (l lookup) countRule(t *nftables.Table, c *nftables.Chain, keys *nftables.Set) *nftables.Rule {
+	exprs := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l.fam.nfproto}},
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
+	}
+	if l.any {
+		exprs = append(exprs,
+			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+		)
+	}
+	exprs = append(exprs, l.loadKey()...)
+	exprs = append(exprs, &expr.Lookup{SourceRegister: uint32(unix.NFT_REG32_00), SetName: keys.Name, SetID: keys.ID})
+	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs, UserData: comment("natmap: count" + strings.TrimPrefix(l.comment(), "natmap: dnat"))}
+}
+
 func (l lookup) comment() string {
 	s := "natmap: dnat ipv" + l.fam.suffix
 	switch {
@@ -220,6 +251,9 @@ func comment(s string) []byte { return userdata.AppendString(nil, userdata.TypeC
 // chains are natmap's base chains.
 type chains struct {
 	prerouting, output, postrouting, forward *nftables.Chain
+	// count and countOut count the packets of established forwarded
+	// flows (filter chains, at the mangle priority).
+	count, countOut *nftables.Chain
 }
 
 func newChains(t *nftables.Table) chains {
@@ -232,6 +266,8 @@ func newChains(t *nftables.Table) chains {
 		output:      mk("output", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityRef(prioDNAT)),
 		postrouting: mk("postrouting", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityRef(prioSNAT)),
 		forward:     mk("forward", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter),
+		count:       mk("count_in", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityMangle),
+		countOut:    mk("count_out", nftables.ChainTypeFilter, nftables.ChainHookOutput, nftables.ChainPriorityMangle),
 	}
 }
 

@@ -98,14 +98,16 @@ func (b *Backend) Replace(_ context.Context, rs nat.Ruleset) error {
 		sets[l] = [2]*nftables.Set{keys, targets}
 	}
 	ch := newChains(t)
-	for _, chain := range []*nftables.Chain{regularChain(t, hairpinChain), regularChain(t, snatChain), ch.prerouting, ch.output, ch.postrouting, ch.forward} {
+	for _, chain := range []*nftables.Chain{regularChain(t, hairpinChain), regularChain(t, snatChain), ch.prerouting, ch.output, ch.postrouting, ch.forward, ch.count, ch.countOut} {
 		c.AddChain(chain)
 	}
 	for _, l := range lookups {
 		s := sets[l]
 		c.AddRule(l.dnatRule(t, ch.prerouting, s[0], s[1], MarkDNAT))
+		c.AddRule(l.countRule(t, ch.count, s[0]))
 		if !l.iif {
 			c.AddRule(l.dnatRule(t, ch.output, s[0], s[1], MarkDNAT|MarkLocal))
+			c.AddRule(l.countRule(t, ch.countOut, s[0]))
 		}
 	}
 	c.AddRule(masqueradeLocal(t, ch.postrouting))
@@ -173,6 +175,39 @@ func (b *Backend) Count() (int, error) {
 		}
 	}
 	return n / 2, nil
+}
+
+// Counters implements nat.Counting: the packets and bytes the kernel
+// counted for each of fs (what the client side sent), read from the key
+// sets' element counters.
+func (b *Backend) Counters(_ context.Context, fs []nat.Forward) (map[nat.Endpoint]nat.Counter, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c, err := b.connect()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[nat.Endpoint]nat.Counter, len(fs))
+	for l, group := range groupByLookup(fs) {
+		keys, _ := l.sets(table())
+		els, err := c.GetSetElements(keys)
+		if err != nil {
+			b.drop()
+			return nil, fmt.Errorf("listing %s: %w", keys.Name, err)
+		}
+		byKey := make(map[string]nat.Counter, len(els))
+		for _, e := range els {
+			if e.Counter != nil {
+				byKey[string(e.Key)] = nat.Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
+			}
+		}
+		for _, f := range group {
+			if n, ok := byKey[string(key(f))]; ok {
+				out[f.Endpoint()] = n
+			}
+		}
+	}
+	return out, nil
 }
 
 // Close releases the netlink socket. Kernel rules stay.
@@ -330,6 +365,8 @@ func (b *Backend) Check(_ context.Context, rs nat.Rules) error {
 		"output":      output,
 		"postrouting": 3,
 		"forward":     1,
+		"count_in":    len(lookups),
+		"count_out":   output,
 		hairpinChain:  len(rs.Masquerades) + len(rs.SameNet),
 		snatChain:     len(rs.SNATs),
 	}

@@ -31,7 +31,7 @@ func Render(rs nat.Ruleset) []byte {
 			keys[i] = keyText(f)
 			pairs[i] = keyText(f) + " : " + f.Int.Addr().String() + " . " + fmt.Sprint(f.Int.Port())
 		}
-		w("\tset match%s {\n\t\ttype %s", l.suffix(), key)
+		w("\tset match%s {\n\t\ttype %s\n\t\tcounter", l.suffix(), key)
 		writeElements(&b, keys)
 		w("\t}")
 		w("\tmap dnat%s {\n\t\ttype %s : %s . inet_service", l.suffix(), key, addrTypeName(l.fam))
@@ -72,6 +72,18 @@ func Render(rs nat.Ruleset) []byte {
 	w("\t\tjump %s\n\t\tjump %s\n\t}", hairpinChain, snatChain)
 	w("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;")
 	w("\t\tct mark & %#08x == %#08x counter accept comment %q\n\t}", MarkDNAT, MarkDNAT, "natmap: accept forwarded flows")
+	w("\tchain count_in {\n\t\ttype filter hook prerouting priority mangle; policy accept;")
+	for _, l := range lookups {
+		w("\t\t%s", countText(l))
+	}
+	w("\t}")
+	w("\tchain count_out {\n\t\ttype filter hook output priority mangle; policy accept;")
+	for _, l := range lookups {
+		if !l.iif {
+			w("\t\t%s", countText(l))
+		}
+	}
+	w("\t}")
 	w("}")
 	return []byte(b.String())
 }
@@ -132,6 +144,23 @@ func portRange(from, to uint16) string {
 		return fmt.Sprint(from)
 	}
 	return fmt.Sprintf("%d-%d", from, to)
+}
+
+func countText(l lookup) string {
+	key := "ip daddr . meta l4proto . th dport"
+	if l.fam.nfproto != ipv4.nfproto {
+		key = "ip6 daddr . meta l4proto . th dport"
+	}
+	fib := ""
+	switch {
+	case l.iif:
+		key = "iifname . " + key
+	case l.any:
+		key = "meta l4proto . th dport"
+		fib = "fib daddr type local "
+	}
+	return fmt.Sprintf("meta nfproto ipv%s ct state established ct direction original %s%s @match%s comment %q",
+		l.fam.suffix, fib, key, l.suffix(), "natmap: count"+strings.TrimPrefix(l.comment(), "natmap: dnat"))
 }
 
 func dnatText(l lookup, mark uint32) string {

@@ -45,13 +45,18 @@ func orTCP(p string) string {
 
 // LsCmd lists rules.
 type LsCmd struct {
-	Filter string `arg:"" optional:"" help:"Only mappings of containers whose name or ID starts with this text, and rules whose addresses or interface contain it."`
+	Filter   string `arg:"" optional:"" help:"Only mappings of containers whose name or ID starts with this text, and rules whose addresses or interface contain it."`
+	Counters bool   `short:"c" help:"Show the packets and bytes each forwarding rule's clients sent, read from the kernel."`
 }
 
 // Run prints the rules as a table or as the API's JSON.
 func (c *LsCmd) Run(g *Globals, out *output) error {
 	var list nat.ListResponse
-	if _, err := newClient(g, out).call(http.MethodGet, "/mappings", nil, &list); err != nil {
+	path := "/mappings"
+	if c.Counters {
+		path += "?counters=1"
+	}
+	if _, err := newClient(g, out).call(http.MethodGet, path, nil, &list); err != nil {
 		return err
 	}
 	if c.Filter != "" {
@@ -61,12 +66,16 @@ func (c *LsCmd) Run(g *Globals, out *output) error {
 		out.printJSON(list)
 		return nil
 	}
-	rows := listRows(list)
+	rows := listRows(list, c.Counters)
 	if len(rows) == 0 {
 		fmt.Fprintln(out.stdout, "no rules")
 		return nil
 	}
-	out.table([]string{"KIND", "EXT-IP", "PORTS", "PROTO", "INT-IP", "DETAIL", "STATUS"}, rows)
+	header := []string{"KIND", "EXT-IP", "PORTS", "PROTO", "INT-IP", "DETAIL", "STATUS"}
+	if c.Counters {
+		header = append(header, "PACKETS", "BYTES")
+	}
+	out.table(header, rows)
 	return nil
 }
 
@@ -77,24 +86,33 @@ func withReason(status, reason string) string {
 	return status + " (" + reason + ")"
 }
 
-func listRows(l nat.ListResponse) [][]string {
+func listRows(l nat.ListResponse, counters bool) [][]string {
 	var rows [][]string
+	count := func(c *nat.Counter) []string {
+		switch {
+		case !counters:
+			return nil
+		case c == nil:
+			return []string{"-", "-"}
+		}
+		return []string{fmt.Sprint(c.Packets), fmt.Sprint(c.Bytes)}
+	}
 	for _, d := range l.Dnats {
 		detail := "any interface"
 		if d.ExtIf != nil {
 			detail = "in " + *d.ExtIf
 		}
-		rows = append(rows, []string{"dnat", d.ExtIP, d.Ports, d.Proto, d.IntIP, detail, withReason(d.Status, d.Reason)})
+		rows = append(rows, append([]string{"dnat", d.ExtIP, d.Ports, d.Proto, d.IntIP, detail, withReason(d.Status, d.Reason)}, count(d.Counter)...))
 	}
 	for _, h := range l.Hairpins {
 		lan := ""
 		if h.LanCIDR != nil {
 			lan = "lan " + *h.LanCIDR
 		}
-		rows = append(rows, []string{"hairpin", h.ExtIP, h.Ports, h.Proto, h.IntIP, lan, withReason(h.Status, h.Reason)})
+		rows = append(rows, append([]string{"hairpin", h.ExtIP, h.Ports, h.Proto, h.IntIP, lan, withReason(h.Status, h.Reason)}, count(h.Counter)...))
 	}
 	for _, s := range l.Snats {
-		rows = append(rows, []string{"snat", s.ExtIP, "-", "-", s.IntIP, "out " + s.ExtIf, s.Status})
+		rows = append(rows, append([]string{"snat", s.ExtIP, "-", "-", s.IntIP, "out " + s.ExtIf, s.Status}, count(nil)...))
 	}
 	for _, m := range l.Docker {
 		target := m.Request.ContainerAddr
@@ -105,10 +123,10 @@ func listRows(l nat.ListResponse) [][]string {
 		if i := strings.LastIndex(host, ":"); i >= 0 {
 			host, port = host[:i], host[i+1:]
 		}
-		rows = append(rows, []string{"docker", host, port, m.Request.Proto, target, fmt.Sprintf("%s (id %d)", m.ContainerName, m.ID), withReason(m.Status, m.Reason)})
+		rows = append(rows, append([]string{"docker", host, port, m.Request.Proto, target, fmt.Sprintf("%s (id %d)", m.ContainerName, m.ID), withReason(m.Status, m.Reason)}, count(m.Counter)...))
 	}
 	for _, p := range l.PolicyRoutes {
-		rows = append(rows, []string{"policy-route", "-", "-", "-", p.SrcIP, fmt.Sprintf("via %s table %d", p.Via, p.Table), withReason(p.Status, p.Reason)})
+		rows = append(rows, append([]string{"policy-route", "-", "-", "-", p.SrcIP, fmt.Sprintf("via %s table %d", p.Via, p.Table), withReason(p.Status, p.Reason)}, count(nil)...))
 	}
 	return rows
 }

@@ -115,3 +115,11 @@ func (t timed) Check(ctx context.Context, r nat.Rules) error {
 	}
 	return nil
 }
+
+// Counters passes the counter read through to a backend that has one.
+func (t timed) Counters(ctx context.Context, fs []nat.Forward) (map[nat.Endpoint]nat.Counter, error) {
+	if c, ok := t.Backend.(nat.Counting); ok {
+		return c.Counters(ctx, fs)
+	}
+	return nil, nil
+}
