@@ -155,6 +155,7 @@ func fullScript(f family, groups map[groupKey][]nat.Forward, r nat.Rules) string
 	w.commit()
 	w.table("mangle")
 	w.line(":%s - [0:0]", ChainCount)
+	countGuard(&w)
 	for _, k := range sortedKeys(groups) {
 		if famOf(k.ext) == f {
 			countingRules(&w, "-A", k, groups[k])
@@ -429,6 +430,7 @@ func Render(rs nat.Ruleset) (v4text, v6text []byte) {
 		w.line(":PREROUTING ACCEPT [0:0]")
 		w.line(":%s - [0:0]", ChainCount)
 		w.rule("-A", "PREROUTING", "-j", ChainCount)
+		countGuard(&w)
 		for _, k := range sortedKeys(groups) {
 			if famOf(k.ext) == f {
 				countingRules(&w, "-A", k, groups[k])
@@ -438,6 +440,12 @@ func Render(rs nat.Ruleset) (v4text, v6text []byte) {
 		out[i] = []byte(w.String())
 	}
 	return out[0], out[1]
+}
+
+// countGuard sends every packet that is not of a flow natmap forwards
+// straight back, so only natmap's flows pay for the counting rules.
+func countGuard(w *script) {
+	w.rule("-A", ChainCount, "-m", "connmark", "!", "--mark", markMask(nat.MarkForwarded), "-j", "RETURN")
 }
 
 // Counters implements nat.Counting from the rules' counters

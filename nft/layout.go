@@ -188,13 +188,13 @@ func (l lookup) dnatRule(t *nftables.Table, c *nftables.Chain, keys, targets *nf
 	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs, UserData: comment(l.comment())}
 }
 
-// countRule: established packets from the client side of a forwarded
-// flow hit its key, whose counter counts them (the first packet was
-// counted by the dnat rule's lookup).
+// countRule: established packets from the client side of a flow natmap
+// forwarded hit its key, whose counter counts them (the first packet was
+// counted by the dnat rule's lookup). Other traffic stops at the mark test.
 //
-//	ct state established ct direction original [iifname .] ip daddr . meta l4proto . th dport @matchX
+//	ct mark & MARK == MARK ct state established ct direction original [iifname .] ip daddr . meta l4proto . th dport @matchX
 func (l lookup) countRule(t *nftables.Table, c *nftables.Chain, keys *nftables.Set) *nftables.Rule {
-	exprs := []expr.Any{
+	exprs := append(hasMark(MarkDNAT),
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l.fam.nfproto}},
 		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
@@ -203,7 +203,7 @@ func (l lookup) countRule(t *nftables.Table, c *nftables.Chain, keys *nftables.S
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
 		&expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
-	}
+	)
 	if l.any {
 		exprs = append(exprs,
 			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},

@@ -159,8 +159,8 @@ func countText(l lookup) string {
 		key = "meta l4proto . th dport"
 		fib = "fib daddr type local "
 	}
-	return fmt.Sprintf("meta nfproto ipv%s ct state established ct direction original %s%s @match%s comment %q",
-		l.fam.suffix, fib, key, l.suffix(), "natmap: count"+strings.TrimPrefix(l.comment(), "natmap: dnat"))
+	return fmt.Sprintf("ct mark & %#08x == %#08x meta nfproto ipv%s ct state established ct direction original %s%s @match%s comment %q",
+		MarkDNAT, MarkDNAT, l.fam.suffix, fib, key, l.suffix(), "natmap: count"+strings.TrimPrefix(l.comment(), "natmap: dnat"))
 }
 
 func dnatText(l lookup, mark uint32) string {
