@@ -258,17 +258,23 @@ func packetLoop(pc net.PacketConn, name string) {
 // dial connects from ns to addr over proto ("tcp" or "udp") and returns the
 // server's answer: "NAME SOURCE".
 func dial(ns *netnstest.NS, proto, addr string) (string, error) {
+	return dialWithin(ns, proto, addr, 2*time.Second)
+}
+
+// dialWithin is dial with its own timeout for the connection and the
+// answer.
+func dialWithin(ns *netnstest.NS, proto, addr string, timeout time.Duration) (string, error) {
 	var conn net.Conn
 	err := ns.Do(func() error {
 		var err error
-		conn, err = net.DialTimeout(proto, addr, 2*time.Second)
+		conn, err = net.DialTimeout(proto, addr, timeout)
 		return err
 	})
 	if err != nil {
 		return "", err
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(2 * time.Second))
+	conn.SetDeadline(time.Now().Add(timeout))
 	if proto == "udp" {
 		if _, err := conn.Write([]byte("hello")); err != nil {
 			return "", err
