@@ -146,12 +146,14 @@ func portRange(from, to uint16) string {
 	return fmt.Sprintf("%d-%d", from, to)
 }
 
-func countText(l lookup) string {
-	key := "ip daddr . meta l4proto . th dport"
+// lookupText is the lookup's key as nft writes it, its address family word,
+// and the test that goes before it for forwards to every local address.
+func lookupText(l lookup) (key, fam, fib string) {
+	fam = "ip"
 	if l.fam.nfproto != ipv4.nfproto {
-		key = "ip6 daddr . meta l4proto . th dport"
+		fam = "ip6"
 	}
-	fib := ""
+	key = fam + " daddr . meta l4proto . th dport"
 	switch {
 	case l.iif:
 		key = "iifname . " + key
@@ -159,23 +161,20 @@ func countText(l lookup) string {
 		key = "meta l4proto . th dport"
 		fib = "fib daddr type local "
 	}
+	return key, fam, fib
+}
+
+func countText(l lookup) string {
+	key, _, fib := lookupText(l)
 	return fmt.Sprintf("ct mark & %#08x == %#08x meta nfproto ipv%s ct state established ct direction original %s%s @match%s comment %q",
 		MarkDNAT, MarkDNAT, l.fam.suffix, fib, key, l.suffix(), "natmap: count"+strings.TrimPrefix(l.comment(), "natmap: dnat"))
 }
 
 func dnatText(l lookup, mark uint32) string {
-	fam := "ip"
-	if l.fam.nfproto != ipv4.nfproto {
-		fam = "ip6"
-	}
-	key := fam + " daddr . meta l4proto . th dport"
+	key, fam, fib := lookupText(l)
 	guard := ""
-	switch {
-	case l.iif:
-		key = "iifname . " + key
-	case l.any:
-		key = "meta l4proto . th dport"
-		guard = "meta nfproto ipv" + l.fam.suffix + " fib daddr type local "
+	if fib != "" {
+		guard = "meta nfproto ipv" + l.fam.suffix + " " + fib
 	}
 	return fmt.Sprintf("%s%s @match%s ct mark set ct mark | %#08x dnat %s to %s map @dnat%s comment %q",
 		guard, key, l.suffix(), mark, fam, key, l.suffix(), l.comment())
