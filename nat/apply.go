@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // Config is a whole configuration as a file declares it (the wire shapes
@@ -313,6 +314,7 @@ func (s *Service) Apply(ctx context.Context, c Config, prune, dryRun bool) (Appl
 		return ApplyResponse{}, err
 	}
 	resp.Applied = true
+	s.log.Info("configuration applied", "added", len(resp.Add), "removed", len(resp.Remove), "kept", len(resp.Keep), "prune", prune)
 	return resp, nil
 }
 
@@ -463,24 +465,14 @@ func (s *Service) desired(before State, p parsed, mappings []at[Mapping], fwd *F
 	}
 	want.Dnats = slices.SortedFunc(maps.Values(dnats), compareDNAT)
 	want.Hairpins = slices.SortedFunc(maps.Values(hairpins), compareHairpin)
-	want.Snats = slices.SortedFunc(maps.Values(snats), func(a, b SNAT) int { return compareStrings(a.String(), b.String()) })
+	want.Snats = slices.SortedFunc(maps.Values(snats), compareSNAT)
 	want.PolicyRoutes = slices.SortedFunc(maps.Keys(routes), comparePolicyRoute)
 	want.Mappings = kept
 	slices.SortFunc(want.Mappings, func(a, b Mapping) int { return a.ID - b.ID })
 	return want, sources, problems
 }
 
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-func compareEndpoint(a, b Endpoint) int { return compareStrings(a.String(), b.String()) }
+func compareEndpoint(a, b Endpoint) int { return strings.Compare(a.String(), b.String()) }
 
 // diffStates lists the rules of before and after as added, removed and
 // kept. A rule whose ports changed is one removed and one added.

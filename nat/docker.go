@@ -174,7 +174,7 @@ func (s *Service) AddMapping(ctx context.Context, req MappingRequest) (m Mapping
 		}
 	}
 	for _, old := range s.mappings {
-		if old.Container == m.Container && old.HostIP == m.HostIP && old.HostPort == m.HostPort && old.Proto == m.Proto && old.ContainerPort == m.ContainerPort && old.TargetIP == m.TargetIP {
+		if sameMapping(old, m) {
 			return old, false, nil
 		}
 	}

@@ -13,7 +13,11 @@ import (
 // As at start, a forward whose port another program holds is kept inactive
 // and retried. On any failure nothing changes.
 func (s *Service) Reload(ctx context.Context, st State) error {
-	return s.replaceAll(ctx, st, false)
+	if err := s.replaceAll(ctx, st, false); err != nil {
+		return err
+	}
+	s.log.Info("configuration reloaded", s.counts()...)
+	return nil
 }
 
 // replaceAll is Reload; strict refuses the whole change, listing every
@@ -98,9 +102,15 @@ func (s *Service) replaceLocked(ctx context.Context, st State, strict bool) erro
 	}
 	s.flushUDP(gone(before.Forwards, after.Forwards))
 	s.changes++
-	s.log.Info("configuration reloaded", "dnats", len(s.dnats), "hairpins", len(s.hairpins), "snats", len(s.snats),
-		"policy_routes", len(s.routes), "mappings", len(s.mappings), "forwards", len(s.forwards), "inactive", len(s.inactive))
 	return nil
+}
+
+// counts are the sizes of the model, for a log line.
+func (s *Service) counts() []any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return []any{"dnats", len(s.dnats), "hairpins", len(s.hairpins), "snats", len(s.snats),
+		"policy_routes", len(s.routes), "mappings", len(s.mappings), "forwards", len(s.forwards), "inactive", len(s.inactive)}
 }
 
 // model is the part of the Service that Reload replaces as a whole.

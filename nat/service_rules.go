@@ -244,9 +244,7 @@ func (s *Service) lastInTable(p PolicyRoute) bool {
 // order: the most specific source first.
 func (s *Service) rules() Rules {
 	var r Rules
-	r.SNATs = slices.SortedFunc(maps.Values(s.snats), func(a, b SNAT) int {
-		return cmp.Or(b.IntNet.Bits()-a.IntNet.Bits(), a.IntNet.Addr().Compare(b.IntNet.Addr()), strings.Compare(a.ExtIf, b.ExtIf))
-	})
+	r.SNATs = slices.SortedFunc(maps.Values(s.snats), compareSNAT)
 	for _, h := range slices.SortedFunc(maps.Values(s.hairpins), compareHairpin) {
 		r.Masquerades = append(r.Masquerades, h.Masquerades()...)
 	}
@@ -295,6 +293,12 @@ func (s *Service) snapshot() State {
 	st.Mappings = slices.SortedFunc(maps.Values(s.mappings), func(a, b Mapping) int { return a.ID - b.ID })
 	st.NextMappingID = s.nextID
 	return st
+}
+
+// compareSNAT orders SNAT rules as they are evaluated: the most specific
+// source first.
+func compareSNAT(a, b SNAT) int {
+	return cmp.Or(b.IntNet.Bits()-a.IntNet.Bits(), a.IntNet.Addr().Compare(b.IntNet.Addr()), strings.Compare(a.ExtIf, b.ExtIf))
 }
 
 func compareHairpin(a, b Hairpin) int { return compareDNAT(a.dnat(), b.dnat()) }

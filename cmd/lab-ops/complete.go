@@ -188,7 +188,7 @@ func flagValues(f *kong.Flag, node *kong.Node, containers func() []string) []str
 func daemonContainers() []string {
 	g := &Globals{Socket: os.Getenv("NATMAP_SOCKET")}
 	if g.Socket == "" {
-		g.Socket = "/run/natmap.sock"
+		g.Socket = socketLink
 	}
 	var res nat.ContainersResponse
 	c := newClient(g, &output{stdout: os.Stdout, stderr: os.Stderr})

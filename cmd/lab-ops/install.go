@@ -151,6 +151,7 @@ func (c *InstallCmd) Run(g *Globals, out *output, app *kong.Kong) error {
 	}
 	h := newHost(c.Root)
 	unit := []byte(unitFile())
+	pages := manPages(app.Model)
 	changed := false // the binary or the unit: a running service restarts
 	joined := false  // user joined the group
 	steps := []step{
@@ -165,7 +166,7 @@ func (c *InstallCmd) Run(g *Globals, out *output, app *kong.Kong) error {
 		{
 			what: "write the man pages to " + manDir + " (man lab-ops-natmap)",
 			done: func() (bool, error) {
-				for name, page := range manPages(app.Model) {
+				for name, page := range pages {
 					if same, err := h.sameFile(filepath.Join(manDir, name), []byte(page), 0o644); !same || err != nil {
 						return false, err
 					}
@@ -173,7 +174,7 @@ func (c *InstallCmd) Run(g *Globals, out *output, app *kong.Kong) error {
 				return true, nil
 			},
 			do: func() error {
-				for name, page := range manPages(app.Model) {
+				for name, page := range pages {
 					if err := store.WriteFile(h.path(filepath.Join(manDir, name)), []byte(page), 0o644); err != nil {
 						return err
 					}
