@@ -141,7 +141,7 @@ func TestIntegrationPortHeldByAnotherProgram(t *testing.T) {
 	}
 	defer ln.Close()
 	tableBefore := l.kernelRules()
-	stateBefore, _ := os.ReadFile(l.state)
+	stateBefore := l.stored(t)
 
 	_, errOut, code := l.cli("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "8999-9001")
 	if code != 1 || !strings.Contains(errOut, extIP+":9000/tcp is in use by another program") {
@@ -153,7 +153,7 @@ func TestIntegrationPortHeldByAnotherProgram(t *testing.T) {
 	if after := l.kernelRules(); after != tableBefore {
 		t.Errorf("the table changed:\n%s", after)
 	}
-	if after, _ := os.ReadFile(l.state); string(after) != string(stateBefore) {
+	if after := l.stored(t); after != stateBefore {
 		t.Errorf("the state file changed:\n%s", after)
 	}
 	// The ports around 9000 were not left reserved.
@@ -272,7 +272,7 @@ func TestIntegrationCLIBadInputChangesNothing(t *testing.T) {
 	l.startDaemon()
 	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25")
 	before := l.kernelRules()
-	state, _ := os.ReadFile(l.state)
+	state := l.stored(t)
 	for _, c := range []struct {
 		args []string
 		want string
@@ -305,7 +305,7 @@ func TestIntegrationCLIBadInputChangesNothing(t *testing.T) {
 	if after := l.kernelRules(); after != before {
 		t.Errorf("the table changed:\n%s", after)
 	}
-	if after, _ := os.ReadFile(l.state); string(after) != string(state) {
+	if after := l.stored(t); after != state {
 		t.Errorf("the state changed:\n%s", after)
 	}
 }

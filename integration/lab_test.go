@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/lab-ops/natmap/internal/netnstest"
+	"github.com/lab-ops/natmap/store"
 )
 
 // binary is the lab-ops binary built once for the package.
@@ -68,6 +70,21 @@ const (
 )
 
 func newLab(t *testing.T) *lab { return newLabWith(t, "ext0") }
+
+// stored is the state the daemon has saved, its state file with the
+// journal replayed, as JSON: what a restart would restore.
+func (l *lab) stored(t *testing.T) string {
+	t.Helper()
+	st, err := (&store.File{Path: l.state}).Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
 
 // newLabWith builds the lab with the router's external interface named
 // extIf (the spec's examples use vmbr0).

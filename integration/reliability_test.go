@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -434,8 +435,11 @@ func TestIntegrationCrashTorture(t *testing.T) {
 		acked, unanswered, kills, len(known), lost, len(ports), len(list.Snats), slowestReap.Round(time.Millisecond))
 }
 
-// TestIntegrationDiskFull: when the state file cannot be written, a change
-// is refused with 500 and the kernel and the reservations are rolled back.
+// TestIntegrationDiskFull: when the state cannot be written, a change is
+// refused with 500 and the kernel and the reservations are rolled back. A
+// change is a line added to the state journal, so on a full disk the
+// changes that still fit in the journal's last block are stored; the first
+// that does not is refused.
 func TestIntegrationDiskFull(t *testing.T) {
 	l := newLab(t)
 	disk := filepath.Join(t.TempDir(), "disk")
@@ -448,25 +452,102 @@ func TestIntegrationDiskFull(t *testing.T) {
 	serve(t, l.server, "mail", serverIP+":25")
 	l.startDaemon()
 	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25")
-	before := noCounters(l.kernelRules())
 	// Fill the disk.
 	exec.Command("dd", "if=/dev/zero", "of="+filepath.Join(disk, "fill"), "bs=4k", "count=64").Run()
 
-	code, body := l.api("POST", "/dnat", `{"ext_ip":"`+extIP+`","int_ip":"`+serverIP+`","ports":"465"}`)
-	if code != 500 || !strings.Contains(body, "saving state") || !strings.Contains(body, "no space left on device") {
-		t.Fatalf("add on a full disk: %d %s", code, body)
+	stored, refused := 0, 0
+	for port := 465; refused == 0; port++ {
+		if port > 565 {
+			t.Fatal("100 changes were stored on a full disk")
+		}
+		before, state := noCounters(l.kernelRules()), l.stored(t)
+		code, body := l.api("POST", "/dnat", fmt.Sprintf(`{"ext_ip":%q,"int_ip":%q,"ports":"%d"}`, extIP, serverIP, port))
+		if code == 200 {
+			stored++
+			continue
+		}
+		refused = port
+		if code != 500 || !strings.Contains(body, "saving state") || !strings.Contains(body, "no space left on device") {
+			t.Fatalf("add on a full disk: %d %s", code, body)
+		}
+		if after := noCounters(l.kernelRules()); after != before {
+			t.Errorf("the kernel was not rolled back:\n%s", after)
+		}
+		if after := l.stored(t); after != state {
+			t.Errorf("the refused change is in the saved state:\n%s", after)
+		}
+		if !bindable(l, fmt.Sprintf("%s:%d", extIP, port)) {
+			t.Error("the refused forward's port stayed reserved")
+		}
 	}
-	if after := noCounters(l.kernelRules()); after != before {
-		t.Errorf("the kernel was not rolled back:\n%s", after)
-	}
-	if !bindable(l, extIP+":465") {
-		t.Error("the refused forward's port stayed reserved")
-	}
+	t.Logf("on a full disk, %d changes fitted in the journal's last block; port %d was refused", stored, refused)
 	if code, body := l.api("DELETE", "/dnat", `{"ext_ip":"`+extIP+`","int_ip":"`+serverIP+`","ports":"25"}`); code != 500 {
 		t.Fatalf("delete on a full disk: %d %s", code, body)
 	}
 	expectReach(t, l.client, "tcp", extIP+":25", "mail")
 	// Space again: changes work.
 	os.Remove(filepath.Join(disk, "fill"))
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", fmt.Sprint(refused))
+	l.stopDaemon()
+	if st := l.stored(t); strings.Count(st, `"ext_ip"`) != 1 || !strings.Contains(st, fmt.Sprint(refused)) {
+		t.Errorf("after the disk had room again: %s", st)
+	}
+}
+
+// TestIntegrationStateJournal: a change is a synced journal line, replayed
+// after a SIGKILL; the daemon folds the journal into the state file once
+// idle for a second and when it stops, so the state file alone is then the
+// whole state.
+func TestIntegrationStateJournal(t *testing.T) {
+	l := newLab(t)
+	serve(t, l.server, "mail", serverIP+":25")
+	serve(t, l.server, "smtps", serverIP+":465")
+	l.startDaemon()
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25")
 	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "465")
+	if err := l.signalDaemon(syscall.SIGKILL); err == nil {
+		t.Fatal("the daemon survived SIGKILL")
+	}
+	journal, err := os.ReadFile(l.state + ".journal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after SIGKILL, the journal holds %d lines", bytes.Count(journal, []byte("\n")))
+	l.dropNAT()
+	l.startDaemon()
+	expectReach(t, l.client, "tcp", extIP+":25", "mail")
+	expectReach(t, l.client, "tcp", extIP+":465", "smtps")
+
+	alone := func() nat.State {
+		t.Helper()
+		st, err := store.Decode(must(os.ReadFile(l.state)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	// Idle: the replayed journal is folded in.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(alone().Dnats) == 0 || len(alone().Dnats[0].Ports) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the state file alone does not hold both ports 5 s after start: %+v", alone())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if j := must(os.ReadFile(l.state + ".journal")); bytes.Count(j, []byte("\n")) != 1 {
+		t.Errorf("after folding, the journal holds more than its header:\n%s", j)
+	}
+	// Stopping folds in the last change at once.
+	l.mustCLI("dnat", "--delete", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25")
+	l.stopDaemon()
+	if st := alone(); len(st.Dnats) != 1 || st.Dnats[0].Ports.String() != "465" {
+		t.Errorf("after SIGTERM the state file alone holds %+v", st)
+	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
 }

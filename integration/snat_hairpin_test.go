@@ -229,7 +229,7 @@ func TestIntegrationRuleBadInput(t *testing.T) {
 	l.startDaemon()
 	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25,465")
 	before := l.kernelRules()
-	state, _ := os.ReadFile(l.state)
+	state := l.stored(t)
 	rules := routing(t, l.router)
 	for _, c := range []struct {
 		args []string
@@ -262,7 +262,7 @@ func TestIntegrationRuleBadInput(t *testing.T) {
 	if after := l.kernelRules(); after != before {
 		t.Errorf("the table changed:\n%s", after)
 	}
-	if after, _ := os.ReadFile(l.state); string(after) != string(state) {
+	if after := l.stored(t); after != state {
 		t.Errorf("the state changed:\n%s", after)
 	}
 	if after := routing(t, l.router); after != rules {

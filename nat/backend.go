@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Connection marks natmap sets (ct mark bits), the same in every backend,
@@ -43,6 +44,15 @@ type Reserver interface {
 type Store interface {
 	// Save replaces the stored state atomically.
 	Save(s State) error
+	// Record stores one change, d, to the state last saved or recorded,
+	// durably before it returns. whole gives the whole state after the
+	// change, for a store that writes it instead (a first change, or a
+	// journal grown long).
+	Record(d Delta, whole func() State) error
+	// Compact writes the whole state, from whole, when changes have been
+	// recorded since the last write and none for quiet, so the state
+	// file alone is the whole state again.
+	Compact(quiet time.Duration, whole func() State) error
 }
 
 // System changes host settings outside the NAT tables.

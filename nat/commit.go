@@ -3,6 +3,7 @@ package nat
 import (
 	"context"
 	"fmt"
+	"time"
 )
 
 // own adds a user to each forward. A forward whose endpoint another rule
@@ -72,7 +73,7 @@ func (s *Service) commit(ctx context.Context, tx *txn, e edit) error {
 		s.releaseAll(taken)
 		return err
 	}
-	if err := s.persist(); err != nil {
+	if err := s.persist(s.delta(tx)); err != nil {
 		tx.rollback()
 		undo := Change{Del: ch.Add, Add: ch.Del}
 		if e.rules {
@@ -121,7 +122,31 @@ func (s *Service) revert(ctx context.Context, undo Change) {
 	}
 }
 
-func (s *Service) persist() error {
+// persist records a change to the persisted rules, d, with the state's
+// settings as they are now.
+func (s *Service) persist(d Delta) error {
+	d.Add.NextMappingID, d.Add.IPForward, d.Add.IPv6Forward = s.nextID, s.state.IPForward, s.state.IPv6Forward
+	if err := s.store.Record(d, s.snapshot); err != nil {
+		return fmt.Errorf("saving state: %w", err)
+	}
+	return nil
+}
+
+// Checkpoint has the store write the whole state when changes have been
+// recorded since it last did and none for quiet (0: whenever any have),
+// so the state file is the whole state again: the daemon calls it when
+// idle and when it stops.
+func (s *Service) Checkpoint(quiet time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.store.Compact(quiet, s.snapshot); err != nil {
+		return fmt.Errorf("saving state: %w", err)
+	}
+	return nil
+}
+
+// persistAll saves the whole state, for changes that replace most of it.
+func (s *Service) persistAll() error {
 	if err := s.store.Save(s.snapshot()); err != nil {
 		return fmt.Errorf("saving state: %w", err)
 	}

@@ -75,7 +75,7 @@ func (s *Service) replaceLocked(ctx context.Context, st State, strict bool) erro
 	for _, p := range st.PolicyRoutes {
 		s.routes[p] = oldRoutes[p]
 	}
-	if err := s.persist(); err != nil {
+	if err := s.persistAll(); err != nil {
 		s.setModel(&old)
 		s.routes = oldRoutes
 		if uerr := s.backend.Replace(ctx, before); uerr != nil {

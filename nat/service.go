@@ -264,7 +264,7 @@ func (s *Service) Clear(ctx context.Context) error {
 	s.dnats, s.hairpins, s.snats = map[DNATID]DNAT{}, map[HairpinID]Hairpin{}, map[SNATID]SNAT{}
 	s.forwards, s.inactive, s.routes = map[Endpoint]fwdEntry{}, map[Endpoint]string{}, map[PolicyRoute]string{}
 	s.parked, s.mappings = map[Endpoint]string{}, map[int]Mapping{}
-	if err := s.persist(); err != nil {
+	if err := s.persistAll(); err != nil {
 		s.dnats, s.hairpins, s.snats, s.routes = dnats, hairpins, snats, routes
 		s.forwards, s.inactive, s.parked, s.mappings = forwards, inactive, parked, mappings
 		if uerr := s.backend.Replace(ctx, before); uerr != nil {
@@ -305,7 +305,7 @@ func (s *Service) EnableForwarding(ipv6 bool) error {
 	if s.state.IPForward == prev.IPForward && s.state.IPv6Forward == prev.IPv6Forward {
 		return nil
 	}
-	if err := s.persist(); err != nil {
+	if err := s.persist(Delta{}); err != nil {
 		s.state = prev
 		return err
 	}

@@ -182,7 +182,7 @@ func (s *Service) AddPolicyRoute(p PolicyRoute) (changed bool, err error) {
 	}
 	reason, had := s.routes[p]
 	s.routes[p] = ""
-	if err := s.persist(); err != nil {
+	if err := s.persist(Delta{Add: State{PolicyRoutes: []PolicyRoute{p}}}); err != nil {
 		if had {
 			s.routes[p] = reason
 		} else {
@@ -216,7 +216,7 @@ func (s *Service) DeletePolicyRoute(p PolicyRoute) error {
 		}
 	}
 	delete(s.routes, p)
-	if err := s.persist(); err != nil {
+	if err := s.persist(Delta{Del: State{PolicyRoutes: []PolicyRoute{p}}}); err != nil {
 		s.routes[p] = reason
 		if reason == "" {
 			if uerr := s.router.AddPolicyRoute(p); uerr != nil {
@@ -285,14 +285,8 @@ func (s *Service) State() State {
 
 // snapshot is the persisted form of the current model, rules sorted.
 func (s *Service) snapshot() State {
-	st := State{IPForward: s.state.IPForward, IPv6Forward: s.state.IPv6Forward}
-	st.Dnats = slices.SortedFunc(maps.Values(s.dnats), compareDNAT)
-	st.Hairpins = slices.SortedFunc(maps.Values(s.hairpins), compareHairpin)
-	st.Snats = s.rules().SNATs
-	st.PolicyRoutes = slices.SortedFunc(maps.Keys(s.routes), comparePolicyRoute)
-	st.Mappings = slices.SortedFunc(maps.Values(s.mappings), func(a, b Mapping) int { return a.ID - b.ID })
-	st.NextMappingID = s.nextID
-	return st
+	return sortedState(s.dnats, s.hairpins, s.snats, slices.Collect(maps.Keys(s.routes)), s.mappings,
+		State{NextMappingID: s.nextID, IPForward: s.state.IPForward, IPv6Forward: s.state.IPv6Forward})
 }
 
 // compareSNAT orders SNAT rules as they are evaluated: the most specific

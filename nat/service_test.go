@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // fakeReserver holds endpoints in memory; busy ones fail like a port that
@@ -49,10 +51,16 @@ func (r *fakeReserver) dump() string {
 	return strings.Join(eps, " ")
 }
 
+// memStore keeps the state in memory as a journalling store does: a whole
+// state at the first record, then each Delta replayed onto it. Every
+// record checks that the replay equals the service's whole state, so
+// every test that changes the state also tests its deltas.
 type memStore struct {
 	saves    int
 	last     State
+	based    bool
 	failNext error
+	compacts int
 }
 
 func (m *memStore) Save(s State) error {
@@ -61,7 +69,28 @@ func (m *memStore) Save(s State) error {
 		return err
 	}
 	m.saves++
-	m.last = s
+	m.last, m.based = s, true
+	return nil
+}
+
+func (m *memStore) Record(d Delta, whole func() State) error {
+	if !m.based {
+		return m.Save(whole())
+	}
+	if err := m.failNext; err != nil {
+		m.failNext = nil
+		return err
+	}
+	m.saves++
+	m.last = m.last.Replay(d)
+	if want := whole(); !reflect.DeepEqual(m.last, want) {
+		panic(fmt.Sprintf("replaying the delta %+v gave\n%+v\nthe whole state is\n%+v", d, m.last, want))
+	}
+	return nil
+}
+
+func (m *memStore) Compact(time.Duration, func() State) error {
+	m.compacts++
 	return nil
 }
 

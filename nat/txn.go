@@ -1,7 +1,13 @@
 package nat
 
-// txn records how to undo changes to the model's maps.
-type txn struct{ undo []func() }
+// txn records how to undo changes to the model's maps, and which
+// persisted rules they touched.
+type txn struct {
+	undo []func()
+	// touched are the values put or replaced or dropped, of every map;
+	// Service.delta keeps the persisted rules among them.
+	touched []any
+}
 
 // rollback undoes every recorded change, newest first.
 func (t *txn) rollback() {
@@ -15,6 +21,7 @@ func (t *txn) rollback() {
 func put[K comparable, V any](t *txn, m map[K]V, k K, v V) {
 	old, had := m[k]
 	m[k] = v
+	t.touched = append(t.touched, v)
 	t.undo = append(t.undo, func() {
 		if had {
 			m[k] = old
@@ -31,5 +38,6 @@ func drop[K comparable, V any](t *txn, m map[K]V, k K) {
 		return
 	}
 	delete(m, k)
+	t.touched = append(t.touched, old)
 	t.undo = append(t.undo, func() { m[k] = old })
 }

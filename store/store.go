@@ -1,10 +1,16 @@
-// Package store keeps natmap's desired state in a versioned JSON file.
+// Package store keeps natmap's desired state in a versioned JSON file and a
+// journal beside it.
 //
-// Writes are atomic: the new content goes to a temporary file in the same
-// directory, which is synced, renamed over the state file, and the directory
-// is synced, so a crash at any moment leaves either the old file or the new
-// one, never a mix. A file that cannot be read or parsed is an error naming
-// the file and the problem; it is never replaced by an empty state.
+// Whole writes are atomic: the new content goes to a temporary file in the
+// same directory, which is synced, renamed over the state file, and the
+// directory is synced, so a crash at any moment leaves either the old file
+// or the new one, never a mix. A file that cannot be read or parsed is an
+// error naming the file and the problem; it is never replaced by an empty
+// state.
+//
+// One change is not a whole write: it is a line appended to the journal,
+// PATH.journal, and synced, so it costs the same with 10 rules or 10,000
+// (see journal.go).
 package store
 
 import (
@@ -13,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -37,20 +44,28 @@ type File struct {
 	// earlier holds the file's content when Load found the earlier
 	// natmap's format; FinishMigration keeps it as a backup.
 	earlier []byte
+	// Log receives what Load noticed in the journal (an incomplete last
+	// record, a journal for other content); nil discards it.
+	Log *slog.Logger
 	// rename replaces the file; os.Rename unless a test stands in for a
 	// crash before it.
 	rename func(oldpath, newpath string) error
+
+	journal journal // the open journal, after a Save; see journal.go
 }
 
 // Load reads the state. A missing file is an empty state; anything else that
 // is not a valid state file is an error naming the file.
+//
+// The state file and its journal are read as a pair that belong together,
+// even while a running daemon writes the state whole (a reload).
 func (f *File) Load() (nat.State, error) {
-	b, err := os.ReadFile(f.Path)
+	b, jb, err := f.readPair()
 	if errors.Is(err, fs.ErrNotExist) {
 		return nat.State{}, nil
 	}
 	if err != nil {
-		return nat.State{}, fmt.Errorf("reading state file %s: %w", f.Path, err)
+		return nat.State{}, err
 	}
 	if isEarlier(b) {
 		var e nat.EarlierState
@@ -71,7 +86,31 @@ func (f *File) Load() (nat.State, error) {
 	if err != nil {
 		return nat.State{}, fmt.Errorf("state file %s: %w", f.Path, err)
 	}
-	return st, nil
+	return f.replayJournal(b, st, jb)
+}
+
+// readPair reads the state file and then its journal (nil when there is
+// none), again until the state file is the same before and after: Save
+// replaces the state file before the journal, so the journal read then is
+// the one for it, or an older one that Load ignores.
+func (f *File) readPair() (state, journal []byte, err error) {
+	for range 100 {
+		b, err := os.ReadFile(f.Path)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, err
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("reading state file %s: %w", f.Path, err)
+		}
+		jb, err := os.ReadFile(f.JournalPath())
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, fmt.Errorf("reading state journal %s: %w", f.JournalPath(), err)
+		}
+		if again, err := os.ReadFile(f.Path); err == nil && bytes.Equal(again, b) {
+			return b, jb, nil
+		}
+	}
+	return nil, nil, fmt.Errorf("reading state file %s: it kept changing while being read", f.Path)
 }
 
 // isEarlier reports a state file of the earlier natmap: a JSON object
@@ -156,7 +195,8 @@ func Encode(st nat.State) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// Save replaces the state file atomically, with mode 0600.
+// Save replaces the state file atomically, with mode 0600, and starts a
+// new journal for it.
 func (f *File) Save(st nat.State) error {
 	b, err := Encode(st)
 	if err != nil {
@@ -166,7 +206,7 @@ func (f *File) Save(st nat.State) error {
 	if rename == nil {
 		rename = os.Rename
 	}
-	return writeAtomic(f.Path, b, 0o600, rename)
+	return f.saveWithJournal(b, rename)
 }
 
 // WriteFile replaces path atomically with b (mode perm): a reader sees the
@@ -177,38 +217,42 @@ func WriteFile(path string, b []byte, perm os.FileMode) error {
 
 // writeAtomic is: temp file, write, fsync, rename, fsync the directory.
 func writeAtomic(path string, b []byte, perm os.FileMode, rename func(oldpath, newpath string) error) error {
+	tmp, err := writeTemp(path, b, perm)
+	if err != nil {
+		return err
+	}
+	defer tmp.Close()
+	if err := rename(tmp.Name(), path); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("replacing %s: %w", path, err)
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// writeTemp writes b (mode perm) to a new synced file beside path, still
+// open, for the caller to rename over path or remove.
+func writeTemp(path string, b []byte, perm os.FileMode) (*os.File, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("creating %s: %w", dir, err)
+		return nil, fmt.Errorf("creating %s: %w", dir, err)
 	}
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
+		return nil, fmt.Errorf("writing %s: %w", path, err)
 	}
-	done := false
-	defer func() {
-		if !done {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err := tmp.Chmod(perm); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
+	err = tmp.Chmod(perm)
+	if err == nil {
+		_, err = tmp.Write(b)
 	}
-	if _, err := tmp.Write(b); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
+	if err == nil {
+		err = tmp.Sync()
 	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", path, err)
+	if err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return nil, fmt.Errorf("writing %s: %w", path, err)
 	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replacing %s: %w", path, err)
-	}
-	done = true
-	return syncDir(dir)
+	return tmp, nil
 }
 
 func syncDir(dir string) error {

@@ -56,7 +56,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		return err
 	}
 	defer lock.Close()
-	file := &store.File{Path: d.State}
+	file := &store.File{Path: d.State, Log: log}
 	st, err := file.Load()
 	if err != nil {
 		return fmt.Errorf("refusing to start, the state file is left as it is: %w", err)
@@ -136,6 +136,11 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	go func() { served <- srv.Serve(&limitListener{Listener: ln, max: maxConns}) }()
 	go every(ctx, d.RetryInterval, func() { svc.RetryInactive(ctx) })
 	go healLoop(ctx, svc, d.CheckInterval)
+	go every(ctx, checkpointQuiet, func() {
+		if err := svc.Checkpoint(checkpointQuiet); err != nil {
+			log.Warn("writing the state file whole failed; changes stay in its journal", "state", d.State, "err", err)
+		}
+	})
 	go docker.Watch(ctx, svc, time.Second)
 	log.Info("serving", "socket", g.Socket, "state", d.State, "version", version())
 	if err := notify("READY=1", "STATUS="+svc.Stats().Summary()); err != nil {
@@ -163,8 +168,15 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		log.Warn("closing connections", "err", err)
 	}
 	os.Remove(g.Socket)
+	if err := svc.Checkpoint(0); err != nil {
+		log.Warn("writing the state file whole failed; changes stay in its journal", "state", d.State, "err", err)
+	}
 	return nil
 }
+
+// checkpointQuiet is how long the daemon waits after a change before it
+// writes the state file whole, folding in the journal.
+const checkpointQuiet = time.Second
 
 // reload makes the running configuration equal to the state file, read
 // again (SIGHUP, `systemctl reload natmap`). A file that does not load, or
