@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -92,6 +93,10 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	}
 
 	met.watch(svc, docker.State, docker.Reconnects)
+	// Restoring thousands of forwards builds a few times the memory it
+	// keeps (the decoded file, the netlink batch); give it back now rather
+	// than leave it to the background scavenger.
+	debug.FreeOSMemory()
 	if d.Config != "" {
 		if err := applyAtStart(ctx, svc, d.Config, log); err != nil {
 			return err
