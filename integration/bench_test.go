@@ -28,7 +28,7 @@ import (
 // that proves the benchmark works; CI runs only that.
 var (
 	benchSize   = flag.Int("natmap.bench", 200, "forwards installed for TestBenchTable (10000 for the real figures)")
-	benchRounds = flag.Int("natmap.bench.rounds", 3, "packet-path measurements of each size and backend (the median counts)")
+	benchRounds = flag.Int("natmap.bench.rounds", 5, "packet-path measurements of each size and backend (the best counts)")
 )
 
 type benchRow struct{ figure, value, baseline, note string }
@@ -49,7 +49,9 @@ func TestBenchTable(t *testing.T) {
 	// 10 forwards installed, then with n.
 	// Each measurement runs in fresh namespaces (so no connection state
 	// piles up), alternating 10 and n forwards, -natmap.bench.rounds times
-	// each; the medians are compared.
+	// each. A shared machine's noise only ever slows a run down (rates of
+	// the same setup here spread from 6,000 to 10,500 conn/s), so the
+	// best rate of each size is compared; every rate is logged.
 	rounds := *benchRounds
 	if n < 1000 {
 		rounds = 1 // the smoke run only proves the benchmark works
@@ -72,8 +74,8 @@ func TestBenchTable(t *testing.T) {
 			}
 		}
 		t.Logf("%s conn/s, 10 forwards: %.0f; %d forwards: %.0f", backend, few, n, many)
-		f, m := median(few), median(many)
-		add(fmt.Sprintf("conn/s through a forward, %s, 10 vs %d forwards", backend, n),
+		f, m := slices.Max(few), slices.Max(many)
+		add(fmt.Sprintf("conn/s through a forward, %s, 10 vs %d forwards, best of %d", backend, n, rounds),
 			fmt.Sprintf("%.0f vs %.0f", f, m), "10 forwards", fmt.Sprintf("ratio %.2f (target >= 0.9 for nftables)", m/f))
 	}
 
@@ -229,12 +231,6 @@ func bulk(t *testing.T, l *lab, n int, method string) {
 			t.Fatalf("%s %s: %d %s", method, body, code, reply)
 		}
 	}
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 // connRate is TCP connections (connect and a one-line reply) per second
