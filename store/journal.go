@@ -111,13 +111,6 @@ func (f *File) Compact(quiet time.Duration, whole func() nat.State) error {
 	return f.Save(whole())
 }
 
-// Close closes the journal. The File stays usable: its next change writes
-// the state whole.
-func (f *File) Close() error {
-	f.closeJournal()
-	return nil
-}
-
 func (f *File) closeJournal() {
 	if f.journal.f != nil {
 		f.journal.f.Close()

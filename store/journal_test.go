@@ -207,7 +207,7 @@ func TestJournalCompact(t *testing.T) {
 	// A daemon that starts with a journal left by a crash folds it in at
 	// its first compaction, without a change of its own.
 	j.add(4)
-	j.f.Close()
+	j.f.closeJournal() // the daemon stopped without folding it in
 	f := &File{Path: j.f.Path}
 	st, err := f.Load()
 	if err != nil {
