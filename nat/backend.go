@@ -18,6 +18,9 @@ const (
 	// MarkLocal is set on connections the host itself makes to a forward;
 	// they are masqueraded so the internal host can always answer.
 	MarkLocal = 0x02000000
+	// MarkHairpin is set (by the nftables backend) on connections from a
+	// hairpin's LAN to one of its forwards; they are masqueraded.
+	MarkHairpin = 0x04000000
 )
 
 // Backend programs the kernel. Every call is one kernel transaction: it
@@ -83,13 +86,17 @@ type Router interface {
 	DeletePolicyRoute(p PolicyRoute, lastInTable bool) error
 }
 
-// Rules are the NAT rules that are few and live one rule each: SNATs and
-// hairpin masquerades, in the order they must be evaluated.
+// Rules are the SNAT and masquerade rules, in the order they must be
+// evaluated, and the hairpins in each backend's form.
 type Rules struct {
 	// SNATs are the SNAT rules, most specific source first.
 	SNATs []SNAT
-	// Masquerades are the hairpin masquerades.
+	// Masquerades are the hairpin masquerades, a rule per port range (the
+	// iptables backend's form).
 	Masquerades []Masquerade
+	// Hairpinned are the same hairpins a forward each (the nftables
+	// backend's form: one set, changed an element at a time).
+	Hairpinned []Hairpinned
 	// SameNet are networks (such as a Docker bridge's) whose hosts reach
 	// each other through natmap's forwards: such flows are masqueraded, so
 	// the target answers through this host and not straight to the client.
@@ -129,10 +136,16 @@ type Change struct {
 	Add []Forward
 	// Rules, when set, replace every SNAT and masquerade rule.
 	Rules *Rules
+	// HairpinDel and HairpinAdd are the hairpinned forwards that went and
+	// came, for a backend that keeps them apart from Rules; they are
+	// within Rules, which is set whenever they are.
+	HairpinDel, HairpinAdd []Hairpinned
 }
 
 // Empty reports whether the change does nothing.
-func (c Change) Empty() bool { return len(c.Add) == 0 && len(c.Del) == 0 && c.Rules == nil }
+func (c Change) Empty() bool {
+	return len(c.Add) == 0 && len(c.Del) == 0 && c.Rules == nil && len(c.HairpinDel) == 0 && len(c.HairpinAdd) == 0
+}
 
 // String renders the change as "-" and "+" lines, and "=" lines for the
 // rules that replace the old ones.

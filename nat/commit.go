@@ -48,6 +48,9 @@ type edit struct {
 	// with a new address): kernel only.
 	swapDel, swapAdd []Forward
 	rules            bool // the SNAT and masquerade rules changed
+	// hairpinDel and hairpinAdd are the hairpinned forwards that go and
+	// come (rules is set with them).
+	hairpinDel, hairpinAdd []Hairpinned
 }
 
 // commit makes the model changes recorded in tx real: it reserves the
@@ -61,7 +64,7 @@ func (s *Service) commit(ctx context.Context, tx *txn, e edit) error {
 		tx.rollback()
 		return err
 	}
-	ch := Change{Del: s.installed(e.gone), Add: s.installed(e.fresh)}
+	ch := Change{Del: s.installed(e.gone), Add: s.installed(e.fresh), HairpinDel: e.hairpinDel, HairpinAdd: e.hairpinAdd}
 	ch.Del = append(ch.Del, e.swapDel...)
 	ch.Add = append(ch.Add, e.swapAdd...)
 	if e.rules {
@@ -75,7 +78,7 @@ func (s *Service) commit(ctx context.Context, tx *txn, e edit) error {
 	}
 	if err := s.persist(s.delta(tx)); err != nil {
 		tx.rollback()
-		undo := Change{Del: ch.Add, Add: ch.Del}
+		undo := Change{Del: ch.Add, Add: ch.Del, HairpinDel: ch.HairpinAdd, HairpinAdd: ch.HairpinDel}
 		if e.rules {
 			r := s.rules()
 			undo.Rules = &r

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 )
 
@@ -14,6 +15,9 @@ type Fake struct {
 	mu       sync.Mutex
 	forwards map[Endpoint]Forward
 	rules    Rules
+	// hairpinned are the hairpin elements, kept as the nftables backend
+	// keeps them: changed one at a time by Apply.
+	hairpinned map[Hairpinned]bool
 	// FailNext, when set, makes the next Apply or Replace return it and
 	// change nothing. It is cleared when used.
 	FailNext error
@@ -22,7 +26,9 @@ type Fake struct {
 }
 
 // NewFake returns an empty Fake.
-func NewFake() *Fake { return &Fake{forwards: map[Endpoint]Forward{}} }
+func NewFake() *Fake {
+	return &Fake{forwards: map[Endpoint]Forward{}, hairpinned: map[Hairpinned]bool{}}
+}
 
 // Name implements Backend.
 func (f *Fake) Name() string { return "fake" }
@@ -41,7 +47,14 @@ func (f *Fake) Replace(_ context.Context, rs Ruleset) error {
 		}
 		next[fw.Endpoint()] = fw
 	}
-	f.forwards = next
+	hp := map[Hairpinned]bool{}
+	for _, h := range rs.Hairpinned {
+		if hp[h] {
+			return fmt.Errorf("fake replace: %s twice", h)
+		}
+		hp[h] = true
+	}
+	f.forwards, f.hairpinned = next, hp
 	f.rules = rs.Rules
 	f.Transactions++
 	return nil
@@ -70,12 +83,40 @@ func (f *Fake) Apply(_ context.Context, c Change) error {
 		}
 		next[fw.Endpoint()] = fw
 	}
-	f.forwards = next
+	hp := maps.Clone(f.hairpinned)
+	for _, h := range c.HairpinDel {
+		if !hp[h] {
+			return fmt.Errorf("fake apply: deleting absent %s", h)
+		}
+		delete(hp, h)
+	}
+	for _, h := range c.HairpinAdd {
+		if hp[h] {
+			return fmt.Errorf("fake apply: adding present %s", h)
+		}
+		hp[h] = true
+	}
+	if c.Rules != nil {
+		if want := setOf(c.Rules.Hairpinned); !maps.Equal(hp, want) {
+			return fmt.Errorf("fake apply: the hairpin elements after the change, %v, are not the rules' %v", hp, want)
+		}
+	} else if len(c.HairpinDel)+len(c.HairpinAdd) > 0 {
+		return errors.New("fake apply: hairpin elements changed without the rules")
+	}
+	f.forwards, f.hairpinned = next, hp
 	if c.Rules != nil {
 		f.rules = *c.Rules
 	}
 	f.Transactions++
 	return nil
+}
+
+func setOf[K comparable](ks []K) map[K]bool {
+	m := make(map[K]bool, len(ks))
+	for _, k := range ks {
+		m[k] = true
+	}
+	return m
 }
 
 func (f *Fake) takeFailure() error {

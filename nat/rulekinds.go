@@ -157,6 +157,26 @@ func (h Hairpin) Masquerades() []Masquerade {
 	return out
 }
 
+// Hairpinned is one forward of a hairpin: connections from LAN to the
+// forward's external endpoint are masqueraded.
+type Hairpinned struct {
+	// LAN is the hairpin's network.
+	LAN netip.Prefix
+	// Endpoint is the forward's external address, port and protocol.
+	Endpoint
+}
+
+func (h Hairpinned) String() string { return fmt.Sprintf("hairpin from %s to %s", h.LAN, h.Endpoint) }
+
+// hairpinned lists h's forwards of ports as Hairpinned.
+func (h Hairpin) hairpinned(fs []Forward) []Hairpinned {
+	out := make([]Hairpinned, len(fs))
+	for i, f := range fs {
+		out[i] = Hairpinned{LAN: h.LanCIDR, Endpoint: f.Endpoint()}
+	}
+	return out
+}
+
 // Masquerade rewrites the source of natmap-forwarded connections from Src
 // to Dst:From-To, so the internal host answers through this host.
 type Masquerade struct {

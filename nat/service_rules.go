@@ -54,7 +54,7 @@ func (s *Service) AddHairpin(ctx context.Context, h Hairpin) (rule Hairpin, chan
 		return Hairpin{}, false, err
 	}
 	put(tx, s.hairpins, h.ID(), rule)
-	if err := s.commit(ctx, tx, edit{fresh: fresh, rules: true}); err != nil {
+	if err := s.commit(ctx, tx, edit{fresh: fresh, rules: true, hairpinAdd: rule.hairpinned(add)}); err != nil {
 		return Hairpin{}, false, fmt.Errorf("adding %s: %w", h, err)
 	}
 	s.log.Info("hairpin added", "rule", rule.String())
@@ -108,7 +108,7 @@ func (s *Service) DeleteHairpin(ctx context.Context, h Hairpin) error {
 		rule.Ports = left
 		put(tx, s.hairpins, h.ID(), rule)
 	}
-	if err := s.commit(ctx, tx, edit{gone: gone, rules: true}); err != nil {
+	if err := s.commit(ctx, tx, edit{gone: gone, rules: true, hairpinDel: old.hairpinned(h.dnat().Forwards())}); err != nil {
 		return fmt.Errorf("deleting %s: %w", h, err)
 	}
 	s.log.Info("hairpin deleted", "rule", h.String())
@@ -247,6 +247,7 @@ func (s *Service) rules() Rules {
 	r.SNATs = slices.SortedFunc(maps.Values(s.snats), compareSNAT)
 	for _, h := range slices.SortedFunc(maps.Values(s.hairpins), compareHairpin) {
 		r.Masquerades = append(r.Masquerades, h.Masquerades()...)
+		r.Hairpinned = append(r.Hairpinned, h.hairpinned(h.dnat().Forwards())...)
 	}
 	for _, m := range s.mappings {
 		if m.net.IsValid() && !slices.Contains(r.SameNet, m.net) {

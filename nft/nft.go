@@ -19,6 +19,7 @@ package nft
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/google/nftables"
@@ -83,7 +84,7 @@ func (b *Backend) Replace(_ context.Context, rs nat.Ruleset) error {
 	c.AddTable(t)
 
 	groups := groupByLookup(rs.Forwards)
-	sets := map[lookup][2]*nftables.Set{}
+	made := map[string]*nftables.Set{}
 	for _, l := range lookups {
 		keys, targets := l.sets(t)
 		if err := c.AddSet(keys, nil); err != nil {
@@ -95,19 +96,30 @@ func (b *Backend) Replace(_ context.Context, rs nat.Ruleset) error {
 		if err := addElements(c, keys, targets, groups[l]); err != nil {
 			return b.abandon(err)
 		}
-		sets[l] = [2]*nftables.Set{keys, targets}
+		made[keys.Name], made[targets.Name] = keys, targets
+	}
+	for _, k := range lanKeys(rs.Hairpinned) {
+		s := k.set(t)
+		if err := c.AddSet(s, nil); err != nil {
+			return b.abandon(fmt.Errorf("adding set %s: %w", s.Name, err))
+		}
+		made[s.Name] = s
+	}
+	if err := changeHairpins(c, t, rs.Hairpinned, false); err != nil {
+		return b.abandon(err)
 	}
 	ch := newChains(t)
 	for _, chain := range []*nftables.Chain{regularChain(t, hairpinChain), regularChain(t, snatChain), ch.prerouting, ch.output, ch.postrouting, ch.forward, ch.count, ch.countOut} {
 		c.AddChain(chain)
 	}
+	addPrerouting(c, t, ch.prerouting, rs.Hairpinned, made)
 	for _, l := range lookups {
-		s := sets[l]
-		c.AddRule(l.dnatRule(t, ch.prerouting, s[0], s[1], MarkDNAT))
-		c.AddRule(l.countRule(t, ch.count, s[0]))
+		k, v := l.sets(t)
+		keys, targets := made[k.Name], made[v.Name]
+		c.AddRule(l.countRule(t, ch.count, keys))
 		if !l.iif {
-			c.AddRule(l.dnatRule(t, ch.output, s[0], s[1], MarkDNAT|MarkLocal))
-			c.AddRule(l.countRule(t, ch.countOut, s[0]))
+			c.AddRule(l.dnatRule(t, ch.output, keys, targets, MarkDNAT|MarkLocal))
+			c.AddRule(l.countRule(t, ch.countOut, keys))
 		}
 	}
 	c.AddRule(masqueradeLocal(t, ch.postrouting))
@@ -145,10 +157,35 @@ func (b *Backend) Apply(_ context.Context, ch nat.Change) error {
 			return b.abandon(err)
 		}
 	}
+	for _, k := range lanKeys(ch.HairpinAdd) {
+		if err := c.AddSet(k.set(t), nil); err != nil { // a no-op for a LAN that has its set
+			return b.abandon(fmt.Errorf("adding set %s: %w", k.name(), err))
+		}
+	}
+	if err := changeHairpins(c, t, ch.HairpinDel, true); err != nil {
+		return b.abandon(err)
+	}
+	if err := changeHairpins(c, t, ch.HairpinAdd, false); err != nil {
+		return b.abandon(err)
+	}
 	if ch.Rules != nil {
 		c.FlushChain(regularChain(t, hairpinChain))
 		c.FlushChain(regularChain(t, snatChain))
 		addRules(c, t, *ch.Rules)
+	}
+	if ch.Rules != nil && len(ch.HairpinDel)+len(ch.HairpinAdd) > 0 {
+		// A LAN's rule comes with its first hairpin and goes with its
+		// last: prerouting is refilled (a rule per LAN and the DNAT
+		// lookups), and the sets of LANs left with no hairpin deleted.
+		pre := newChains(t).prerouting
+		c.FlushChain(pre)
+		addPrerouting(c, t, pre, ch.Rules.Hairpinned, nil)
+		kept := lanKeys(ch.Rules.Hairpinned)
+		for _, k := range lanKeys(ch.HairpinDel) {
+			if !slices.Contains(kept, k) {
+				c.DelSet(k.set(t))
+			}
+		}
 	}
 	return b.flush(c, fmt.Sprintf("removing %d and adding %d forwards", len(ch.Del), len(ch.Add)))
 }
@@ -350,9 +387,9 @@ func (b *Backend) Check(_ context.Context, rs nat.Rules) error {
 		return fmt.Errorf("table inet %s is missing", TableName)
 	}
 	sets, err := c.GetSets(t)
-	if err != nil || len(sets) != 2*len(lookups) {
+	if made := 2*len(lookups) + len(lanKeys(rs.Hairpinned)); err != nil || len(sets) != made {
 		b.drop()
-		return fmt.Errorf("table inet %s holds %d sets, natmap made %d", TableName, len(sets), 2*len(lookups))
+		return fmt.Errorf("table inet %s holds %d sets, natmap made %d", TableName, len(sets), made)
 	}
 	output := 0
 	for _, l := range lookups {
@@ -361,13 +398,13 @@ func (b *Backend) Check(_ context.Context, rs nat.Rules) error {
 		}
 	}
 	want := map[string]int{
-		"prerouting":  len(lookups),
+		"prerouting":  len(lanKeys(rs.Hairpinned)) + len(lookups),
 		"output":      output,
 		"postrouting": 3,
 		"forward":     1,
 		"count_in":    len(lookups),
 		"count_out":   output,
-		hairpinChain:  len(rs.Masquerades) + len(rs.SameNet),
+		hairpinChain:  1 + len(rs.SameNet),
 		snatChain:     len(rs.SNATs),
 	}
 	for name, n := range want {

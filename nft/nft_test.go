@@ -71,7 +71,20 @@ func TestIntegrationGoldenSequence(t *testing.T) {
 		},
 		SameNet: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
 	}
-	if err := b.Apply(ctx, nat.Change{Del: []nat.Forward{dns}, Rules: &rules}); err != nil {
+	hairpin := func(lan, ext string) nat.Hairpinned {
+		return nat.Hairpinned{LAN: netip.MustParsePrefix(lan), Endpoint: nat.Endpoint{Proto: nat.ProtoTCP, Addr: netip.MustParseAddrPort(ext)}}
+	}
+	smtpHP, sshHP := hairpin("10.0.0.0/24", "203.0.113.43:25"), hairpin("10.0.0.101/32", "203.0.113.43:2222")
+	v6HP := hairpin("fd00::/64", "[2001:db8::43]:80")
+	anyHP := hairpin("172.17.0.0/16", "0.0.0.0:8080")
+	rules.Hairpinned = []nat.Hairpinned{smtpHP, sshHP, v6HP, anyHP}
+	if err := b.Apply(ctx, nat.Change{Del: []nat.Forward{dns}, Rules: &rules, HairpinAdd: rules.Hairpinned}); err != nil {
+		t.Fatal(err)
+	}
+	// A hairpin change touches its element; the last of a LAN takes the
+	// LAN's set and rule with it.
+	rules.Hairpinned = []nat.Hairpinned{smtpHP, v6HP, anyHP}
+	if err := b.Apply(ctx, nat.Change{Rules: &rules, HairpinDel: []nat.Hairpinned{sshHP}}); err != nil {
 		t.Fatal(err)
 	}
 	golden.Check(t, "sequence.nft", listTable(t, ns), *update)

@@ -38,12 +38,17 @@ func Render(rs nat.Ruleset) []byte {
 		writeElements(&b, pairs)
 		w("\t}")
 	}
-	w("\tchain %s {", hairpinChain)
-	for _, m := range rs.Masquerades {
-		fam := famWord(m.Dst)
-		w("\t\tct mark & %#08x == %#08x %s saddr %s %s daddr %s %s dport %s masquerade",
-			MarkDNAT, MarkDNAT, fam, m.Src, fam, m.Dst, m.Proto, portRange(m.From, m.To))
+	hairpins := map[lanKey][]string{}
+	for _, h := range rs.Hairpinned {
+		hairpins[lanKeyOf(h)] = append(hairpins[lanKeyOf(h)], keyText(nat.Forward{Proto: h.Proto, Ext: h.Addr}))
 	}
+	for _, k := range lanKeys(rs.Hairpinned) {
+		w("\tset %s {\n\t\ttype %s", k.name(), keyTypeName(k.lookup()))
+		writeElements(&b, hairpins[k])
+		w("\t}")
+	}
+	w("\tchain %s {", hairpinChain)
+	w("\t\tct mark & %#08x == %#08x masquerade comment %q", MarkDNAT|MarkHairpin, MarkDNAT|MarkHairpin, hairpinMasqComment)
 	for _, p := range rs.SameNet {
 		fam := famWord(p.Addr())
 		w("\t\tct mark & %#08x == %#08x %s saddr %s %s daddr %s masquerade", MarkDNAT, MarkDNAT, fam, p, fam, p)
@@ -56,6 +61,10 @@ func Render(rs nat.Ruleset) []byte {
 	}
 	w("\t}")
 	w("\tchain prerouting {\n\t\ttype nat hook prerouting priority %d; policy accept;", prioDNAT)
+	for _, k := range lanKeys(rs.Hairpinned) {
+		key, fam, _ := lookupText(k.lookup())
+		w("\t\t%s saddr %s %s @%s ct mark set ct mark | %#08x comment %q", fam, k.lan, key, k.name(), MarkHairpin, k.comment())
+	}
 	for _, l := range lookups {
 		w("\t\t%s", dnatText(l, MarkDNAT))
 	}
@@ -137,13 +146,6 @@ func famWord(a netip.Addr) string {
 		return "ip"
 	}
 	return "ip6"
-}
-
-func portRange(from, to uint16) string {
-	if from == to {
-		return fmt.Sprint(from)
-	}
-	return fmt.Sprintf("%d-%d", from, to)
 }
 
 // lookupText is the lookup's key as nft writes it, its address family word,

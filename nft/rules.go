@@ -4,15 +4,14 @@ import (
 	"net/netip"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 
 	"github.com/lab-ops/natmap/nat"
 )
 
-// The regular chains for the few one-rule-each NAT rules; postrouting jumps
-// to them. Both are flushed and refilled in the transaction of any change
-// to them.
+// The regular chains for the few one-rule-each NAT rules (and the one
+// hairpin masquerade); postrouting jumps to them. Both are flushed and
+// refilled in the transaction of any change to them.
 const (
 	hairpinChain = "hairpin_masq"
 	snatChain    = "snat_out"
@@ -77,31 +76,6 @@ func snatRule(t *nftables.Table, c *nftables.Chain, s nat.SNAT) *nftables.Rule {
 	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs}
 }
 
-// masqRule: ct mark & DNAT == DNAT ip saddr LAN ip daddr INT PROTO dport
-// PORTS masquerade.
-func masqRule(t *nftables.Table, c *nftables.Chain, m nat.Masquerade) *nftables.Rule {
-	f := famOf(m.Dst)
-	exprs := hasMark(MarkDNAT)
-	exprs = append(exprs, matchFamily(f)...)
-	exprs = append(exprs, matchPrefix(f.daddr-f.addrLen, m.Src)...)
-	exprs = append(exprs, matchPrefix(f.daddr, netip.PrefixFrom(m.Dst, m.Dst.BitLen()))...)
-	exprs = append(exprs,
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(m.Proto)}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-	)
-	if m.From == m.To {
-		exprs = append(exprs, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(m.From)})
-	} else {
-		exprs = append(exprs,
-			&expr.Cmp{Op: expr.CmpOpGte, Register: 1, Data: binaryutil.BigEndian.PutUint16(m.From)},
-			&expr.Cmp{Op: expr.CmpOpLte, Register: 1, Data: binaryutil.BigEndian.PutUint16(m.To)},
-		)
-	}
-	exprs = append(exprs, &expr.Masq{})
-	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs}
-}
-
 // sameNetRule: ct mark & DNAT == DNAT ip saddr NET ip daddr NET
 // masquerade.
 func sameNetRule(t *nftables.Table, c *nftables.Chain, p netip.Prefix) *nftables.Rule {
@@ -117,9 +91,7 @@ func sameNetRule(t *nftables.Table, c *nftables.Chain, p netip.Prefix) *nftables
 // addRules fills the hairpin and SNAT chains.
 func addRules(c *nftables.Conn, t *nftables.Table, r nat.Rules) {
 	hc, sc := regularChain(t, hairpinChain), regularChain(t, snatChain)
-	for _, m := range r.Masquerades {
-		c.AddRule(masqRule(t, hc, m))
-	}
+	c.AddRule(hairpinMasq(t, hc))
 	for _, p := range r.SameNet {
 		c.AddRule(sameNetRule(t, hc, p))
 	}
