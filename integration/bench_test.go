@@ -80,12 +80,13 @@ func TestBenchTable(t *testing.T) {
 	}
 
 	// 2. One change with n present, daemon side and CLI round trip: an add,
-	// a delete, and a remap (a mapping to a local service moved to another
-	// host port and back: the Docker-free form of `docker remap`), each
-	// `changes` times.
+	// a delete, a remap (a mapping to a local service moved to another host
+	// port and back: the Docker-free form of `docker remap`), and a hairpin
+	// added and deleted (n hairpins present), each `changes` times.
 	l := benchLab(t, "nftables", n)
 	l.mustCLI("docker", "add", "4990:"+serverIP+":5000", "--name", "bench-svc")
 	dnat := []string{"dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "4999"}
+	hairpin := []string{"hairpin", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "4998", "--lan-cidr", "10.0.0.0/24"}
 	kinds := []struct {
 		name, method, path string
 		args               func(i int) []string
@@ -95,6 +96,8 @@ func TestBenchTable(t *testing.T) {
 		{"remap", "PUT", "/remap/bench-svc", func(i int) []string {
 			return []string{"docker", "remap", "bench-svc", []string{"4990:4991", "4991:4990"}[i%2]}
 		}},
+		{"hairpin add", "POST", "/hairpin", func(int) []string { return hairpin }},
+		{"hairpin delete", "DELETE", "/hairpin", func(int) []string { return append(slices.Clone(hairpin), "--delete") }},
 	}
 	cli := map[string][]time.Duration{}
 	for i := 0; i < changes; i++ {
@@ -190,12 +193,14 @@ func run(t *testing.T, name string, args ...string) string {
 // with IP_FREEBIND; traffic goes only to extIP), plus port 5000 of extIP
 // to the server. The ports are translated, so the iptables backend needs a
 // rule per forward, as the one-rule-per-port layouts natmap is measured
-// against do.
+// against do. Each forward also has a hairpin for the lab's LAN, as the
+// spec's mail-server script adds one beside every dnat (they share the
+// forward and its reservation).
 func benchLab(t *testing.T, backend string, n int) *lab {
 	t.Helper()
 	l := newLab(t)
 	serve(t, l.server, "svc", serverIP+":5000")
-	var rules []string
+	var rules, hairpins []string
 	ext := netip.MustParseAddr("203.0.113.100")
 	for i := 0; i < n; i++ {
 		if i > 0 && i%90 == 0 {
@@ -203,11 +208,13 @@ func benchLab(t *testing.T, backend string, n int) *lab {
 		}
 		// Targets below the server's address: the iptables backend writes
 		// their rules before the measured forward's, the worst case.
-		rules = append(rules, fmt.Sprintf(`{"ext_ip":"%s","int_ip":"10.0.0.%d","ports":"%d:%d","proto":"tcp"}`,
-			ext, 2+i%90, 10000+i%50000, 1000+i%1000))
+		rule := fmt.Sprintf(`"ext_ip":"%s","int_ip":"10.0.0.%d","ports":"%d:%d","proto":"tcp"`, ext, 2+i%90, 10000+i%50000, 1000+i%1000)
+		rules = append(rules, "{"+rule+"}")
+		hairpins = append(hairpins, "{"+rule+`,"lan_cidr":"10.0.0.0/24"}`)
 	}
 	rules = append(rules, fmt.Sprintf(`{"ext_ip":%q,"int_ip":%q,"ports":"5000","proto":"tcp"}`, extIP, serverIP))
-	if err := os.WriteFile(l.state, []byte(`{"version": 1, "dnats": [`+strings.Join(rules, ",")+`]}`), 0o600); err != nil {
+	state := `{"version": 1, "dnats": [` + strings.Join(rules, ",") + `], "hairpins": [` + strings.Join(hairpins, ",") + `]}`
+	if err := os.WriteFile(l.state, []byte(state), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	args := []string{"--backend", "nftables"}

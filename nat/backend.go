@@ -169,6 +169,16 @@ func renderForwards(prefix string, fs []Forward) string {
 	return b.String()
 }
 
+// HairpinKeeper is a Backend that keeps each hairpinned forward as an
+// element of its own (nftables). When it says so, a change of hairpins
+// reaches it as Change.HairpinDel and HairpinAdd alone, and the Rules of
+// Apply and Check hold neither Masquerades nor Hairpinned (Replace still
+// gets them whole), so a hairpin change costs the same with 10 hairpins or
+// 10,000.
+type HairpinKeeper interface {
+	KeepsHairpinElements() bool
+}
+
 // Counter is what the kernel counted for a forward: the packets and
 // bytes the client side sent (the first packet of each connection
 // included).

@@ -23,6 +23,19 @@ type Fake struct {
 	FailNext error
 	// Transactions counts successful Apply and Replace calls.
 	Transactions int
+	// KeepsHairpins makes the fake a HairpinKeeper, as the nftables
+	// backend is; set it before the Service is made.
+	KeepsHairpins bool
+}
+
+// KeepsHairpinElements implements HairpinKeeper.
+func (f *Fake) KeepsHairpinElements() bool { return f.KeepsHairpins }
+
+// Hairpinned returns the hairpin elements the fake holds.
+func (f *Fake) Hairpinned() map[Hairpinned]bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.hairpinned)
 }
 
 // NewFake returns an empty Fake.
@@ -96,16 +109,24 @@ func (f *Fake) Apply(_ context.Context, c Change) error {
 		}
 		hp[h] = true
 	}
-	if c.Rules != nil {
+	switch {
+	case f.KeepsHairpins && c.Rules != nil && len(c.Rules.Masquerades)+len(c.Rules.Hairpinned) > 0:
+		return errors.New("fake apply: a hairpin keeper got the hairpins in the rules")
+	case f.KeepsHairpins:
+	case c.Rules != nil:
 		if want := setOf(c.Rules.Hairpinned); !maps.Equal(hp, want) {
 			return fmt.Errorf("fake apply: the hairpin elements after the change, %v, are not the rules' %v", hp, want)
 		}
-	} else if len(c.HairpinDel)+len(c.HairpinAdd) > 0 {
+	case len(c.HairpinDel)+len(c.HairpinAdd) > 0:
 		return errors.New("fake apply: hairpin elements changed without the rules")
 	}
 	f.forwards, f.hairpinned = next, hp
 	if c.Rules != nil {
-		f.rules = *c.Rules
+		rules := *c.Rules
+		if f.KeepsHairpins { // the rules Apply gets have no hairpins; keep those of the last Replace
+			rules.Masquerades, rules.Hairpinned = f.rules.Masquerades, f.rules.Hairpinned
+		}
+		f.rules = rules
 	}
 	f.Transactions++
 	return nil

@@ -37,6 +37,9 @@ type Service struct {
 	docker   Containers
 	changes  int // changes applied since start
 
+	// hairpinElements is the backend's HairpinKeeper answer.
+	hairpinElements bool
+
 	reserveFailures int // reservations refused since start
 
 	repairs    int       // times Heal restored the kernel rules
@@ -91,7 +94,14 @@ func NewService(d Deps) *Service {
 		mappings: map[int]Mapping{},
 		nextID:   1,
 		docker:   d.Docker,
+
+		hairpinElements: keepsHairpinElements(d.Backend),
 	}
+}
+
+func keepsHairpinElements(b Backend) bool {
+	k, ok := b.(HairpinKeeper)
+	return ok && k.KeepsHairpinElements()
 }
 
 // BackendName names the backend in use.

@@ -54,7 +54,7 @@ func (s *Service) AddHairpin(ctx context.Context, h Hairpin) (rule Hairpin, chan
 		return Hairpin{}, false, err
 	}
 	put(tx, s.hairpins, h.ID(), rule)
-	if err := s.commit(ctx, tx, edit{fresh: fresh, rules: true, hairpinAdd: rule.hairpinned(add)}); err != nil {
+	if err := s.commit(ctx, tx, edit{fresh: fresh, rules: !s.hairpinElements, hairpinAdd: rule.hairpinned(add)}); err != nil {
 		return Hairpin{}, false, fmt.Errorf("adding %s: %w", h, err)
 	}
 	s.log.Info("hairpin added", "rule", rule.String())
@@ -108,7 +108,7 @@ func (s *Service) DeleteHairpin(ctx context.Context, h Hairpin) error {
 		rule.Ports = left
 		put(tx, s.hairpins, h.ID(), rule)
 	}
-	if err := s.commit(ctx, tx, edit{gone: gone, rules: true, hairpinDel: old.hairpinned(h.dnat().Forwards())}); err != nil {
+	if err := s.commit(ctx, tx, edit{gone: gone, rules: !s.hairpinElements, hairpinDel: old.hairpinned(h.dnat().Forwards())}); err != nil {
 		return fmt.Errorf("deleting %s: %w", h, err)
 	}
 	s.log.Info("hairpin deleted", "rule", h.String())
@@ -240,14 +240,25 @@ func (s *Service) lastInTable(p PolicyRoute) bool {
 	return true
 }
 
-// rules are the SNAT and masquerade rules of the model, in evaluation
-// order: the most specific source first.
+// rules are the SNAT and masquerade rules of the model for Apply and
+// Check, in evaluation order (the most specific source first): without the
+// hairpins when the backend keeps them as elements.
 func (s *Service) rules() Rules {
+	if s.hairpinElements {
+		return s.rulesWith(false)
+	}
+	return s.rulesWith(true)
+}
+
+// rulesWith are the rules, with the hairpins or without.
+func (s *Service) rulesWith(hairpins bool) Rules {
 	var r Rules
 	r.SNATs = slices.SortedFunc(maps.Values(s.snats), compareSNAT)
-	for _, h := range slices.SortedFunc(maps.Values(s.hairpins), compareHairpin) {
-		r.Masquerades = append(r.Masquerades, h.Masquerades()...)
-		r.Hairpinned = append(r.Hairpinned, h.hairpinned(h.dnat().Forwards())...)
+	if hairpins {
+		for _, h := range slices.SortedFunc(maps.Values(s.hairpins), compareHairpin) {
+			r.Masquerades = append(r.Masquerades, h.Masquerades()...)
+			r.Hairpinned = append(r.Hairpinned, h.hairpinned(h.dnat().Forwards())...)
+		}
 	}
 	for _, m := range s.mappings {
 		if m.net.IsValid() && !slices.Contains(r.SameNet, m.net) {
@@ -259,7 +270,7 @@ func (s *Service) rules() Rules {
 }
 
 func (s *Service) activeRuleset() Ruleset {
-	rs := Ruleset{Forwards: make([]Forward, 0, len(s.forwards)), Rules: s.rules()}
+	rs := Ruleset{Forwards: make([]Forward, 0, len(s.forwards)), Rules: s.rulesWith(true)}
 	for ep, e := range s.forwards {
 		_, off := s.inactive[ep]
 		_, down := s.parked[ep]

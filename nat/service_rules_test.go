@@ -2,6 +2,7 @@ package nat
 
 import (
 	"errors"
+	"maps"
 	"net/netip"
 	"strings"
 	"testing"
@@ -201,4 +202,65 @@ func TestPolicyRouteValidation(t *testing.T) {
 			t.Errorf("%+v: %v, want 400 saying %q", c.cfg, err, c.want)
 		}
 	}
+}
+
+// With a backend that keeps hairpins as elements (nftables), a hairpin
+// change reaches it as element changes alone, with no rules to rebuild,
+// and the elements always equal the model's hairpins; a failed change
+// takes its elements back.
+func TestHairpinKeeperGetsElementsOnly(t *testing.T) {
+	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
+	r.fake.KeepsHairpins = true
+	r.svc = NewService(r.deps())
+	start := State{Hairpins: []Hairpin{hairpin(t, "203.0.113.43", "10.0.0.101", "25", "tcp", "10.0.0.0/24")}}
+	if err := r.svc.Start(ctx, start); err != nil {
+		t.Fatal(err)
+	}
+	same := func(when string) {
+		t.Helper()
+		want := setOf(r.svc.rulesWith(true).Hairpinned)
+		if got := r.fake.Hairpinned(); !maps.Equal(got, want) {
+			t.Fatalf("%s: the backend holds %v, the model %v", when, got, want)
+		}
+	}
+	same("after start")
+	steps := []struct {
+		name string
+		do   func() error
+	}{
+		{"add ports", func() error {
+			_, _, err := r.svc.AddHairpin(ctx, hairpin(t, "203.0.113.43", "10.0.0.101", "465,587", "tcp", ""))
+			return err
+		}},
+		{"another LAN", func() error {
+			_, _, err := r.svc.AddHairpin(ctx, hairpin(t, "203.0.113.44", "10.0.0.102", "80", "tcp", "10.0.0.0/25"))
+			return err
+		}},
+		{"a dnat beside", func() error {
+			_, _, err := r.svc.AddDNAT(ctx, dnat(t, "203.0.113.43", "10.0.0.101", "25,8080", "tcp", ""))
+			return err
+		}},
+		{"delete some", func() error {
+			return r.svc.DeleteHairpin(ctx, hairpin(t, "203.0.113.43", "10.0.0.101", "25,587", "tcp", ""))
+		}},
+	}
+	for _, s := range steps {
+		before := r.fake.Transactions
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if r.fake.Transactions != before+1 {
+			t.Fatalf("%s: %d transactions", s.name, r.fake.Transactions-before)
+		}
+		same(s.name)
+	}
+	r.store.failNext = errors.New("disk full")
+	if _, _, err := r.svc.AddHairpin(ctx, hairpin(t, "203.0.113.43", "10.0.0.101", "993", "tcp", "")); err == nil {
+		t.Fatal("a change that could not be saved succeeded")
+	}
+	same("after a refused change")
+	if err := r.svc.DeleteHairpin(ctx, hairpin(t, "203.0.113.44", "10.0.0.102", "80", "tcp", "")); err != nil {
+		t.Fatal(err)
+	}
+	same("after the last of a LAN")
 }

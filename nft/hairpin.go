@@ -74,9 +74,11 @@ func lanKeys(hs []nat.Hairpinned) []lanKey {
 	for _, h := range hs {
 		seen[lanKeyOf(h)] = true
 	}
-	return slices.SortedFunc(maps.Keys(seen), func(a, b lanKey) int {
-		return cmp.Or(a.lan.Addr().Compare(b.lan.Addr()), cmp.Compare(a.lan.Bits(), b.lan.Bits()), boolCompare(a.any, b.any))
-	})
+	return slices.SortedFunc(maps.Keys(seen), compareLANs)
+}
+
+func compareLANs(a, b lanKey) int {
+	return cmp.Or(a.lan.Addr().Compare(b.lan.Addr()), cmp.Compare(a.lan.Bits(), b.lan.Bits()), boolCompare(a.any, b.any))
 }
 
 func boolCompare(a, b bool) int {
@@ -123,14 +125,15 @@ func changeHairpins(c *nftables.Conn, t *nftables.Table, hs []nat.Hairpinned, de
 // addPrerouting fills the prerouting chain: a hairpin rule per LAN set,
 // then the DNAT lookups. made holds the sets made in this batch (the
 // others are found by name).
-func addPrerouting(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain, hs []nat.Hairpinned, made map[string]*nftables.Set) {
+func addPrerouting(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain, lans []lanKey, made map[string]*nftables.Set) {
 	byName := func(s *nftables.Set) *nftables.Set {
 		if m, ok := made[s.Name]; ok {
 			return m
 		}
 		return s
 	}
-	for _, k := range lanKeys(hs) {
+	slices.SortFunc(lans, compareLANs)
+	for _, k := range lans {
 		c.AddRule(k.rule(t, ch, byName(k.set(t))))
 	}
 	for _, l := range lookups {

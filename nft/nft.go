@@ -19,6 +19,7 @@ package nft
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -43,7 +44,14 @@ type Backend struct {
 
 	mu   sync.Mutex
 	conn *nftables.Conn
+	// lans counts the hairpinned forwards of each hairpin set in the
+	// kernel, as the last Replace and the Applies since left them.
+	lans map[lanKey]int
 }
+
+// KeepsHairpinElements implements nat.HairpinKeeper: hairpins are set
+// elements, changed one at a time.
+func (b *Backend) KeepsHairpinElements() bool { return true }
 
 // Option configures a Backend.
 type Option func(*Backend)
@@ -112,7 +120,7 @@ func (b *Backend) Replace(_ context.Context, rs nat.Ruleset) error {
 	for _, chain := range []*nftables.Chain{regularChain(t, hairpinChain), regularChain(t, snatChain), ch.prerouting, ch.output, ch.postrouting, ch.forward, ch.count, ch.countOut} {
 		c.AddChain(chain)
 	}
-	addPrerouting(c, t, ch.prerouting, rs.Hairpinned, made)
+	addPrerouting(c, t, ch.prerouting, lanKeys(rs.Hairpinned), made)
 	for _, l := range lookups {
 		k, v := l.sets(t)
 		keys, targets := made[k.Name], made[v.Name]
@@ -127,7 +135,14 @@ func (b *Backend) Replace(_ context.Context, rs nat.Ruleset) error {
 	c.AddRule(jump(t, ch.postrouting, snatChain))
 	c.AddRule(acceptForwarded(t, ch.forward))
 	addRules(c, t, rs.Rules)
-	return b.flush(c, fmt.Sprintf("replacing table inet %s with %d forwards", TableName, len(rs.Forwards)))
+	if err := b.flush(c, fmt.Sprintf("replacing table inet %s with %d forwards", TableName, len(rs.Forwards))); err != nil {
+		return err
+	}
+	b.lans = map[lanKey]int{}
+	for _, h := range rs.Hairpinned {
+		b.lans[lanKeyOf(h)]++
+	}
+	return nil
 }
 
 // Apply implements nat.Backend: element deletions, then additions, in one
@@ -157,8 +172,26 @@ func (b *Backend) Apply(_ context.Context, ch nat.Change) error {
 			return b.abandon(err)
 		}
 	}
-	for _, k := range lanKeys(ch.HairpinAdd) {
-		if err := c.AddSet(k.set(t), nil); err != nil { // a no-op for a LAN that has its set
+	lans := maps.Clone(b.lans)
+	for _, h := range ch.HairpinDel {
+		lans[lanKeyOf(h)]--
+	}
+	for _, h := range ch.HairpinAdd {
+		lans[lanKeyOf(h)]++
+	}
+	var came, went []lanKey
+	for k, n := range lans {
+		switch {
+		case n > 0 && b.lans[k] == 0:
+			came = append(came, k)
+		case n <= 0:
+			went = append(went, k)
+			delete(lans, k)
+		}
+	}
+	slices.SortFunc(came, compareLANs) // sets list in the order they were made
+	for _, k := range came {
+		if err := c.AddSet(k.set(t), nil); err != nil {
 			return b.abandon(fmt.Errorf("adding set %s: %w", k.name(), err))
 		}
 	}
@@ -173,21 +206,22 @@ func (b *Backend) Apply(_ context.Context, ch nat.Change) error {
 		c.FlushChain(regularChain(t, snatChain))
 		addRules(c, t, *ch.Rules)
 	}
-	if ch.Rules != nil && len(ch.HairpinDel)+len(ch.HairpinAdd) > 0 {
+	if len(came)+len(went) > 0 {
 		// A LAN's rule comes with its first hairpin and goes with its
 		// last: prerouting is refilled (a rule per LAN and the DNAT
 		// lookups), and the sets of LANs left with no hairpin deleted.
 		pre := newChains(t).prerouting
 		c.FlushChain(pre)
-		addPrerouting(c, t, pre, ch.Rules.Hairpinned, nil)
-		kept := lanKeys(ch.Rules.Hairpinned)
-		for _, k := range lanKeys(ch.HairpinDel) {
-			if !slices.Contains(kept, k) {
-				c.DelSet(k.set(t))
-			}
+		addPrerouting(c, t, pre, slices.Collect(maps.Keys(lans)), nil)
+		for _, k := range went {
+			c.DelSet(k.set(t))
 		}
 	}
-	return b.flush(c, fmt.Sprintf("removing %d and adding %d forwards", len(ch.Del), len(ch.Add)))
+	if err := b.flush(c, fmt.Sprintf("removing %d and adding %d forwards", len(ch.Del), len(ch.Add))); err != nil {
+		return err
+	}
+	b.lans = lans
+	return nil
 }
 
 // Count returns how many forwards the kernel's maps hold, read back from
@@ -368,7 +402,11 @@ func (b *Backend) Remove() error {
 	t := table()
 	c.AddTable(t)
 	c.DelTable(t)
-	return b.flush(c, "deleting table inet "+TableName)
+	if err := b.flush(c, "deleting table inet "+TableName); err != nil {
+		return err
+	}
+	b.lans = nil
+	return nil
 }
 
 // Check implements nat.Checker: the table, its sets and chains are there,
@@ -387,7 +425,7 @@ func (b *Backend) Check(_ context.Context, rs nat.Rules) error {
 		return fmt.Errorf("table inet %s is missing", TableName)
 	}
 	sets, err := c.GetSets(t)
-	if made := 2*len(lookups) + len(lanKeys(rs.Hairpinned)); err != nil || len(sets) != made {
+	if made := 2*len(lookups) + len(b.lans); err != nil || len(sets) != made {
 		b.drop()
 		return fmt.Errorf("table inet %s holds %d sets, natmap made %d", TableName, len(sets), made)
 	}
@@ -398,7 +436,7 @@ func (b *Backend) Check(_ context.Context, rs nat.Rules) error {
 		}
 	}
 	want := map[string]int{
-		"prerouting":  len(lanKeys(rs.Hairpinned)) + len(lookups),
+		"prerouting":  len(b.lans) + len(lookups),
 		"output":      output,
 		"postrouting": 3,
 		"forward":     1,

@@ -116,6 +116,12 @@ func (t timed) Check(ctx context.Context, r nat.Rules) error {
 	return nil
 }
 
+// KeepsHairpinElements passes the backend's answer through.
+func (t timed) KeepsHairpinElements() bool {
+	k, ok := t.Backend.(nat.HairpinKeeper)
+	return ok && k.KeepsHairpinElements()
+}
+
 // Counters passes the counter read through to a backend that has one.
 func (t timed) Counters(ctx context.Context, fs []nat.Forward) (map[nat.Endpoint]nat.Counter, error) {
 	if c, ok := t.Backend.(nat.Counting); ok {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -67,6 +68,17 @@ func (o *output) printJSON(v any) {
 	if err := enc.Encode(v); err != nil {
 		fmt.Fprintln(o.stderr, "encoding JSON:", err)
 	}
+}
+
+// printRawJSON writes JSON as printJSON does (indented, a newline after).
+func (o *output) printRawJSON(b []byte) error {
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, bytes.TrimSpace(b), "", "  "); err != nil {
+		return fmt.Errorf("the daemon's reply is not JSON: %w", err)
+	}
+	buf.WriteByte('\n')
+	_, err := o.stdout.Write(buf.Bytes())
+	return err
 }
 
 // fail reports an error: on stderr, or as {"error": ...} on stdout with

@@ -1,0 +1,35 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+
+	"github.com/lab-ops/natmap/nat"
+)
+
+// `--json ls` prints the daemon's reply indented; it must read exactly as
+// the reply decoded and encoded again, as every other command prints.
+func TestPrintRawJSONMatchesPrintJSON(t *testing.T) {
+	list := nat.ListResponse{
+		Docker: []nat.DockerPortMap{},
+		Dnats: []nat.DnatEntry{{DnatConfig: nat.DnatConfig{ExtIP: "203.0.113.43", IntIP: "10.0.0.101", Ports: "25,2222:22", Proto: "tcp", PreserveSrcIP: true},
+			Status: "partial", Reason: "port 25 <held> & busy", Counter: &nat.Counter{Packets: 3, Bytes: 180}}},
+		Snats: []nat.SnatEntry{}, Hairpins: []nat.HairpinEntry{}, PolicyRoutes: []nat.PolicyRouteEntry{},
+	}
+	wire, err := json.Marshal(list) // as the daemon sends it
+	if err != nil {
+		t.Fatal(err)
+	}
+	var decoded, raw bytes.Buffer
+	(&output{stdout: &decoded}).printJSON(list)
+	if err := (&output{stdout: &raw}).printRawJSON(append(wire, '\n')); err != nil {
+		t.Fatal(err)
+	}
+	if raw.String() != decoded.String() {
+		t.Errorf("raw:\n%s\ndecoded:\n%s", raw.String(), decoded.String())
+	}
+	if err := (&output{stdout: &raw}).printRawJSON([]byte("{half")); err == nil {
+		t.Error("a reply that is not JSON was printed")
+	}
+}
