@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -67,26 +68,25 @@ func (f *File) Load() (nat.State, error) {
 	if err != nil {
 		return nat.State{}, err
 	}
-	if isEarlier(b) {
-		var e nat.EarlierState
-		if err := json.Unmarshal(b, &e); err != nil {
-			return nat.State{}, fmt.Errorf("state file %s (the earlier natmap's format): %w", f.Path, err)
-		}
-		st, err := e.Migrate()
-		if err == nil {
-			err = st.Validate()
-		}
-		if err != nil {
-			return nat.State{}, fmt.Errorf("state file %s (the earlier natmap's format): %w", f.Path, err)
-		}
-		f.earlier = b
-		return st, nil
-	}
 	st, err := Decode(b)
-	if err != nil {
+	if err == nil {
+		return f.replayJournal(b, st, jb)
+	}
+	if !isEarlier(b) {
 		return nat.State{}, fmt.Errorf("state file %s: %w", f.Path, err)
 	}
-	return f.replayJournal(b, st, jb)
+	var e nat.EarlierState
+	if err := json.Unmarshal(b, &e); err != nil {
+		return nat.State{}, fmt.Errorf("state file %s (the earlier natmap's format): %w", f.Path, err)
+	}
+	if st, err = e.Migrate(); err == nil {
+		err = st.Validate()
+	}
+	if err != nil {
+		return nat.State{}, fmt.Errorf("state file %s (the earlier natmap's format): %w", f.Path, err)
+	}
+	f.earlier = b
+	return st, nil
 }
 
 // readPair reads the state file and then its journal (nil when there is
@@ -159,22 +159,36 @@ func Decode(b []byte) (nat.State, error) {
 	if len(bytes.TrimSpace(b)) == 0 {
 		return nat.State{}, errors.New("the file is empty (a valid state file has at least {\"version\": 1})")
 	}
-	var probe struct {
+	// One strict decode; only a file that fails it is read again, to say
+	// what is most basic first: not JSON, no version, another version.
+	var st struct {
 		Version *int `json:"version"`
+		nat.State
 	}
-	if err := json.Unmarshal(b, &probe); err != nil {
-		return nat.State{}, fmt.Errorf("not valid JSON: %w", err)
-	}
-	if probe.Version == nil {
-		return nat.State{}, errors.New(`no "version" key`)
-	}
-	if *probe.Version != Version {
-		return nat.State{}, fmt.Errorf("format version %d is not supported (this natmap reads version %d)", *probe.Version, Version)
-	}
-	var st file
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&st); err != nil {
+	err := dec.Decode(&st)
+	if err == nil {
+		if _, end := dec.Token(); end != io.EOF {
+			err = errors.New("more after the state")
+		}
+	}
+	if err != nil {
+		var probe struct {
+			Version *int `json:"version"`
+		}
+		if perr := json.Unmarshal(b, &probe); perr != nil {
+			return nat.State{}, fmt.Errorf("not valid JSON: %w", perr)
+		}
+		st.Version = probe.Version
+	}
+	if st.Version == nil {
+		return nat.State{}, errors.New(`no "version" key`)
+	}
+	if *st.Version != Version {
+		return nat.State{}, fmt.Errorf("format version %d is not supported (this natmap reads version %d)", *st.Version, Version)
+	}
+	if err != nil {
 		return nat.State{}, fmt.Errorf("not a natmap state: %w", err)
 	}
 	if err := st.State.Validate(); err != nil {

@@ -91,6 +91,8 @@ func TestLoadRefusesBadFiles(t *testing.T) {
 		{"not JSON", "natmap", "not valid JSON"},
 		{"truncated", `{"version": 1, "dnats": [{"ext_ip": "203.0`, "not valid JSON"},
 		{"no version", `{"rules": []}`, `no "version" key`},
+		{"more after the state", `{"version": 1} {"version": 1}`, "not valid JSON"},
+		{"wrong key and no version", `{"mystery": 1}`, `no "version" key`},
 		{"earlier format, bad rule", `{"dnats": [{"ext_ip": "203.0.113.1", "int_ip": "10.0.0.1", "ports": "0", "proto": "tcp", "ext_if": null}]}`, "earlier natmap's format"},
 		{"future version", `{"version": 9, "dnats": []}`, "format version 9 is not supported"},
 		{"unknown field", `{"version": 1, "dnats": [], "mystery": true}`, `unknown field "mystery"`},
