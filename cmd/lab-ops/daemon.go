@@ -321,6 +321,8 @@ func listen(path, group string, log *slog.Logger) (net.Listener, error) {
 // healLoop checks natmap's rules every interval, or, when a check is slow
 // (the iptables backend lists whole tables), after five times as long as
 // it took, so checking never takes more than a sixth of the daemon's time.
+// After a repair it looks again at the interval: the repair's own time
+// (a whole table restored) says nothing about the check's.
 func healLoop(ctx context.Context, svc *nat.Service, interval time.Duration) {
 	if interval <= 0 {
 		return
@@ -333,8 +335,10 @@ func healLoop(ctx context.Context, svc *nat.Service, interval time.Duration) {
 		case <-time.After(wait):
 		}
 		start := time.Now()
-		svc.Heal(ctx)
-		wait = max(interval, 5*time.Since(start))
+		wait = interval
+		if !svc.Heal(ctx) {
+			wait = max(interval, 5*time.Since(start))
+		}
 	}
 }
 
