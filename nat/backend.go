@@ -137,8 +137,8 @@ type Change struct {
 	// Rules, when set, replace every SNAT and masquerade rule.
 	Rules *Rules
 	// HairpinDel and HairpinAdd are the hairpinned forwards that went and
-	// came, for a backend that keeps them apart from Rules; they are
-	// within Rules, which is set whenever they are.
+	// came, for a backend that keeps them apart from Rules (a
+	// HairpinKeeper); any other backend gets Rules whole with them.
 	HairpinDel, HairpinAdd []Hairpinned
 }
 

@@ -49,7 +49,7 @@ type edit struct {
 	swapDel, swapAdd []Forward
 	rules            bool // the SNAT and masquerade rules changed
 	// hairpinDel and hairpinAdd are the hairpinned forwards that go and
-	// come (rules is set with them).
+	// come (with rules set too, unless the backend is a HairpinKeeper).
 	hairpinDel, hairpinAdd []Hairpinned
 }
 
