@@ -179,72 +179,50 @@ type at[T any] struct {
 
 func parseConfig(c Config) parsed {
 	var p parsed
-	bad := func(section string, i int, err error) {
-		p.problems = append(p.problems, Problem{Section: section, Index: i, Error: err.Error()})
-	}
 	if c.Version != ConfigVersion {
 		p.problems = append(p.problems, Problem{Error: fmt.Sprintf("version %d is not supported (want version: %d)", c.Version, ConfigVersion)})
 	}
-	for i, dc := range c.Dnat {
-		d, err := dc.toDNAT()
-		if err != nil {
-			bad("dnat", i, err)
-			continue
-		}
-		p.dnats = append(p.dnats, at[DNAT]{i, d})
-	}
-	for i, sc := range c.Snat {
-		sn, err := sc.toSNAT()
-		if err != nil {
-			bad("snat", i, err)
-			continue
-		}
-		p.snats = append(p.snats, at[SNAT]{i, sn})
-	}
-	for i, hc := range c.Hairpin {
-		h, err := hc.toHairpin()
-		if err == nil {
-			err = h.Validate()
-		}
-		if err != nil {
-			bad("hairpin", i, err)
-			continue
-		}
-		p.hairpins = append(p.hairpins, at[Hairpin]{i, h})
-	}
-	for i, rc := range c.PolicyRoutes {
-		r, err := rc.toPolicyRoute()
-		if err == nil {
-			err = r.Validate()
-		}
-		if err != nil {
-			bad("policy_routes", i, err)
-			continue
-		}
-		p.routes = append(p.routes, at[PolicyRoute]{i, r})
-	}
-	for i, mc := range c.Docker {
-		w := DockerAddMapRequest{HostPort: mc.HostPort, ContainerPort: mc.ContainerPort, Proto: mc.Proto}
-		if mc.HostIP != "" {
-			w.HostIP = &mc.HostIP
-		}
-		if mc.TargetIP != "" {
-			w.TargetIP = &mc.TargetIP
-		}
-		req, err := w.toRequest(mc.Container)
-		if err == nil && req.HostPort == 0 {
-			err = fieldErr("host_port", "a configuration needs the host port (0 would pick a new one at every apply)")
-		}
-		if err == nil && req.ContainerPort == 0 {
-			req.ContainerPort = req.HostPort
-		}
-		if err != nil {
-			bad("docker", i, err)
-			continue
-		}
-		p.mappings = append(p.mappings, at[MappingRequest]{i, req})
-	}
+	p.dnats = parseSection(&p, "dnat", c.Dnat, DnatConfig.toDNAT)
+	p.snats = parseSection(&p, "snat", c.Snat, SnatConfig.toSNAT)
+	p.hairpins = parseSection(&p, "hairpin", c.Hairpin, HairpinConfig.toHairpin)
+	p.routes = parseSection(&p, "policy_routes", c.PolicyRoutes, PolicyRouteConfig.toPolicyRoute)
+	p.mappings = parseSection(&p, "docker", c.Docker, MappingConfig.toRequest)
 	return p
+}
+
+// parseSection parses (and validates) each entry of a section, keeping its
+// index; an entry that does not parse is one of p's problems.
+func parseSection[C, R any](p *parsed, section string, entries []C, parse func(C) (R, error)) []at[R] {
+	var out []at[R]
+	for i, e := range entries {
+		r, err := parse(e)
+		if err != nil {
+			p.problems = append(p.problems, Problem{Section: section, Index: i, Error: err.Error()})
+			continue
+		}
+		out = append(out, at[R]{i, r})
+	}
+	return out
+}
+
+// toRequest parses a configuration's mapping as the API's docker add does,
+// but the host port is required.
+func (mc MappingConfig) toRequest() (MappingRequest, error) {
+	w := DockerAddMapRequest{HostPort: mc.HostPort, ContainerPort: mc.ContainerPort, Proto: mc.Proto}
+	if mc.HostIP != "" {
+		w.HostIP = &mc.HostIP
+	}
+	if mc.TargetIP != "" {
+		w.TargetIP = &mc.TargetIP
+	}
+	req, err := w.toRequest(mc.Container)
+	if err == nil && req.HostPort == 0 {
+		err = fieldErr("host_port", "a configuration needs the host port (0 would pick a new one at every apply)")
+	}
+	if err == nil && req.ContainerPort == 0 {
+		req.ContainerPort = req.HostPort
+	}
+	return req, err
 }
 
 // Apply makes natmap's configuration equal to c in one change: every new
