@@ -4,8 +4,8 @@ package nat
 // persisted rules they touched.
 type txn struct {
 	undo []func()
-	// touched are the values put or replaced or dropped, of every map;
-	// Service.delta keeps the persisted rules among them.
+	// touched are the persisted rules put, replaced or dropped (see
+	// persisted), for Service.delta.
 	touched []any
 }
 
@@ -21,7 +21,9 @@ func (t *txn) rollback() {
 func put[K comparable, V any](t *txn, m map[K]V, k K, v V) {
 	old, had := m[k]
 	m[k] = v
-	t.touched = append(t.touched, v)
+	if persisted[V]() {
+		t.touched = append(t.touched, v)
+	}
 	t.undo = append(t.undo, func() {
 		if had {
 			m[k] = old
@@ -38,6 +40,18 @@ func drop[K comparable, V any](t *txn, m map[K]V, k K) {
 		return
 	}
 	delete(m, k)
-	t.touched = append(t.touched, old)
+	if persisted[V]() {
+		t.touched = append(t.touched, old)
+	}
 	t.undo = append(t.undo, func() { m[k] = old })
+}
+
+// persisted reports the kinds of rule the state file holds. The test is on
+// a nil pointer, so nothing is boxed for the other maps (the forwards).
+func persisted[V any]() bool {
+	switch any((*V)(nil)).(type) {
+	case *DNAT, *Hairpin, *SNAT, *Mapping:
+		return true
+	}
+	return false
 }
