@@ -106,7 +106,8 @@ func (b *Backend) Replace(_ context.Context, rs nat.Ruleset) error {
 		}
 		made[keys.Name], made[targets.Name] = keys, targets
 	}
-	for _, k := range lanKeys(rs.Hairpinned) {
+	lans := lanKeys(rs.Hairpinned)
+	for _, k := range lans {
 		s := k.set(t)
 		if err := c.AddSet(s, nil); err != nil {
 			return b.abandon(fmt.Errorf("adding set %s: %w", s.Name, err))
@@ -120,7 +121,7 @@ func (b *Backend) Replace(_ context.Context, rs nat.Ruleset) error {
 	for _, chain := range []*nftables.Chain{regularChain(t, hairpinChain), regularChain(t, snatChain), ch.prerouting, ch.output, ch.postrouting, ch.forward, ch.count, ch.countOut} {
 		c.AddChain(chain)
 	}
-	addPrerouting(c, t, ch.prerouting, lanKeys(rs.Hairpinned), made)
+	addPrerouting(c, t, ch.prerouting, lans, made)
 	for _, l := range lookups {
 		k, v := l.sets(t)
 		keys, targets := made[k.Name], made[v.Name]

@@ -54,10 +54,16 @@ type journal struct {
 	limit   int64     // size past which Record writes the state whole
 	records int       // changes recorded since the last whole write
 	last    time.Time // when the last one was
+	// clean: with no journal open, the one on disk was found to hold no
+	// change, so Compact need not look again.
+	clean bool
 }
 
 // JournalPath is where the journal of the state file is.
 func (f *File) JournalPath() string { return f.Path + ".journal" }
+
+// headerLen is the length of every header.
+var headerLen = len(header(nil))
 
 func header(content []byte) []byte {
 	sum := sha256.Sum256(content)
@@ -101,8 +107,11 @@ func (f *File) Record(d nat.Delta, whole func() nat.State) error {
 func (f *File) Compact(quiet time.Duration, whole func() nat.State) error {
 	j := &f.journal
 	if j.f == nil {
-		fi, err := os.Stat(f.JournalPath())
-		if err != nil || fi.Size() <= int64(len(header(nil))) {
+		if j.clean {
+			return nil
+		}
+		if fi, err := os.Stat(f.JournalPath()); err != nil || fi.Size() <= int64(headerLen) {
+			j.clean = true
 			return nil
 		}
 	} else if j.records == 0 || time.Since(j.last) < quiet {
