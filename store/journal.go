@@ -31,7 +31,8 @@ import (
 // Save writes the state file and a new journal for it; the journal is
 // renamed into place only once the new state file is durable, so a crash
 // never pairs the old state file with the new journal. The daemon writes
-// the state file whole when it has been idle for a second (Compact), when
+// the state file whole when it has been idle for a second (Compact, called
+// every second, so one to two seconds after the last change), when
 // it stops, and when the journal outgrows the state file, so a replay is
 // never longer than a whole write and the state file alone is the whole
 // state whenever the daemon is not busy.

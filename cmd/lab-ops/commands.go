@@ -58,7 +58,8 @@ func (c *LsCmd) Run(g *Globals, out *output) error {
 	}
 	if out.json && c.Filter == "" {
 		// The daemon's reply is the answer: indent it rather than decode
-		// and encode it again (a tenth of the time with 10,000 rules).
+		// and encode it again (with 10,000 dnats and 10,000 hairpins the
+		// command took 175 ms that way, 95-115 ms this way).
 		var raw rawReply
 		if _, err := newClient(g, out).call(http.MethodGet, path, nil, &raw); err != nil {
 			return err
