@@ -391,18 +391,17 @@ func (b *Backend) restore(ctx context.Context, f family, text string) error {
 	return nil
 }
 
-// Render writes the ruleset as iptables-save files for the host's boot
-// (netfilter-persistent restores them without natmap): IPv4 first, IPv6
-// second.
+// Render writes the ruleset as iptables-save files, IPv4 first, IPv6
+// second: natmap's chains and the jumps to them, and nothing else (no
+// built-in chain is declared, no policy set). Merge splices them into the
+// host's own boot files (netfilter-persistent restores those without
+// natmap).
 func Render(rs nat.Ruleset) (v4text, v6text []byte) {
 	out := [2][]byte{}
 	for i, f := range []family{v4, v6} {
 		var w script
-		w.line("# natmap's iptables rules, written by `lab-ops natmap save`")
+		w.line(savedHeader)
 		w.table("nat")
-		for _, c := range []string{"PREROUTING", "OUTPUT", "POSTROUTING"} {
-			w.line(":%s ACCEPT [0:0]", c)
-		}
 		for _, c := range []string{ChainPre, ChainOut, ChainPost, ChainHairpin, ChainSNAT} {
 			w.line(":%s - [0:0]", c)
 		}
@@ -421,13 +420,11 @@ func Render(rs nat.Ruleset) (v4text, v6text []byte) {
 		ruleLines(&w, f, rs.Rules)
 		w.commit()
 		w.table("filter")
-		w.line(":FORWARD ACCEPT [0:0]")
 		w.line(":%s - [0:0]", ChainForward)
 		w.rule("-A", "FORWARD", "-j", ChainForward)
 		w.rule("-A", ChainForward, "-m", "connmark", "--mark", markMask(nat.MarkForwarded), "-j", "ACCEPT")
 		w.commit()
 		w.table("mangle")
-		w.line(":PREROUTING ACCEPT [0:0]")
 		w.line(":%s - [0:0]", ChainCount)
 		w.rule("-A", "PREROUTING", "-j", ChainCount)
 		countGuard(&w)

@@ -34,9 +34,9 @@ type Info struct {
 	// the daemon (for nftables, a file for `nft -f`; for iptables, the
 	// IPv4 iptables-save file).
 	Render func(Ruleset) []byte
-	// Save writes a ruleset to the daemon's save path(s) and returns the
-	// paths written.
-	Save func(Ruleset) ([]string, error)
+	// Save writes a ruleset to the daemon's save path(s) and says what it
+	// wrote to each file.
+	Save func(Ruleset) ([]SavedFile, error)
 	// DockerState reports whether Docker answers, and why not.
 	DockerState func() (bool, error)
 	// ContainerNames lists Docker's containers; nil without Docker.
@@ -266,13 +266,18 @@ func (a *api) save(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rs := a.svc.Ruleset()
-	paths, err := a.info.Save(rs)
+	files, err := a.info.Save(rs)
 	if err != nil {
 		a.fail(w, r, fmt.Errorf("saving the ruleset: %w", err))
 		return
 	}
-	a.log.Info("ruleset saved", "paths", paths, "forwards", len(rs.Forwards))
-	reply(w, http.StatusOK, SaveResponse{Path: paths[0], Paths: paths, Forwards: len(rs.Forwards)})
+	resp := SaveResponse{Forwards: len(rs.Forwards), Files: files}
+	for _, f := range files {
+		resp.Paths = append(resp.Paths, f.Path)
+		a.log.Info("ruleset saved", "path", f.Path, "written", f.Summary, "forwards", len(rs.Forwards))
+	}
+	resp.Path = resp.Paths[0]
+	reply(w, http.StatusOK, resp)
 }
 
 // ruleset returns the active ruleset as the backend's reload file.

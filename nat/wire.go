@@ -115,7 +115,25 @@ type SaveResponse struct {
 	Paths []string `json:"paths"`
 	// Forwards is how many forwards the file holds.
 	Forwards int `json:"forwards"`
+	// Files says what was written to each file.
+	Files []SavedFile `json:"files"`
 }
+
+// SavedFile says what save wrote to one file.
+type SavedFile struct {
+	// Path is the file.
+	Path string `json:"path"`
+	// Merged is set when natmap's lines were merged into a file of the
+	// host's (an iptables boot file), keeping every other line.
+	Merged bool `json:"merged"`
+	// Kept counts the host's own rules and chain lines kept in the file.
+	Kept int `json:"kept"`
+	// Summary says it in a phrase.
+	Summary string `json:"summary"`
+}
+
+// String is the path and the summary.
+func (f SavedFile) String() string { return f.Path + " (" + f.Summary + ")" }
 
 // LiveRule is one entry of GET /rules: what is installed in the kernel.
 type LiveRule struct {

@@ -22,6 +22,9 @@ type chosen struct {
 type savedFile struct {
 	suffix string // "" for the main file, ".v6" for compat's IPv6 file
 	data   []byte
+	// merge is set for the iptables backend's files, which are the host's
+	// own boot files: natmap's lines are merged in (compat.Merge).
+	merge bool
 }
 
 // chooseBackend picks the backend (--backend, --iptables-mode) and removes
@@ -65,13 +68,13 @@ func chooseBackend(backend, mode string, log *slog.Logger) (chosen, error) {
 		c.backend, c.close = cb, func() {}
 		c.render = func(rs nat.Ruleset) []savedFile {
 			v4, v6 := compat.Render(rs)
-			return []savedFile{{"", v4}, {".v6", v6}}
+			return []savedFile{{"", v4, true}, {".v6", v6, true}}
 		}
 		return c, nil
 	}
 	removeCompat(log, compat.Legacy, compat.NFT)
 	c.backend, c.close = nb, func() { nb.Close() }
-	c.render = func(rs nat.Ruleset) []savedFile { return []savedFile{{"", nft.Render(rs)}} }
+	c.render = func(rs nat.Ruleset) []savedFile { return []savedFile{{"", nft.Render(rs), false}} }
 	return c, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -126,7 +127,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	api.Handle("/", nat.NewHandler(svc, nat.Info{
 		Version: version(), BackendReason: reason, Started: time.Now(),
 		Render:         func(rs nat.Ruleset) []byte { return be.render(rs)[0].data },
-		Save:           func(rs nat.Ruleset) ([]string, error) { return saveFiles(d.savePath(backend), be.render(rs)) },
+		Save:           func(rs nat.Ruleset) ([]nat.SavedFile, error) { return saveFiles(d.savePath(backend), be.render(rs)) },
 		DockerState:    docker.State,
 		ContainerNames: docker.Names,
 	}, log))
@@ -249,8 +250,8 @@ func (d *DaemonCmd) savePath(b nat.Backend) string {
 
 // saveFiles writes each file: the first at path, the IPv6 one of the
 // iptables backend beside it (rules.v4 -> rules.v6, else PATH.v6).
-func saveFiles(path string, files []savedFile) ([]string, error) {
-	var paths []string
+func saveFiles(path string, files []savedFile) ([]nat.SavedFile, error) {
+	var done []nat.SavedFile
 	for _, f := range files {
 		p := path
 		if f.suffix == ".v6" {
@@ -260,12 +261,35 @@ func saveFiles(path string, files []savedFile) ([]string, error) {
 				p = path + ".v6"
 			}
 		}
-		if err := store.WriteFile(p, f.data, 0o644); err != nil {
-			return paths, err
+		saved, err := writeSaved(p, f.data, f.merge)
+		if err != nil {
+			return done, err
 		}
-		paths = append(paths, p)
+		done = append(done, saved)
 	}
-	return paths, nil
+	return done, nil
+}
+
+// writeSaved writes a saved ruleset to path. With merge (an iptables boot
+// file, which holds the host's own firewall too) natmap's lines are merged
+// into what the file holds, and the file keeps its mode; every other file
+// is natmap's own and is replaced.
+func writeSaved(path string, data []byte, merge bool) (nat.SavedFile, error) {
+	saved := nat.SavedFile{Path: path, Summary: "natmap's own file"}
+	perm := os.FileMode(0o644)
+	if merge {
+		old, err := os.ReadFile(path)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return saved, fmt.Errorf("reading %s to merge natmap's rules into it: %w", path, err)
+		}
+		if st, err := os.Stat(path); err == nil {
+			perm = st.Mode().Perm()
+		}
+		var rep compat.MergeReport
+		data, rep = compat.Merge(old, data)
+		saved.Merged, saved.Kept, saved.Summary = true, rep.Kept, rep.String()
+	}
+	return saved, store.WriteFile(path, data, perm)
 }
 
 func logLevel(verbose int) slog.Level {

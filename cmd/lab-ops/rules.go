@@ -5,8 +5,8 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/lab-ops/natmap/compat"
 	"github.com/lab-ops/natmap/nat"
-	"github.com/lab-ops/natmap/store"
 )
 
 // SnatCmd adds or deletes a SNAT rule.
@@ -89,7 +89,7 @@ func addedVerb(h http.Header) string {
 // SaveCmd writes natmap's active ruleset in the form the host reloads at
 // boot without the daemon.
 type SaveCmd struct {
-	Output string `short:"o" type:"path" help:"Write the file here (as the calling user) instead of the daemon's save path (default /etc/natmap/natmap.nft; with the iptables backend, /etc/iptables/rules.v4 and .v6, and --output writes the IPv4 file)." placeholder:"PATH"`
+	Output string `short:"o" type:"path" help:"Write the file here (as the calling user) instead of the daemon's save path (default /etc/natmap/natmap.nft; with the iptables backend, /etc/iptables/rules.v4 and .v6, and --output writes the IPv4 file). An iptables file that exists is merged into: the host's own rules in it are kept." placeholder:"PATH"`
 }
 
 // Run asks the daemon to save, or fetches the ruleset and writes it.
@@ -100,16 +100,25 @@ func (c *SaveCmd) Run(g *Globals, out *output) error {
 		if _, err := cl.call(http.MethodPost, "/save", nil, &resp); err != nil {
 			return err
 		}
-		out.done(resp, "saved %d forwards to %s", resp.Forwards, strings.Join(resp.Paths, " and "))
+		var files []string
+		for _, f := range resp.Files {
+			files = append(files, f.String())
+		}
+		out.done(resp, "saved %d forwards to %s", resp.Forwards, strings.Join(files, " and "))
 		return nil
 	}
 	text, err := cl.text(http.MethodGet, "/ruleset")
 	if err != nil {
 		return err
 	}
-	if err := store.WriteFile(c.Output, text, 0o644); err != nil {
+	saved, err := writeSaved(c.Output, text, compat.Rendered(text))
+	if err != nil {
 		return err
 	}
-	out.done(map[string]string{"path": c.Output}, "saved to %s (load it at boot with: nft -f %s)", c.Output, c.Output)
+	if saved.Merged {
+		out.done(saved, "saved to %s (load it at boot with: iptables-restore < %s)", saved, c.Output)
+		return nil
+	}
+	out.done(saved, "saved to %s (load it at boot with: nft -f %s)", c.Output, c.Output)
 	return nil
 }
