@@ -136,3 +136,41 @@ func TestIntegrationSaveKeepsHostFirewall(t *testing.T) {
 		t.Errorf("after a second save the host's SSH rule is there %d times:\n%s", n, text)
 	}
 }
+
+// A policy route never takes over a routing table of another tool (a VPN's,
+// an admin's), and deleting one removes only what natmap put there.
+func TestIntegrationPolicyRouteLeavesOtherTables(t *testing.T) {
+	l := newLab(t)
+	svc := &lab{t: t, dir: t.TempDir(), router: l.server}
+	svc.socket, svc.state, svc.saved = filepath.Join(svc.dir, "s.sock"), filepath.Join(svc.dir, "s.json"), filepath.Join(svc.dir, "s.nft")
+	t.Cleanup(svc.stopDaemon)
+	svc.startDaemon()
+	// wg-quick's table: a default route into the tunnel.
+	l.server.MustRun(t, "ip", "route", "add", "default", "dev", "s0", "table", "51820")
+	before := routing(t, l.server)
+	_, errOut, code := svc.cli("policy-route", "--src-ip", serverIP, "--via", "10.0.0.1", "--table", "51820")
+	if code == 0 || !strings.Contains(errOut, "table 51820 holds routes natmap did not create (default dev s0 proto boot)") {
+		t.Errorf("policy route into wg-quick's table: exit %d, %s", code, errOut)
+	}
+	if after := routing(t, l.server); after != before {
+		t.Errorf("a refused policy route changed routing:\n%s\nwant\n%s", after, before)
+	}
+	if ls := svc.mustCLI("ls"); strings.Contains(ls, "table 51820") {
+		t.Errorf("a refused policy route is listed:\n%s", ls)
+	}
+
+	// A route the admin adds to natmap's table later stays when natmap's
+	// policy route goes.
+	svc.mustCLI("policy-route", "--src-ip", serverIP, "--via", "10.0.0.1", "--table", "100")
+	if rules := l.server.MustRun(t, "ip", "rule", "show", "table", "100"); !strings.Contains(rules, "proto 212") {
+		t.Errorf("natmap's rule is not marked as natmap's:\n%s", rules)
+	}
+	l.server.MustRun(t, "ip", "route", "add", "192.0.2.0/24", "via", "10.0.0.1", "table", "100")
+	svc.mustCLI("policy-route", "--src-ip", serverIP, "--via", "10.0.0.1", "--table", "100", "--delete")
+	if table := l.server.MustRun(t, "ip", "route", "show", "table", "100"); strings.TrimSpace(table) != "192.0.2.0/24 via 10.0.0.1 dev s0" {
+		t.Errorf("table 100 after natmap's delete:\n%s", table)
+	}
+	if wg := l.server.MustRun(t, "ip", "route", "show", "table", "51820"); !strings.Contains(wg, "default dev s0") {
+		t.Errorf("wg-quick's table after natmap's delete:\n%s", wg)
+	}
+}

@@ -2,10 +2,12 @@
 // address, an `ip rule from SRC lookup TABLE` and, in TABLE, a default route
 // via the gateway plus copies of the main table's directly connected routes
 // (so the LAN stays reachable without the gateway). Every route natmap puts
-// in a table carries the routing protocol number Proto, and only such
-// routes are ever removed; nothing else in the table or the rules is
-// touched. The connected routes are copied when the policy route is
-// installed (and again at every daemon start).
+// in a table, and every rule natmap adds, carries the routing protocol
+// number Proto, and only such routes and rules are ever replaced or
+// removed. A table that holds a route of another owner (wg-quick's 51820,
+// tailscale's 52, an admin's) is refused: natmap never adds to, replaces
+// or deletes another tool's routes. The connected routes are copied when
+// the policy route is installed (and again at every daemon start).
 package route
 
 import (
@@ -13,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -123,10 +126,44 @@ func rule(p nat.PolicyRoute) *netlink.Rule {
 	r.Src = ipNet(netip.PrefixFrom(p.SrcIP, p.SrcIP.BitLen()))
 	r.Table = int(p.Table)
 	r.Priority = RulePriority
+	r.Protocol = Proto
 	return r
 }
 
-// AddPolicyRoute implements nat.Router; it is idempotent.
+// foreignRoutes describes the routes in table that natmap did not put
+// there.
+func foreignRoutes(fam int, table uint32) ([]string, error) {
+	routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: int(table)}, netlink.RT_FILTER_TABLE)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, fmt.Errorf("listing table %d: %w", table, err)
+	}
+	var out []string
+	for _, r := range routes {
+		if r.Protocol != Proto {
+			out = append(out, describe(r))
+		}
+	}
+	return out, nil
+}
+
+// describe is a route as `ip route` shows it, near enough to find it.
+func describe(r netlink.Route) string {
+	s := "default"
+	if p, ok := prefixOf(r.Dst); ok && p.Bits() > 0 {
+		s = p.String()
+	}
+	if r.Gw != nil {
+		s += " via " + r.Gw.String()
+	}
+	if link, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+		s += " dev " + link.Attrs().Name
+	}
+	return s + " proto " + r.Protocol.String()
+}
+
+// AddPolicyRoute implements nat.Router; it is idempotent. A table holding
+// routes natmap did not put there is refused (nat.ErrConflict) before
+// anything changes.
 func (Netlink) AddPolicyRoute(p nat.PolicyRoute) error {
 	gw, _, ok, err := onLink(p.Via)
 	if err != nil {
@@ -134,6 +171,14 @@ func (Netlink) AddPolicyRoute(p nat.PolicyRoute) error {
 	}
 	if !ok {
 		return fmt.Errorf("via: %s is not on any directly connected network of this host: %w", p.Via, nat.ErrInvalid)
+	}
+	foreign, err := foreignRoutes(family(p.SrcIP), p.Table)
+	if err != nil {
+		return err
+	}
+	if len(foreign) > 0 {
+		return fmt.Errorf("table: routing table %d holds routes natmap did not create (%s); natmap never changes another tool's table: choose another --table: %w",
+			p.Table, strings.Join(foreign, "; "), nat.ErrConflict)
 	}
 	routes, err := connected(p.Via)
 	if err != nil {
@@ -169,8 +214,20 @@ func ruleExists(p nat.PolicyRoute) (bool, error) {
 	}
 	want := netip.PrefixFrom(p.SrcIP, p.SrcIP.BitLen())
 	for _, r := range rules {
-		if got, ok := prefixOf(r.Src); ok && got == want && r.Priority == RulePriority {
+		if got, ok := prefixOf(r.Src); !ok || got != want || r.Priority != RulePriority {
+			continue
+		}
+		if r.Protocol == Proto {
 			return true, nil
+		}
+		if r.Protocol == unix.RTPROT_UNSPEC {
+			// natmap's rule from before it marked its rules: mark it now,
+			// so that a delete finds it.
+			old := rule(p)
+			old.Protocol = 0
+			if err := netlink.RuleDel(old); err != nil && !errors.Is(err, unix.ENOENT) {
+				return false, fmt.Errorf("replacing rule from %s lookup %d: %w", p.SrcIP, p.Table, err)
+			}
 		}
 	}
 	return false, nil
