@@ -174,3 +174,26 @@ func TestIntegrationPolicyRouteLeavesOtherTables(t *testing.T) {
 		t.Errorf("wg-quick's table after natmap's delete:\n%s", wg)
 	}
 }
+
+// Forwards inside the kernel's ephemeral port range are warned about, and
+// one that would leave the host too few ports for its own outgoing
+// connections is refused.
+func TestIntegrationEphemeralPorts(t *testing.T) {
+	l := newLab(t)
+	l.startDaemon()
+	l.router.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_local_port_range=32768 60999")
+	_, errOut, code := l.cli("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "32768-60999", "--proto", "udp")
+	if code != 1 || !strings.Contains(errOut, "would leave 0 of its 28232 ports free") || !strings.Contains(errOut, `net.ipv4.ip_local_port_range="61000 65535"`) {
+		t.Errorf("forwarding the whole ephemeral range: exit %d, %s", code, errOut)
+	}
+	if n := countForwards(t, l); n != 0 {
+		t.Errorf("%d forwards after a refused request", n)
+	}
+	_, errOut, code = l.cli("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "40000-40001")
+	if code != 0 || !strings.Contains(errOut, "warning: tcp ports 40000-40001 lie in the kernel's ephemeral port range 32768-60999") {
+		t.Errorf("a forward inside the ephemeral range: exit %d, %q", code, errOut)
+	}
+	if _, errOut, _ := l.cli("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25"); strings.Contains(errOut, "warning") {
+		t.Errorf("a forward outside the range warned: %s", errOut)
+	}
+}

@@ -69,6 +69,9 @@ type System interface {
 	// FlushConntrack deletes the connection tracking entries whose
 	// original destination is e.
 	FlushConntrack(e Endpoint) error
+	// EphemeralPorts is the kernel's range of ports for outgoing
+	// connections (net.ipv4.ip_local_port_range; IPv6 uses it too).
+	EphemeralPorts() (lo, hi uint16, err error)
 }
 
 // Router programs policy routes (ip rules and routing tables).

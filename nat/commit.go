@@ -59,6 +59,10 @@ type edit struct {
 // releases what the gone forwards held. On failure everything, tx
 // included, is put back as it was.
 func (s *Service) commit(ctx context.Context, tx *txn, e edit) error {
+	if err := s.checkEphemeral(ctx, s.holds, endpoints(e.fresh)); err != nil {
+		tx.rollback()
+		return err
+	}
 	taken, err := s.takeAll(e.fresh)
 	if err != nil {
 		tx.rollback()
@@ -99,6 +103,14 @@ func (s *Service) commit(ctx context.Context, tx *txn, e edit) error {
 	s.flushUDP(ch.Del)
 	s.changes++
 	return nil
+}
+
+func endpoints(fs []Forward) []Endpoint {
+	eps := make([]Endpoint, len(fs))
+	for i, f := range fs {
+		eps[i] = f.Endpoint()
+	}
+	return eps
 }
 
 // installed keeps the forwards that are (or are to be) in the kernel:

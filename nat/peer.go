@@ -29,26 +29,45 @@ func PeerOf(ctx context.Context) (Peer, bool) {
 	return p, ok
 }
 
-// statusRecorder remembers the status a handler replied with.
+// statusRecorder remembers the status a handler replied with, and puts the
+// request's warnings in the reply's headers before they are sent.
 type statusRecorder struct {
 	http.ResponseWriter
-	status int
+	status   int
+	warnings *warnings
+	sent     bool
 }
 
 func (r *statusRecorder) WriteHeader(code int) {
-	r.status = code
+	if !r.sent {
+		r.sent = true
+		r.status = code
+		for _, msg := range r.warnings.take() {
+			r.Header().Add(WarningHeader, msg)
+		}
+	}
 	r.ResponseWriter.WriteHeader(code)
 }
 
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if !r.sent {
+		r.WriteHeader(http.StatusOK)
+	}
+	return r.ResponseWriter.Write(b)
+}
+
 // audit logs every mutating request with its peer's uid and pid, its
-// status and how long it took.
+// status and how long it took, and collects the warnings the change
+// gives (WarningHeader).
 func audit(log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet || r.Method == http.MethodHead {
 			next.ServeHTTP(w, r)
 			return
 		}
-		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		ctx, warned := withWarnings(r.Context())
+		r = r.WithContext(ctx)
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK, warnings: warned}
 		start := time.Now()
 		next.ServeHTTP(rec, r)
 		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", rec.status, "took", time.Since(start).Round(time.Microsecond)}

@@ -39,6 +39,20 @@ func (s *Service) replaceLocked(ctx context.Context, st State, strict bool) erro
 	if err := next.build(st); err != nil {
 		return err
 	}
+	if strict {
+		kept := map[Endpoint]io.Closer{}
+		var added []Endpoint
+		for ep := range next.forwards {
+			if h, ok := s.holds[ep]; ok {
+				kept[ep] = h
+			} else {
+				added = append(added, ep)
+			}
+		}
+		if err := s.checkEphemeral(ctx, kept, added); err != nil {
+			return err
+		}
+	}
 	var fresh []Endpoint
 	problems := reserveErrors{}
 	for ep, e := range next.forwards {

@@ -93,6 +93,15 @@ func (m *memStore) Compact(time.Duration, func() State) error { return nil }
 type noSystem struct {
 	enabled int
 	flushed []Endpoint
+	// ephemeral is the ephemeral port range; zero means Linux's default.
+	ephemeral [2]uint16
+}
+
+func (n *noSystem) EphemeralPorts() (uint16, uint16, error) {
+	if n.ephemeral == [2]uint16{} {
+		return 32768, 60999, nil
+	}
+	return n.ephemeral[0], n.ephemeral[1], nil
 }
 
 func (n *noSystem) EnableForwarding(bool) error     { n.enabled++; return nil }

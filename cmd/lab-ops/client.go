@@ -82,6 +82,9 @@ func (c *client) call(method, path string, body, reply any) (http.Header, error)
 		return nil, fmt.Errorf("reading the daemon's reply: %w", err)
 	}
 	c.out.debugf(2, "< %s %s", resp.Status, bytes.TrimSpace(b))
+	for _, msg := range resp.Header.Values(nat.WarningHeader) {
+		c.out.warn(msg)
+	}
 	if resp.StatusCode != http.StatusOK {
 		var e nat.ErrorResponse
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {

@@ -91,6 +91,10 @@ func (o *output) fail(err error) {
 	fmt.Fprintln(o.stderr, "error:", err)
 }
 
+// warn prints a warning of the daemon's on stderr (with --json too:
+// stdout stays pure JSON).
+func (o *output) warn(msg string) { fmt.Fprintln(o.stderr, "warning:", msg) }
+
 // debugf prints at the given verbosity on stderr.
 func (o *output) debugf(level int, format string, args ...any) {
 	if o.verbose >= level {

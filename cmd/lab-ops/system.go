@@ -44,6 +44,18 @@ func (hostSystem) AllowLocalnet(dst netip.Addr) error {
 	return os.WriteFile("/proc/sys/net/ipv4/conf/"+name+"/route_localnet", []byte("1\n"), 0o644)
 }
 
+// EphemeralPorts implements nat.System.
+func (hostSystem) EphemeralPorts() (lo, hi uint16, err error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0, err
+	}
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
+		return 0, 0, fmt.Errorf("reading ip_local_port_range %q: %w", b, err)
+	}
+	return lo, hi, nil
+}
+
 // FlushConntrack implements nat.System.
 func (hostSystem) FlushConntrack(e nat.Endpoint) error {
 	f := &netlink.ConntrackFilter{}

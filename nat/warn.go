@@ -1,0 +1,43 @@
+package nat
+
+import (
+	"context"
+	"sync"
+)
+
+// WarningHeader carries each warning of a change that went through (one
+// header line each): the reply's body keeps its wire shape.
+const WarningHeader = "Natmap-Warning"
+
+// warnings collects what a request should be warned about.
+type warnings struct {
+	mu   sync.Mutex
+	list []string
+}
+
+type warningsKey struct{}
+
+// withWarnings returns ctx carrying a collector for the request's
+// warnings.
+func withWarnings(ctx context.Context) (context.Context, *warnings) {
+	w := &warnings{}
+	return context.WithValue(ctx, warningsKey{}, w), w
+}
+
+// warn tells the requester of ctx, if any, about msg.
+func warn(ctx context.Context, msg string) {
+	if w, ok := ctx.Value(warningsKey{}).(*warnings); ok {
+		w.mu.Lock()
+		w.list = append(w.list, msg)
+		w.mu.Unlock()
+	}
+}
+
+// take returns the warnings so far and forgets them.
+func (w *warnings) take() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	l := w.list
+	w.list = nil
+	return l
+}
