@@ -1,10 +1,14 @@
 package integration
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/lab-ops/natmap/internal/netnstest"
 )
 
 // hostFirewall4 and hostFirewall6 are a host's own boot files, as
@@ -195,5 +199,69 @@ func TestIntegrationEphemeralPorts(t *testing.T) {
 	}
 	if _, errOut, _ := l.cli("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25"); strings.Contains(errOut, "warning") {
 		t.Errorf("a forward outside the range warned: %s", errOut)
+	}
+}
+
+// udpFlow is one UDP socket of ns, connected to addr: every datagram it
+// sends is the same flow for conntrack.
+func udpFlow(t *testing.T, ns *netnstest.NS, addr string) func() string {
+	t.Helper()
+	var conn net.Conn
+	if err := ns.Do(func() (err error) { conn, err = net.Dial("udp", addr); return }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return func() string {
+		conn.SetDeadline(time.Now().Add(2 * time.Second))
+		conn.Write([]byte("q"))
+		b := make([]byte, 200)
+		n, err := conn.Read(b)
+		if err != nil {
+			return err.Error()
+		}
+		name, _, _ := strings.Cut(string(b[:n]), " ")
+		return name
+	}
+}
+
+// Removing a UDP forward drops the conntrack entries of natmap's own flows
+// through it, in its own family, and no other flow to the same port.
+func TestIntegrationConntrackFlushIsNatmapsOwn(t *testing.T) {
+	l := newLab(t)
+	l.server2.AddAddr(t, "s0", "fd00::103/64")
+	l.server2.MustRun(t, "ip", "-6", "route", "add", "default", "via", "fd00::1")
+	serve(t, l.server, "a", serverIP+":5353", "[fd00::101]:5355")
+	serve(t, l.server2, "b", server2IP+":5353", "[fd00::103]:5355")
+	l.startDaemon()
+	l.mustCLI("docker", "add", "5353:"+serverIP+":5353/udp", "--name", "dns")
+	l.mustCLI("dnat", "--ext-ip", extIP6, "--int-ip", "fd00::101", "--ports", "5355", "--proto", "udp")
+	v4 := udpFlow(t, l.client, extIP+":5353")
+	v6 := udpFlow(t, l.client, "["+extIP6+"]:5355")
+	// A transit flow to the same port, which natmap does not forward.
+	transit := udpFlow(t, l.clientB, server2IP+":5353")
+	if a, a6, b := v4(), v6(), transit(); a != "a" || a6 != "a" || b != "b" {
+		t.Fatalf("before the change: %q %q %q", a, a6, b)
+	}
+	transitEntry := func() string {
+		out, _ := l.router.Run("conntrack", "-L", "-p", "udp", "-s", "198.51.100.10", "-d", server2IP)
+		return out
+	}
+	if !strings.Contains(transitEntry(), "dport=5353") {
+		t.Fatalf("no conntrack entry for the transit flow:\n%s", transitEntry())
+	}
+
+	l.mustCLI("docker", "rm", "--name", "dns", "5353/udp")
+	l.mustCLI("docker", "add", "5353:"+server2IP+":5353/udp", "--name", "dns")
+	l.mustCLI("dnat", "--ext-ip", extIP6, "--int-ip", "fd00::101", "--ports", "5355", "--proto", "udp", "--delete")
+	l.mustCLI("dnat", "--ext-ip", extIP6, "--int-ip", "fd00::103", "--ports", "5355", "--proto", "udp")
+	// Same sockets, same flows: the next datagrams go to the new targets.
+	if got := v4(); got != "b" {
+		t.Errorf("after the change the IPv4 flow went to %q", got)
+	}
+	if got := v6(); got != "b" {
+		t.Errorf("after the change the IPv6 flow went to %q", got)
+	}
+	if !strings.Contains(transitEntry(), "dport=5353") {
+		t.Errorf("the transit flow's conntrack entry was dropped")
 	}
 }

@@ -155,8 +155,7 @@ func ConfigOfState(st State) Config {
 
 // Config returns the running configuration.
 func (s *Service) Config() Config {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	return ConfigOfState(s.snapshot())
 }
 
@@ -261,8 +260,7 @@ func (s *Service) Apply(ctx context.Context, c Config, prune, dryRun bool) (Appl
 		mappings = append(mappings, at[Mapping]{i, m})
 	}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	before := s.snapshot()
 	want, sources, problems := s.desired(before, p, mappings, c.Forwarding, prune)
 	if problems = append(p.problems, problems...); len(problems) > 0 {
@@ -299,8 +297,7 @@ func (s *Service) Apply(ctx context.Context, c Config, prune, dryRun bool) (Appl
 // knownMapping finds the mapping m already is (same container name and
 // addresses), so an apply neither asks Docker nor renumbers it.
 func (s *Service) knownMapping(m Mapping) (Mapping, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	for _, old := range s.mappings {
 		if sameMapping(old, m) {
 			return old, true

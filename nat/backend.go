@@ -66,9 +66,13 @@ type System interface {
 	// AllowLocalnet lets connections from 127.0.0.1 be forwarded to dst
 	// (route_localnet on the interface that reaches it).
 	AllowLocalnet(dst netip.Addr) error
-	// FlushConntrack deletes the connection tracking entries whose
-	// original destination is e.
-	FlushConntrack(e Endpoint) error
+	// FlushConntrack deletes the connection tracking entries of flows
+	// natmap forwarded through fs (connection mark MarkForwarded, the
+	// forward's external port and address, or any address for a
+	// host-wide forward, and its target): one pass over each family's
+	// table. Other flows to the same ports, transit traffic included,
+	// are left alone.
+	FlushConntrack(fs []Forward) error
 	// EphemeralPorts is the kernel's range of ports for outgoing
 	// connections (net.ipv4.ip_local_port_range; IPv6 uses it too).
 	EphemeralPorts() (lo, hi uint16, err error)

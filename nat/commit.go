@@ -152,8 +152,7 @@ func (s *Service) persist(d Delta) error {
 // so the state file is the whole state again: the daemon calls it when
 // idle and when it stops.
 func (s *Service) Checkpoint(quiet time.Duration) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	if err := s.store.Compact(quiet, s.snapshot); err != nil {
 		return fmt.Errorf("saving state: %w", err)
 	}

@@ -165,8 +165,7 @@ func (s *Service) AddMapping(ctx context.Context, req MappingRequest) (m Mapping
 			m.ContainerIP = c.IP
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	m.net = s.netOf(m.ContainerIP)
 	if m.HostPort == 0 {
 		if m.HostPort, err = s.pickPort(m.HostIP, m.Proto); err != nil {
@@ -259,8 +258,7 @@ func (s *Service) RemoveMappings(ctx context.Context, sel MappingSelector) ([]Ma
 		}
 		name = s.mappingOwner(ctx, name)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	var gone []Mapping
 	for _, m := range s.mappings {
 		switch {
@@ -332,8 +330,7 @@ func (s *Service) Remap(ctx context.Context, container string, proto Proto, from
 		return Mapping{}, fieldErr("new_host_port", "port 0 is out of range 1-65535")
 	}
 	name := s.mappingOwner(ctx, container)
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	var old Mapping
 	found := false
 	for _, m := range s.mappings {
@@ -367,16 +364,14 @@ func (s *Service) Remap(ctx context.Context, container string, proto Proto, from
 	return m, nil
 }
 
-// flushUDP drops the conntrack entries of UDP forwards that were removed
-// from the kernel, so existing flows do not keep going to the old target;
-// best effort.
+// flushUDP queues the UDP forwards removed from the kernel for a flush of
+// their conntrack entries, done once the service lock is released (lock).
 func (s *Service) flushUDP(fs []Forward) {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 	for _, f := range fs {
-		if f.Proto != ProtoUDP {
-			continue
-		}
-		if err := s.sys.FlushConntrack(f.Endpoint()); err != nil {
-			s.log.Warn("flushing conntrack entries", "endpoint", f.Endpoint().String(), "err", err)
+		if f.Proto == ProtoUDP {
+			s.toFlush = append(s.toFlush, f)
 		}
 	}
 }

@@ -12,8 +12,7 @@ import (
 // new address, are withdrawn (ports kept) while it does not run, and come
 // back when it runs again.
 func (s *Service) ContainerChanged(ctx context.Context, name string, c Container, found bool) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	tx := &txn{}
 	var e edit
 	var moved []Mapping
@@ -87,8 +86,7 @@ func (s *Service) withoutInactive(fs []Forward) []Forward {
 
 // ContainerNames lists the names of the containers that have mappings.
 func (s *Service) ContainerNames() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	var names []string
 	for _, m := range s.mappings {
 		if !m.Local() && !slices.Contains(names, m.Container) {

@@ -100,8 +100,29 @@ func TestDeletingUDPForwardsFlushesConntrack(t *testing.T) {
 	if err := r.svc.DeleteDNAT(ctx, d); err != nil {
 		t.Fatal(err)
 	}
-	if len(sys.flushed) != 1 || sys.flushed[0].String() != "203.0.113.43:53/udp" {
+	if len(sys.flushed) != 1 || sys.flushed[0].Endpoint().String() != "203.0.113.43:53/udp" {
 		t.Fatalf("flushed %v", sys.flushed)
+	}
+
+	// A 1,000-port range is one flush for the whole change, made once the
+	// service lock is free, so other requests do not wait for it.
+	sys.flushed, sys.flushes = nil, 0
+	sys.onFlush = func() {
+		if !r.svc.mu.TryLock() {
+			t.Error("conntrack flushed under the service lock")
+			return
+		}
+		r.svc.mu.Unlock()
+	}
+	rtp := dnat(t, "203.0.113.43", "10.0.0.53", "10000-10999", "udp", "")
+	if _, _, err := r.svc.AddDNAT(ctx, rtp); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.svc.DeleteDNAT(ctx, rtp); err != nil {
+		t.Fatal(err)
+	}
+	if sys.flushes != 1 || len(sys.flushed) != 1000 || sys.flushed[999].Int.String() != "10.0.0.53:10999" {
+		t.Errorf("%d flushes of %d forwards, want 1 of 1000", sys.flushes, len(sys.flushed))
 	}
 }
 

@@ -23,8 +23,7 @@ func (s *Service) Heal(ctx context.Context) bool {
 	if checker.Check(ctx, rules) == nil || ctx.Err() != nil {
 		return false // intact, or the daemon is stopping (the check was cut short)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	problem := checker.Check(ctx, s.rules())
 	if problem == nil || ctx.Err() != nil {
 		return false

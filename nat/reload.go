@@ -23,8 +23,7 @@ func (s *Service) Reload(ctx context.Context, st State) error {
 // replaceAll is Reload; strict refuses the whole change, listing every
 // port it could not reserve, instead of keeping those forwards inactive.
 func (s *Service) replaceAll(ctx context.Context, st State, strict bool) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	return s.replaceLocked(ctx, st, strict)
 }
 
@@ -121,8 +120,7 @@ func (s *Service) replaceLocked(ctx context.Context, st State, strict bool) erro
 
 // counts are the sizes of the model, for a log line.
 func (s *Service) counts() []any {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	return []any{"dnats", len(s.dnats), "hairpins", len(s.hairpins), "snats", len(s.snats),
 		"policy_routes", len(s.routes), "mappings", len(s.mappings), "forwards", len(s.forwards), "inactive", len(s.inactive)}
 }

@@ -22,8 +22,8 @@ type Service struct {
 	router   Router
 	log      *slog.Logger
 
-	mu       sync.Mutex
-	state    State // IP forwarding flags; rules live in the maps below
+	mu       sync.Mutex // the one writer; take it with lock
+	state    State      // IP forwarding flags; rules live in the maps below
 	dnats    map[DNATID]DNAT
 	hairpins map[HairpinID]Hairpin
 	snats    map[SNATID]SNAT
@@ -44,6 +44,30 @@ type Service struct {
 
 	repairs    int       // times Heal restored the kernel rules
 	lastRepair time.Time // when it last did
+
+	flushMu sync.Mutex
+	toFlush []Forward // UDP forwards removed, whose conntrack entries go when the lock is released
+}
+
+// lock takes the service lock and returns what releases it: unlock, then
+// flush the conntrack entries of the UDP forwards the change removed (one
+// dump of the table per family for the whole change, without holding up
+// other requests), before the caller replies.
+func (s *Service) lock() (unlock func()) {
+	s.mu.Lock()
+	return func() {
+		s.mu.Unlock()
+		s.flushMu.Lock()
+		fs := s.toFlush
+		s.toFlush = nil
+		s.flushMu.Unlock()
+		if len(fs) == 0 {
+			return
+		}
+		if err := s.sys.FlushConntrack(fs); err != nil {
+			s.log.Warn("flushing the conntrack entries of removed UDP forwards", "forwards", len(fs), "err", err)
+		}
+	}
 }
 
 // fwdEntry is a forward and how many rules (a dnat, a hairpin) use it.
@@ -115,8 +139,7 @@ func (s *Service) Start(ctx context.Context, st State) error {
 	if err := st.Validate(); err != nil {
 		return fmt.Errorf("restoring state: %w", err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	if err := s.build(st); err != nil {
 		return err
 	}
@@ -200,8 +223,7 @@ func (s *Service) AddDNAT(ctx context.Context, d DNAT) (rule DNAT, changed bool,
 	if err := d.Validate(); err != nil {
 		return DNAT{}, false, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	old, had := s.dnats[d.ID()]
 	add := missingFrom(old.Ports, d)
 	if len(add) == 0 {
@@ -235,8 +257,7 @@ func (s *Service) DeleteDNAT(ctx context.Context, d DNAT) error {
 	if err := d.Validate(); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	old, ok := s.dnats[d.ID()]
 	if !ok {
 		return fmt.Errorf("no dnat rule %s -> %s (%s%s): %w", d.ExtIP, d.IntIP, d.Proto, ifSuffix(d.ExtIf), ErrNotFound)
@@ -263,8 +284,7 @@ func (s *Service) DeleteDNAT(ctx context.Context, d DNAT) error {
 // Clear removes every rule and policy route from the kernel and the state
 // and releases every reservation. IP forwarding settings stay.
 func (s *Service) Clear(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	before := s.activeRuleset()
 	if err := s.backend.Replace(ctx, Ruleset{}); err != nil {
 		return fmt.Errorf("clearing rules: %w", err)
@@ -304,8 +324,7 @@ func (s *Service) Clear(ctx context.Context) error {
 
 // EnableForwarding turns IP forwarding on now and at every later start.
 func (s *Service) EnableForwarding(ipv6 bool) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	if err := s.sys.EnableForwarding(ipv6); err != nil {
 		return fmt.Errorf("enabling IP forwarding: %w", err)
 	}
@@ -325,8 +344,7 @@ func (s *Service) EnableForwarding(ipv6 bool) error {
 // RetryInactive tries again to reserve the ports of inactive forwards and
 // installs those it gets, in one transaction. It returns how many came back.
 func (s *Service) RetryInactive(ctx context.Context) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	var back []Forward
 	for ep := range s.inactive {
 		if err := s.take(ep); err != nil {
@@ -360,8 +378,7 @@ func (s *Service) RetryInactive(ctx context.Context) int {
 // Close releases every reservation. Kernel rules stay in place so traffic
 // keeps flowing while the daemon restarts.
 func (s *Service) Close() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	s.releaseAllHolds()
 }
 

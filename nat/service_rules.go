@@ -20,8 +20,7 @@ func (s *Service) AddHairpin(ctx context.Context, h Hairpin) (rule Hairpin, chan
 	if err := h.Validate(); err != nil {
 		return Hairpin{}, false, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	old, had := s.hairpins[h.ID()]
 	switch {
 	case !h.LanCIDR.IsValid() && had:
@@ -90,8 +89,7 @@ func (s *Service) DeleteHairpin(ctx context.Context, h Hairpin) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	old, ok := s.hairpins[h.ID()]
 	if !ok {
 		return fmt.Errorf("no hairpin rule %s -> %s (%s): %w", h.ExtIP, h.IntIP, h.Proto, ErrNotFound)
@@ -121,8 +119,7 @@ func (s *Service) AddSNAT(ctx context.Context, sn SNAT) (changed bool, err error
 	if err := sn.Validate(); err != nil {
 		return false, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	if old, ok := s.snats[sn.ID()]; ok {
 		if old == sn {
 			return false, nil
@@ -143,8 +140,7 @@ func (s *Service) DeleteSNAT(ctx context.Context, sn SNAT) error {
 	if err := sn.Validate(); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	if old, ok := s.snats[sn.ID()]; !ok || old != sn {
 		return fmt.Errorf("no %s: %w", sn, ErrNotFound)
 	}
@@ -164,8 +160,7 @@ func (s *Service) AddPolicyRoute(p PolicyRoute) (changed bool, err error) {
 	if err := p.Validate(); err != nil {
 		return false, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	if reason, ok := s.routes[p]; ok && reason == "" {
 		return false, nil
 	}
@@ -204,8 +199,7 @@ func (s *Service) DeletePolicyRoute(p PolicyRoute) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	reason, ok := s.routes[p]
 	if !ok {
 		return fmt.Errorf("no %s: %w", p, ErrNotFound)
@@ -283,15 +277,13 @@ func (s *Service) activeRuleset() Ruleset {
 
 // Ruleset returns what natmap has installed in the kernel.
 func (s *Service) Ruleset() Ruleset {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	return s.activeRuleset()
 }
 
 // State returns the desired state as it would be persisted.
 func (s *Service) State() State {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	return s.snapshot()
 }
 
@@ -344,8 +336,7 @@ type Listing struct {
 
 // List returns every rule with its status.
 func (s *Service) List() Listing {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	return s.list()
 }
 
@@ -476,8 +467,7 @@ type Stats struct {
 
 // Stats returns counts of what the service holds.
 func (s *Service) Stats() Stats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock()()
 	var lastRepair *time.Time
 	if s.repairs > 0 {
 		t := s.lastRepair

@@ -92,7 +92,9 @@ func (m *memStore) Compact(time.Duration, func() State) error { return nil }
 
 type noSystem struct {
 	enabled int
-	flushed []Endpoint
+	flushed []Forward
+	flushes int    // calls of FlushConntrack
+	onFlush func() // called by FlushConntrack, when set
 	// ephemeral is the ephemeral port range; zero means Linux's default.
 	ephemeral [2]uint16
 }
@@ -104,9 +106,16 @@ func (n *noSystem) EphemeralPorts() (uint16, uint16, error) {
 	return n.ephemeral[0], n.ephemeral[1], nil
 }
 
-func (n *noSystem) EnableForwarding(bool) error     { n.enabled++; return nil }
-func (n *noSystem) AllowLocalnet(netip.Addr) error  { return nil }
-func (n *noSystem) FlushConntrack(e Endpoint) error { n.flushed = append(n.flushed, e); return nil }
+func (n *noSystem) EnableForwarding(bool) error    { n.enabled++; return nil }
+func (n *noSystem) AllowLocalnet(netip.Addr) error { return nil }
+func (n *noSystem) FlushConntrack(fs []Forward) error {
+	n.flushed = append(n.flushed, fs...)
+	n.flushes++
+	if n.onFlush != nil {
+		n.onFlush()
+	}
+	return nil
+}
 
 type rig struct {
 	svc    *Service
