@@ -49,6 +49,9 @@ const (
 	ChainSNAT    = "NATMAP-SNAT"
 	ChainForward = "NATMAP-FWD"
 	ChainCount   = "NATMAP-COUNT" // mangle: counts the forwards' packets
+	// ChainLocalnet (raw) drops packets from the network to or from
+	// 127.0.0.0/8, before any NAT.
+	ChainLocalnet = "NATMAP-LOCALNET"
 )
 
 // jumps are the jumps from built-in chains: table, chain, target.
@@ -59,11 +62,12 @@ var jumps = [][3]string{
 	{"filter", "FORWARD", ChainForward},
 	{"filter", "DOCKER-USER", ChainForward},
 	{"mangle", "PREROUTING", ChainCount},
+	{"raw", "PREROUTING", ChainLocalnet},
 }
 
 // ownChains are natmap's chains: table, chain.
 var ownChains = [][2]string{{"nat", ChainPre}, {"nat", ChainOut}, {"nat", ChainPost}, {"nat", ChainHairpin}, {"nat", ChainSNAT},
-	{"filter", ChainForward}, {"mangle", ChainCount}}
+	{"filter", ChainForward}, {"mangle", ChainCount}, {"raw", ChainLocalnet}}
 
 // Backend implements nat.Backend with iptables. It keeps the forwards it
 // installed, grouped as they are written, so that a change rewrites only
@@ -162,7 +166,27 @@ func fullScript(f family, groups map[groupKey][]nat.Forward, r nat.Rules) string
 		}
 	}
 	w.commit()
+	localnetGuard(&w, f, false)
 	return w.String()
+}
+
+// localnetGuard writes the raw table's chain that drops packets from the
+// network to or from 127.0.0.0/8 (IPv4 only; the chain is empty for IPv6),
+// whatever route_localnet says: natmap turns it on for mappings to a
+// loopback service, and others do too (CVE-2020-8558). It runs before any
+// NAT, so a packet natmap DNATs to 127.0.0.1 still has the forward's own
+// address there and passes. With jump, the jump from PREROUTING too.
+func localnetGuard(w *script, f family, jump bool) {
+	w.table("raw")
+	w.line(":%s - [0:0]", ChainLocalnet)
+	if jump {
+		w.rule("-A", "PREROUTING", "-j", ChainLocalnet)
+	}
+	if !f.v6 {
+		w.rule("-A", ChainLocalnet, "!", "-i", "lo", "-d", "127.0.0.0/8", "-m", "comment", "--comment", "natmap: nothing from the network to 127.0.0.0/8", "-j", "DROP")
+		w.rule("-A", ChainLocalnet, "!", "-i", "lo", "-s", "127.0.0.0/8", "-m", "comment", "--comment", "natmap: nothing from the network from 127.0.0.0/8", "-j", "DROP")
+	}
+	w.commit()
 }
 
 // Check implements nat.Checker: every jump is there, and each of natmap's
@@ -434,6 +458,7 @@ func Render(rs nat.Ruleset) (v4text, v6text []byte) {
 			}
 		}
 		w.commit()
+		localnetGuard(&w, f, true)
 		out[i] = []byte(w.String())
 	}
 	return out[0], out[1]

@@ -32,7 +32,7 @@ func save(t *testing.T, ns *netnstest.NS, mode Mode, v6 bool) string {
 		tool = "ip6tables-" + string(mode) + "-save"
 	}
 	var out strings.Builder
-	for _, table := range []string{"nat", "filter", "mangle"} {
+	for _, table := range []string{"nat", "filter", "mangle", "raw"} {
 		out.WriteString(volatile.ReplaceAllString(ns.MustRun(t, tool, "-t", table), ""))
 	}
 	return out.String()

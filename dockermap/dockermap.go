@@ -36,7 +36,6 @@ const DefaultHost = "unix:///var/run/docker.sock"
 // Docker implements nat.Containers against a Docker engine.
 type Docker struct {
 	host string
-	mark uint32
 	log  *slog.Logger
 
 	mu        sync.Mutex
@@ -54,11 +53,10 @@ func (d *Docker) Reconnects() int {
 	return max(d.connects-1, 0)
 }
 
-// New returns a Docker for the engine at host (such as DefaultHost). mark
-// is the connection mark natmap sets on the flows it forwards, which the
-// DOCKER-USER hole accepts. It does not connect yet.
-func New(host string, mark uint32, log *slog.Logger) *Docker {
-	return &Docker{host: host, mark: mark, log: log, lastErr: errors.New("not connected yet")}
+// New returns a Docker for the engine at host (such as DefaultHost). It
+// does not connect yet.
+func New(host string, log *slog.Logger) *Docker {
+	return &Docker{host: host, log: log, lastErr: errors.New("not connected yet")}
 }
 
 // State reports whether Docker answers, and the last error when not.
@@ -225,9 +223,8 @@ func (d *Docker) session(ctx context.Context, svc *nat.Service) error {
 	if wasDown {
 		d.log.Info("connected to Docker", "host", d.host)
 	}
-	if err := OpenForwardHole(d.mark); err != nil {
-		d.log.Error("natmap's forwarded traffic may be dropped by Docker's FORWARD policy", "err", err)
-	}
+	// Docker makes DOCKER-USER when it starts: natmap's rule goes in now.
+	svc.ResettleHost()
 	d.reconcile(ctx, svc, svc.ContainerNames())
 	for {
 		select {

@@ -265,3 +265,80 @@ func TestIntegrationConntrackFlushIsNatmapsOwn(t *testing.T) {
 		t.Errorf("the transit flow's conntrack entry was dropped")
 	}
 }
+
+// routeLoopbackVia makes ns send packets for 127.0.0.0/8 to gw over dev,
+// as a hostile neighbour would, and accept the answers.
+func routeLoopbackVia(t *testing.T, ns *netnstest.NS, gw, dev string) {
+	t.Helper()
+	ns.MustRun(t, "ip", "rule", "add", "pref", "10", "to", "127.0.0.0/8", "lookup", "100")
+	ns.MustRun(t, "ip", "rule", "add", "pref", "20", "lookup", "local")
+	ns.MustRun(t, "ip", "rule", "del", "pref", "0")
+	ns.MustRun(t, "ip", "route", "add", "127.0.0.0/8", "via", gw, "dev", dev, "table", "100")
+	ns.MustRun(t, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1", "net.ipv4.conf."+dev+".route_localnet=1")
+}
+
+// sysctl reads a setting of ns.
+func sysctl(t *testing.T, ns *netnstest.NS, name string) string {
+	t.Helper()
+	return strings.TrimSpace(ns.MustRun(t, "sysctl", "-n", name))
+}
+
+// The spec's local service mapping answers clients on other hosts; the
+// route_localnet it needs opens nothing else on loopback to the network,
+// and is put back as natmap found it when the mapping goes.
+func TestIntegrationLocalServiceSafely(t *testing.T) {
+	l := newLab(t)
+	serve(t, l.router, "local", "127.0.0.1:80")
+	serve(t, l.router, "private", "127.0.0.1:9999")
+	routeLoopbackVia(t, l.client, "203.0.113.1", "c0")
+	// An admin's own setting on ext1, which natmap must leave alone.
+	l.router.MustRun(t, "sysctl", "-qw", "net.ipv4.conf.ext1.route_localnet=1")
+	attack := func(when string) {
+		t.Helper()
+		for _, port := range []string{"9999", "80"} {
+			if got, err := dialWithin(l.client, "tcp", "127.0.0.1:"+port, 500*time.Millisecond); err == nil {
+				t.Errorf("%s: the neighbour reached the router's loopback port %s: %q", when, port, got)
+			}
+		}
+	}
+	attack("before natmap")
+	l.startDaemon()
+	l.mustCLI("docker", "add", "8080:127.0.0.1:80", "--name", "my-local-service")
+	if got := sysctl(t, l.router, "net.ipv4.conf.all.route_localnet"); got != "1" {
+		t.Errorf("route_localnet (all) with the mapping: %s", got)
+	}
+	// The service answers clients on other hosts, on every interface,
+	// and the host itself.
+	expectReach(t, l.client, "tcp", extIP+":8080", "local")
+	expectReach(t, l.clientB, "tcp", "198.51.100.1:8080", "local")
+	expectReach(t, l.router, "tcp", "127.0.0.1:8080", "local")
+	attack("with the mapping")
+	if kernel := l.kernelRules(); !strings.Contains(kernel, "127.0.0.0/8") {
+		t.Errorf("no loopback guard in natmap's rules:\n%s", kernel)
+	}
+
+	l.mustCLI("docker", "rm", "--name", "my-local-service", "8080")
+	if got := sysctl(t, l.router, "net.ipv4.conf.all.route_localnet"); got != "0" {
+		t.Errorf("route_localnet (all) after the mapping went: %s, want 0 as natmap found it", got)
+	}
+	if got := sysctl(t, l.router, "net.ipv4.conf.ext1.route_localnet"); got != "1" {
+		t.Errorf("the admin's route_localnet on ext1: %s, want it left at 1", got)
+	}
+	attack("after the mapping went")
+
+	// A restart with the mapping keeps what natmap found, and clear puts
+	// it back.
+	l.mustCLI("docker", "add", "8080:127.0.0.1:80", "--name", "my-local-service")
+	l.stopDaemon()
+	l.startDaemon()
+	expectReach(t, l.client, "tcp", extIP+":8080", "local")
+	l.mustCLI("clear")
+	if got := sysctl(t, l.router, "net.ipv4.conf.all.route_localnet"); got != "0" {
+		t.Errorf("route_localnet (all) after clear: %s, want 0", got)
+	}
+	saved, err := os.ReadFile(l.state + ".host")
+	if err != nil || strings.Contains(string(saved), `"all"`) {
+		t.Errorf("natmap's record of host settings after clear: %s %v", saved, err)
+	}
+	attack("after clear")
+}

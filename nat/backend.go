@@ -63,9 +63,9 @@ type System interface {
 	// EnableForwarding turns on IPv4 forwarding, and IPv6 forwarding too
 	// when ipv6 is set.
 	EnableForwarding(ipv6 bool) error
-	// AllowLocalnet lets connections from 127.0.0.1 be forwarded to dst
-	// (route_localnet on the interface that reaches it).
-	AllowLocalnet(dst netip.Addr) error
+	// Settle makes the host settings natmap needs true, and puts back
+	// every setting natmap changed and no longer needs as it found it.
+	Settle(need HostNeeds) error
 	// FlushConntrack deletes the connection tracking entries of flows
 	// natmap forwarded through fs (connection mark MarkForwarded, the
 	// forward's external port and address, or any address for a

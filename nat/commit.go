@@ -101,6 +101,8 @@ func (s *Service) commit(ctx context.Context, tx *txn, e edit) error {
 		s.release(ep)
 	}
 	s.flushUDP(ch.Del)
+	s.loopbackTargets += loopbacks(e.fresh...) + loopbacks(e.swapAdd...) - loopbacks(e.gone...) - loopbacks(e.swapDel...)
+	s.settle(ctx, false)
 	s.changes++
 	return nil
 }

@@ -130,6 +130,9 @@ func (r *MappingRequest) normalize() error {
 		if r.TargetIP.Is4() != r.HostIP.Is4() {
 			return fieldErr("target_ip", "%s and host_ip %s are of different IP versions", r.TargetIP, r.HostIP)
 		}
+		if r.TargetIP == netip.IPv6Loopback() {
+			return fieldErr("target_ip", "::1 cannot be reached from other hosts: IPv6 has no route_localnet, so the kernel drops packets from the network to ::1 even after a DNAT; make the service listen on :: or the host's address, or map to 127.0.0.1")
+		}
 	} else if !r.HostIP.Is4() {
 		return fieldErr("host_ip", "%s: container mappings are IPv4 (containers are reached at their IPv4 address)", r.HostIP)
 	}
@@ -194,7 +197,6 @@ func (s *Service) AddMapping(ctx context.Context, req MappingRequest) (m Mapping
 	if err := s.commit(ctx, tx, edit{fresh: fresh, rules: true}); err != nil {
 		return Mapping{}, false, fmt.Errorf("adding %s: %w", m, err)
 	}
-	s.afterInstall(m)
 	s.log.Info("mapping added", "mapping", m.String(), "target", m.target())
 	return m, true, nil
 }
@@ -223,16 +225,6 @@ func (s *Service) pickPort(ip netip.Addr, proto Proto) (uint16, error) {
 		return uint16(p), nil
 	}
 	return 0, fmt.Errorf("no free %s port on %s: %w", proto, ip, ErrUnavailable)
-}
-
-// afterInstall makes a mapping reachable from the host itself through
-// 127.0.0.1 (route_localnet on the way to its target); best effort.
-func (s *Service) afterInstall(m Mapping) {
-	if t := m.target(); t.IsValid() && t.Is4() && !t.IsLoopback() {
-		if err := s.sys.AllowLocalnet(t); err != nil {
-			s.log.Warn("localhost access to a mapping may not work", "mapping", m.String(), "err", err)
-		}
-	}
 }
 
 // MappingSelector picks the mappings a removal acts on.

@@ -57,7 +57,6 @@ func (s *Service) ContainerChanged(ctx context.Context, name string, c Container
 		return fmt.Errorf("following container %s: %w", name, err)
 	}
 	for _, m := range moved {
-		s.afterInstall(m)
 		s.log.Info("mapping follows its container", "mapping", m.String(), "target", m.ContainerIP, "running", m.ContainerIP.IsValid())
 	}
 	return nil

@@ -105,9 +105,8 @@ func (s *Service) replaceLocked(ctx context.Context, st State, strict bool) erro
 		}
 	}
 	s.reconcileRoutes(oldRoutes)
-	for _, m := range s.mappings {
-		s.afterInstall(m)
-	}
+	s.countLoopbackTargets()
+	s.settle(ctx, false)
 	if st.IPForward || st.IPv6Forward {
 		if err := s.sys.EnableForwarding(st.IPv6Forward); err != nil {
 			s.log.Warn("enabling IP forwarding failed", "err", err)

@@ -45,6 +45,11 @@ type Service struct {
 	repairs    int       // times Heal restored the kernel rules
 	lastRepair time.Time // when it last did
 
+	// loopbackTargets counts the forwards to 127.0.0.0/8; settled is
+	// what System.Settle last made true (nil: not yet, or it failed).
+	loopbackTargets int
+	settled         *HostNeeds
+
 	flushMu sync.Mutex
 	toFlush []Forward // UDP forwards removed, whose conntrack entries go when the lock is released
 }
@@ -153,9 +158,8 @@ func (s *Service) Start(ctx context.Context, st State) error {
 		s.releaseAllHolds()
 		return fmt.Errorf("installing %d forwards with %s: %w", len(s.forwards)-len(s.inactive), s.backend.Name(), err)
 	}
-	for _, m := range s.mappings {
-		s.afterInstall(m)
-	}
+	s.countLoopbackTargets()
+	s.settle(ctx, true)
 	for _, p := range st.PolicyRoutes {
 		s.routes[p] = ""
 		if err := s.router.AddPolicyRoute(p); err != nil {
@@ -318,6 +322,8 @@ func (s *Service) Clear(ctx context.Context) error {
 	}
 	s.changes++
 	s.flushUDP(before.Forwards)
+	s.countLoopbackTargets()
+	s.settle(ctx, false)
 	s.log.Info("all rules cleared", "dnats", len(dnats), "hairpins", len(hairpins), "snats", len(snats), "policy_routes", len(routes), "mappings", len(mappings))
 	return nil
 }

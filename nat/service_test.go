@@ -93,6 +93,7 @@ func (m *memStore) Compact(time.Duration, func() State) error { return nil }
 type noSystem struct {
 	enabled int
 	flushed []Forward
+	settled []HostNeeds // every Settle, in order
 	flushes int    // calls of FlushConntrack
 	onFlush func() // called by FlushConntrack, when set
 	// ephemeral is the ephemeral port range; zero means Linux's default.
@@ -107,7 +108,10 @@ func (n *noSystem) EphemeralPorts() (uint16, uint16, error) {
 }
 
 func (n *noSystem) EnableForwarding(bool) error    { n.enabled++; return nil }
-func (n *noSystem) AllowLocalnet(netip.Addr) error { return nil }
+func (n *noSystem) Settle(need HostNeeds) error {
+	n.settled = append(n.settled, need)
+	return nil
+}
 func (n *noSystem) FlushConntrack(fs []Forward) error {
 	n.flushed = append(n.flushed, fs...)
 	n.flushes++

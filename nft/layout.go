@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"net/netip"
 	"strings"
 
 	"github.com/google/nftables"
@@ -254,6 +255,9 @@ type chains struct {
 	// count and countOut count the packets of established forwarded
 	// flows (filter chains, at the mangle priority).
 	count, countOut *nftables.Chain
+	// localnet drops packets from the network to or from 127.0.0.0/8
+	// (a filter chain at the raw priority, before any NAT).
+	localnet *nftables.Chain
 }
 
 func newChains(t *nftables.Table) chains {
@@ -268,7 +272,39 @@ func newChains(t *nftables.Table) chains {
 		forward:     mk("forward", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter),
 		count:       mk("count_in", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityMangle),
 		countOut:    mk("count_out", nftables.ChainTypeFilter, nftables.ChainHookOutput, nftables.ChainPriorityMangle),
+		localnet:    mk("localnet", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityRaw),
 	}
+}
+
+// localnetGuard: no packet that arrives from the network may reach
+// 127.0.0.0/8, or claim to come from it, whatever route_localnet says
+// (natmap turns it on for mappings to a loopback service, and others do
+// too: CVE-2020-8558). It runs before any NAT, so a packet natmap DNATs to
+// 127.0.0.1 still has the forward's own address here and passes.
+//
+//	iifname != "lo" ip daddr 127.0.0.0/8 counter drop
+//	iifname != "lo" ip saddr 127.0.0.0/8 counter drop
+func localnetGuard(t *nftables.Table, c *nftables.Chain) []*nftables.Rule {
+	var out []*nftables.Rule
+	for _, side := range []struct {
+		offset uint32
+		what   string
+	}{{16, "to"}, {12, "from"}} {
+		exprs := append(matchFamily(ipv4),
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifnameBytes("lo")},
+		)
+		exprs = append(exprs, matchPrefix(side.offset, loopback4)...)
+		exprs = append(exprs, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})
+		out = append(out, &nftables.Rule{Table: t, Chain: c, Exprs: exprs, UserData: comment(localnetComment(side.what))})
+	}
+	return out
+}
+
+var loopback4 = netip.MustParsePrefix("127.0.0.0/8")
+
+func localnetComment(what string) string {
+	return "natmap: nothing from the network " + what + " 127.0.0.0/8"
 }
 
 // masqueradeLocal: connections the host itself made to a forward leave

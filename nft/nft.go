@@ -118,8 +118,11 @@ func (b *Backend) Replace(_ context.Context, rs nat.Ruleset) error {
 		return b.abandon(err)
 	}
 	ch := newChains(t)
-	for _, chain := range []*nftables.Chain{regularChain(t, hairpinChain), regularChain(t, snatChain), ch.prerouting, ch.output, ch.postrouting, ch.forward, ch.count, ch.countOut} {
+	for _, chain := range []*nftables.Chain{regularChain(t, hairpinChain), regularChain(t, snatChain), ch.prerouting, ch.output, ch.postrouting, ch.forward, ch.count, ch.countOut, ch.localnet} {
 		c.AddChain(chain)
+	}
+	for _, r := range localnetGuard(t, ch.localnet) {
+		c.AddRule(r)
 	}
 	addPrerouting(c, t, ch.prerouting, lans, made)
 	for _, l := range lookups {
@@ -443,6 +446,7 @@ func (b *Backend) Check(_ context.Context, rs nat.Rules) error {
 		"forward":     1,
 		"count_in":    len(lookups),
 		"count_out":   output,
+		"localnet":    len(localnetGuard(t, nil)),
 		hairpinChain:  1 + len(rs.SameNet),
 		snatChain:     len(rs.SNATs),
 	}

@@ -93,6 +93,10 @@ func Render(rs nat.Ruleset) []byte {
 		}
 	}
 	w("\t}")
+	w("\tchain localnet {\n\t\ttype filter hook prerouting priority raw; policy accept;")
+	w("\t\tiifname != \"lo\" ip daddr 127.0.0.0/8 counter drop comment %q", localnetComment("to"))
+	w("\t\tiifname != \"lo\" ip saddr 127.0.0.0/8 counter drop comment %q", localnetComment("from"))
+	w("\t}")
 	w("}")
 	return []byte(b.String())
 }

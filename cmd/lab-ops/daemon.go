@@ -71,7 +71,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	backend, reason := be.backend, be.reason
 	log.Info("backend chosen", "backend", backend.Name(), "reason", reason)
 
-	docker := dockermap.New(d.DockerHost, nat.MarkForwarded, log)
+	docker := dockermap.New(d.DockerHost, log)
 	if file.Migrated() {
 		n, err := compat.RemoveEarlier()
 		if err != nil {
@@ -79,8 +79,12 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		}
 		log.Info("migrating the earlier natmap's state file; its iptables rules were removed", "state", d.State, "removed", n)
 	}
+	settings, err := loadHostSettings(hostSettingsPath(d.State))
+	if err != nil {
+		return err
+	}
 	met := newMetrics()
-	svc := nat.NewService(nat.Deps{Backend: timed{backend, met.apply}, Reserver: reserve.New(), Store: file, System: hostSystem{},
+	svc := nat.NewService(nat.Deps{Backend: timed{backend, met.apply}, Reserver: reserve.New(), Store: file, System: hostSystem{settings},
 		Router: route.Netlink{}, Docker: docker, Log: log})
 	if err := svc.Start(ctx, st); err != nil {
 		return err

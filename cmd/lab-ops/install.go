@@ -17,6 +17,7 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/lab-ops/natmap/compat"
+	"github.com/lab-ops/natmap/nat"
 	"github.com/lab-ops/natmap/nft"
 	"github.com/lab-ops/natmap/store"
 )
@@ -265,7 +266,13 @@ func (c *UninstallCmd) Run(g *Globals, out *output) error {
 					return err
 				}
 				removeCompat(log, compat.Legacy, compat.NFT)
-				return nil
+				// What the daemon changed on the host goes back as it
+				// found it (the daemon does this itself on clear).
+				settings, err := loadHostSettings(hostSettingsPath(filepath.Join(stateDir, "state.json")))
+				if err != nil {
+					return err
+				}
+				return settings.settle(nat.HostNeeds{})
 			},
 		})
 	}

@@ -12,37 +12,12 @@ import (
 	"github.com/lab-ops/natmap/nat"
 )
 
-// hostSystem changes host settings through /proc/sys and netlink.
-type hostSystem struct{}
-
-// EnableForwarding implements nat.System.
-func (hostSystem) EnableForwarding(ipv6 bool) error {
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
-		return err
-	}
-	if ipv6 {
-		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1\n"), 0o644)
-	}
-	return nil
-}
-
-// AllowLocalnet implements nat.System: route_localnet on the interface the
-// host reaches dst by, so that a connection to 127.0.0.1:PORT DNATed to dst
-// may leave with its loopback source (natmap masquerades it on the way).
-func (hostSystem) AllowLocalnet(dst netip.Addr) error {
-	routes, err := netlink.RouteGet(dst.AsSlice())
-	if err != nil || len(routes) == 0 {
-		return fmt.Errorf("finding the route to %s: %v", dst, err)
-	}
-	link, err := netlink.LinkByIndex(routes[0].LinkIndex)
-	if err != nil {
-		return fmt.Errorf("finding the interface to %s: %w", dst, err)
-	}
-	name := link.Attrs().Name
-	if name == "lo" {
-		return nil
-	}
-	return os.WriteFile("/proc/sys/net/ipv4/conf/"+name+"/route_localnet", []byte("1\n"), 0o644)
+// hostSystem changes host settings through /proc/sys, netlink and
+// iptables. What it changes it remembers (hostSettings), so that it puts
+// back what it found when nothing needs the change any more, after a
+// restart or a crash too.
+type hostSystem struct {
+	settings *hostSettings
 }
 
 // EphemeralPorts implements nat.System.
