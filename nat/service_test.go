@@ -94,8 +94,8 @@ type noSystem struct {
 	enabled int
 	flushed []Forward
 	settled []HostNeeds // every Settle, in order
-	flushes int    // calls of FlushConntrack
-	onFlush func() // called by FlushConntrack, when set
+	flushes int         // calls of FlushConntrack
+	onFlush func()      // called by FlushConntrack, when set
 	// ephemeral is the ephemeral port range; zero means Linux's default.
 	ephemeral [2]uint16
 }
@@ -107,7 +107,7 @@ func (n *noSystem) EphemeralPorts() (uint16, uint16, error) {
 	return n.ephemeral[0], n.ephemeral[1], nil
 }
 
-func (n *noSystem) EnableForwarding(bool) error    { n.enabled++; return nil }
+func (n *noSystem) EnableForwarding(bool) error { n.enabled++; return nil }
 func (n *noSystem) Settle(need HostNeeds) error {
 	n.settled = append(n.settled, need)
 	return nil
