@@ -143,9 +143,7 @@ func fullScript(f family, groups map[groupKey][]nat.Forward, r nat.Rules) string
 	for _, c := range []string{ChainPre, ChainOut, ChainPost, ChainHairpin, ChainSNAT} {
 		w.line(":%s - [0:0]", c)
 	}
-	w.rule("-A", ChainPost, "-m", "connmark", "--mark", markMask(nat.MarkLocal), "-j", "MASQUERADE")
-	w.rule("-A", ChainPost, "-j", ChainHairpin)
-	w.rule("-A", ChainPost, "-j", ChainSNAT)
+	natHead(&w)
 	for _, k := range sortedKeys(groups) {
 		if famOf(k.ext) == f {
 			groupRules(&w, "-A", k, groups[k])
@@ -168,6 +166,18 @@ func fullScript(f family, groups map[groupKey][]nat.Forward, r nat.Rules) string
 	w.commit()
 	localnetGuard(&w, f, false)
 	return w.String()
+}
+
+// natHead writes the nat table's fixed rules: the host's own connections
+// to a forward are DNATed only when it is for one of the host's own
+// addresses (a forward of an address that is not the host's never takes
+// over the host's own connections to that address) and are masqueraded;
+// then the hairpin and SNAT chains.
+func natHead(w *script) {
+	w.rule("-A", ChainOut, "-m", "addrtype", "!", "--dst-type", "LOCAL", "-j", "RETURN")
+	w.rule("-A", ChainPost, "-m", "connmark", "--mark", markMask(nat.MarkLocal), "-j", "MASQUERADE")
+	w.rule("-A", ChainPost, "-j", ChainHairpin)
+	w.rule("-A", ChainPost, "-j", ChainSNAT)
 }
 
 // localnetGuard writes the raw table's chain that drops packets from the
@@ -432,9 +442,7 @@ func Render(rs nat.Ruleset) (v4text, v6text []byte) {
 		w.rule("-A", "PREROUTING", "-j", ChainPre)
 		w.rule("-A", "OUTPUT", "-j", ChainOut)
 		w.rule("-A", "POSTROUTING", "-j", ChainPost)
-		w.rule("-A", ChainPost, "-m", "connmark", "--mark", markMask(nat.MarkLocal), "-j", "MASQUERADE")
-		w.rule("-A", ChainPost, "-j", ChainHairpin)
-		w.rule("-A", ChainPost, "-j", ChainSNAT)
+		natHead(&w)
 		groups, _ := regroup(nil, nil, rs.Forwards)
 		for _, k := range sortedKeys(groups) {
 			if famOf(k.ext) == f {

@@ -1,10 +1,14 @@
 package integration
 
 import (
+	"encoding/json"
+	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -341,4 +345,102 @@ func TestIntegrationLocalServiceSafely(t *testing.T) {
 		t.Errorf("natmap's record of host settings after clear: %s %v", saved, err)
 	}
 	attack("after clear")
+}
+
+// memberCredential runs a process as a member of the socket's group who is
+// not root: uid and gid nobody, with the group the tests' daemons give
+// the socket (root) as a supplementary group.
+func memberCredential() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{0}}}
+}
+
+// letMemberIn lets the member reach the binary, the lab's socket and the
+// given directories: only the socket's own mode (0660 root:root) decides.
+func letMemberIn(l *lab, dirs ...string) {
+	for _, dir := range append(dirs, filepath.Dir(binary), l.dir) {
+		for d := dir; d != "/" && d != "." && d != os.TempDir(); d = filepath.Dir(d) {
+			os.Chmod(d, 0o755)
+		}
+	}
+}
+
+// memberCLI runs `lab-ops natmap ARGS` as a member of the socket's group.
+func (l *lab) memberCLI(args ...string) (stdout, stderr string, code int) {
+	l.t.Helper()
+	letMemberIn(l)
+	cmd := exec.Command(binary, append([]string{"natmap", "--socket", l.socket}, args...)...)
+	cmd.SysProcAttr = memberCredential()
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		code = exit.ExitCode()
+	case err != nil:
+		l.t.Fatalf("running lab-ops as a member: %v", err)
+	}
+	return o.String(), e.String(), code
+}
+
+// The socket group forwards traffic that arrives for the host's own
+// addresses and nothing else: whatever would capture or redirect other
+// traffic is root's, refused to a member with 403, the rule that refused
+// it, exit 1 and nothing changed.
+func TestIntegrationGroupMemberPolicy(t *testing.T) {
+	l := newLab(t)
+	serve(t, l.server, "web", serverIP+":80", serverIP+":9")
+	serve(t, l.clientB, "real", "198.51.100.10:9")
+	l.startDaemon()
+	if _, errOut, code := l.memberCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "8080:80"); code != 0 {
+		t.Fatalf("a member's forward of the host's own address: exit %d %s\n%s", code, errOut, l.daemonLog)
+	}
+	expectReach(t, l.client, "tcp", extIP+":8080", "web")
+	if log := l.daemonLog.String(); !strings.Contains(log, "uid=65534") {
+		t.Errorf("the member's change was not logged with its uid:\n%s", log)
+	}
+	before := l.stored(t)
+	for _, c := range []struct {
+		rule string
+		args []string
+	}{
+		{"ext_ip_not_local", []string{"dnat", "--ext-ip", "198.51.100.10", "--int-ip", serverIP, "--ports", "9"}},
+		{"ext_ip_special", []string{"dnat", "--ext-ip", "169.254.169.254", "--int-ip", serverIP, "--ports", "80"}},
+		{"ext_ip_loopback", []string{"dnat", "--ext-ip", "127.0.0.1", "--int-ip", serverIP, "--ports", "5432"}},
+		{"ext_ip_not_local", []string{"hairpin", "--ext-ip", "198.51.100.10", "--int-ip", serverIP, "--ports", "9"}},
+		{"snat_catches_host", []string{"snat", "--int-ip", "0.0.0.0/0", "--ext-if", "ext0", "--ext-ip", extIP}},
+		{"snat_catches_host", []string{"snat", "--int-ip", "10.0.0.1", "--ext-if", "ext0", "--ext-ip", extIP}},
+		{"target_loopback", []string{"docker", "add", "8080:127.0.0.1:80", "--name", "my-local-service"}},
+		{"ext_ip_loopback", []string{"docker", "add", "127.0.0.1:5432:10.0.0.101:80", "--name", "svc"}},
+		{"policy_route_host_addr", []string{"policy-route", "--src-ip", "10.0.0.1", "--via", "10.0.0.101", "--table", "100"}},
+	} {
+		out, errOut, code := l.memberCLI(append([]string{"--json"}, c.args...)...)
+		var reply struct{ Error, Code, Rule string }
+		json.Unmarshal([]byte(out), &reply)
+		if code != 1 || reply.Code != "forbidden" || reply.Rule != c.rule || !strings.Contains(reply.Error, "only root may") {
+			t.Errorf("%v as a member: exit %d, %s%s, want refused by %s", c.args, code, out, errOut, c.rule)
+		}
+	}
+	if after := l.stored(t); after != before {
+		t.Errorf("refused requests changed the state:\n%s\nwant\n%s", after, before)
+	}
+	// Root may: a forward of an address that is not the host's takes the
+	// traffic routed through the host, never the host's own connections.
+	l.mustCLI("dnat", "--ext-ip", "198.51.100.10", "--int-ip", serverIP, "--ports", "9")
+	expectReach(t, l.client, "tcp", "198.51.100.10:9", "web")
+	expectReach(t, l.router, "tcp", "198.51.100.10:9", "real")
+	// What root made stays, and a member sees it; after a restart too.
+	l.stopDaemon()
+	l.startDaemon("--group-ext", "198.51.100.0/24")
+	if out, _, code := l.memberCLI("ls"); code != 0 || !strings.Contains(out, "198.51.100.10") {
+		t.Errorf("a member's ls of root's rule after a restart: exit %d\n%s", code, out)
+	}
+	// The admin's allow-list lets the group forward an address routed to
+	// the host.
+	if _, errOut, code := l.memberCLI("dnat", "--ext-ip", "198.51.100.11", "--int-ip", serverIP, "--ports", "9"); code != 0 {
+		t.Errorf("a member's forward of an allowed address: exit %d %s", code, errOut)
+	}
+	if _, errOut, code := l.memberCLI("clear"); code != 0 {
+		t.Errorf("a member's clear: exit %d %s", code, errOut)
+	}
 }

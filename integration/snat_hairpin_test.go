@@ -311,7 +311,9 @@ echo "Mail NAT applied: $EXT_IP -> $INT_IP"
 }
 
 // runScript runs a shell script with lab-ops on PATH and the lab's socket
-// in NATMAP_SOCKET, so that the script's commands are the spec's, verbatim.
+// in NATMAP_SOCKET, so that the script's commands are the spec's, verbatim,
+// as a member of the socket's group who is not root: the spec promises
+// that a member uses natmap without sudo.
 func runScript(t *testing.T, l *lab, script string) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -322,8 +324,10 @@ func runScript(t *testing.T, l *lab, script string) string {
 	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	letMemberIn(l, dir)
 	cmd := exec.Command("bash", "-e", path)
-	cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"), "NATMAP_SOCKET="+l.socket)
+	cmd.SysProcAttr = memberCredential()
+	cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"), "NATMAP_SOCKET="+l.socket, "HOME=/")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("script failed: %v\n%s\ndaemon log:\n%s", err, out, l.daemonLog)

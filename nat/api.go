@@ -41,6 +41,8 @@ type Info struct {
 	DockerState func() (bool, error)
 	// ContainerNames lists Docker's containers; nil without Docker.
 	ContainerNames func(context.Context) ([]string, error)
+	// Policy is what a peer that is not root may add.
+	Policy Policy
 }
 
 type api struct {
@@ -103,6 +105,12 @@ func mutate[C any, R any](a *api, parse func(C) (R, error), op func(context.Cont
 		if err != nil {
 			a.fail(w, r, err)
 			return
+		}
+		if r.Method == http.MethodPost {
+			if err := a.info.Policy.authorize(r.Context(), rule); err != nil {
+				a.fail(w, r, err)
+				return
+			}
 		}
 		changed, err := op(r.Context(), rule)
 		if err != nil {
@@ -308,6 +316,10 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if err := a.info.Policy.authorizeConfig(r.Context(), req.Config); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	resp, err := a.svc.Apply(r.Context(), req.Config, req.Prune, req.DryRun)
 	if err != nil {
 		a.fail(w, r, err)
@@ -329,7 +341,12 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		level = slog.LevelError
 	}
 	a.log.Log(r.Context(), level, "request refused", "method", r.Method, "path", r.URL.Path, "status", code, "err", err)
-	reply(w, code, ErrorResponse{Error: errorText(err)})
+	resp := ErrorResponse{Error: errorText(err)}
+	var fb *Forbidden
+	if errors.As(err, &fb) {
+		resp.Code, resp.Rule = "forbidden", fb.Rule
+	}
+	reply(w, code, resp)
 }
 
 // errorText drops the sentinel suffix ": not found" and the like, which only

@@ -13,6 +13,7 @@ func serve(t *testing.T, r *rig, method, path, body string) (int, string, http.H
 	t.Helper()
 	h := NewHandler(r.svc, Info{Version: "test"}, nil)
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	req = req.WithContext(WithPeer(req.Context(), Peer{UID: 0, PID: 1}))
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, req)
 	b, _ := io.ReadAll(w.Result().Body)

@@ -202,6 +202,10 @@ func (a *api) addMapping(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if err := a.info.Policy.authorize(r.Context(), req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	m, changed, err := a.svc.AddMapping(r.Context(), req)
 	if err != nil {
 		a.fail(w, r, err)

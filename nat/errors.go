@@ -42,6 +42,8 @@ func ErrStatus(err error) int {
 	switch {
 	case errors.Is(err, ErrInvalid):
 		return 400
+	case errors.Is(err, ErrForbidden):
+		return 403
 	case errors.Is(err, ErrNotFound):
 		return 404
 	case errors.Is(err, ErrConflict), errors.Is(err, ErrPortInUse):

@@ -183,6 +183,10 @@ type ErrorResponse struct {
 	Error string `json:"error"`
 	// Problems lists each problem of a refused configuration (POST /apply).
 	Problems []Problem `json:"problems,omitempty"`
+	// Code is "forbidden" for a request only root may make (403).
+	Code string `json:"code,omitempty"`
+	// Rule names the part of the policy that refused a forbidden request.
+	Rule string `json:"rule,omitempty"`
 }
 
 // toDNAT parses and validates a request body.

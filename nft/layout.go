@@ -167,7 +167,7 @@ func (l lookup) dnatRule(t *nftables.Table, c *nftables.Chain, keys, targets *nf
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l.fam.nfproto}},
 	}
-	if l.any {
+	if l.localOnly(mark) {
 		exprs = append(exprs,
 			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
@@ -188,6 +188,13 @@ func (l lookup) dnatRule(t *nftables.Table, c *nftables.Chain, keys, targets *nf
 	)
 	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs, UserData: comment(l.comment())}
 }
+
+// localOnly reports whether the dnat rule with this mark matches only
+// packets for this host (`fib daddr type local`): forwards to every local
+// address, and every forward in the output hook (mark has MarkLocal), so a
+// forward of an address that is not the host's never takes over the
+// host's own connections to that address.
+func (l lookup) localOnly(mark uint32) bool { return l.any || mark&MarkLocal != 0 }
 
 // countRule: established packets from the client side of a flow natmap
 // forwarded hit its key, whose counter counts them (the first packet was

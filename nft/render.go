@@ -177,10 +177,10 @@ func countText(l lookup) string {
 }
 
 func dnatText(l lookup, mark uint32) string {
-	key, fam, fib := lookupText(l)
+	key, fam, _ := lookupText(l)
 	guard := ""
-	if fib != "" {
-		guard = "meta nfproto ipv" + l.fam.suffix + " " + fib
+	if l.localOnly(mark) {
+		guard = "meta nfproto ipv" + l.fam.suffix + " fib daddr type local "
 	}
 	return fmt.Sprintf("%s%s @match%s ct mark set ct mark | %#08x dnat %s to %s map @dnat%s comment %q",
 		guard, key, l.suffix(), mark, fam, key, l.suffix(), l.comment())

@@ -37,6 +37,9 @@ type apiError struct {
 	status   int
 	msg      string
 	problems []nat.Problem // of a refused configuration
+	// code and rule say why a request was forbidden ("forbidden" and the
+	// policy's rule).
+	code, rule string
 }
 
 func (e *apiError) Error() string { return e.msg }
@@ -90,7 +93,7 @@ func (c *client) call(method, path string, body, reply any) (http.Header, error)
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("the daemon answered %s: %s", resp.Status, bytes.TrimSpace(b))
 		}
-		return nil, &apiError{status: resp.StatusCode, msg: e.Error, problems: e.Problems}
+		return nil, &apiError{status: resp.StatusCode, msg: e.Error, problems: e.Problems, code: e.Code, rule: e.Rule}
 	}
 	if raw, ok := reply.(*rawReply); ok {
 		*raw = b

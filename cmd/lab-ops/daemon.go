@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"os/user"
@@ -39,6 +40,7 @@ type DaemonCmd struct {
 	DockerHost    string        `default:"unix:///var/run/docker.sock" env:"DOCKER_HOST" help:"Docker engine to follow; the daemon runs without it until it answers." placeholder:"URL"`
 	Config        string        `type:"existingfile" help:"Apply this configuration file at start, after restoring the state (as apply without --prune); a file that does not apply stops the daemon." placeholder:"FILE"`
 	MetricsListen string        `help:"Also serve GET /metrics (Prometheus) on this TCP address, such as 127.0.0.1:9187; off by default (the socket always serves it)." placeholder:"ADDR"`
+	GroupExt      []string      `name:"group-ext" help:"Addresses or networks (CIDR) the socket group may forward although no interface of this host holds them, such as public addresses routed to the host; repeatable (root may forward any address)." placeholder:"CIDR"`
 }
 
 // Run starts the daemon and serves until SIGTERM or SIGINT. On exit the
@@ -128,12 +130,17 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	}
 	api := http.NewServeMux()
 	api.Handle("GET /metrics", met.handler())
+	policy, err := d.policy()
+	if err != nil {
+		return err
+	}
 	api.Handle("/", nat.NewHandler(svc, nat.Info{
 		Version: version(), BackendReason: reason, Started: time.Now(),
 		Render:         func(rs nat.Ruleset) []byte { return be.render(rs)[0].data },
 		Save:           func(rs nat.Ruleset) ([]nat.SavedFile, error) { return saveFiles(d.savePath(backend), be.render(rs)) },
 		DockerState:    docker.State,
 		ContainerNames: docker.Names,
+		Policy:         policy,
 	}, log))
 	srv := &http.Server{
 		Handler:           api,
@@ -239,6 +246,23 @@ func lockState(path string) (*os.File, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// policy is what the socket group may add (--group-ext).
+func (d *DaemonCmd) policy() (nat.Policy, error) {
+	p := nat.Policy{Addrs: hostAddrs}
+	for _, s := range d.GroupExt {
+		pfx, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return p, fmt.Errorf("--group-ext: %q is not an address or a network (CIDR)", s)
+			}
+			pfx = netip.PrefixFrom(a, a.BitLen())
+		}
+		p.ExtAllowed = append(p.ExtAllowed, pfx.Masked())
+	}
+	return p, nil
 }
 
 // savePath is --save-path or the backend's usual place.

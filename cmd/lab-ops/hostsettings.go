@@ -187,6 +187,31 @@ func (h *hostSettings) forwardHole(open bool) error {
 	return dockermap.OpenForwardHole(nat.MarkForwarded)
 }
 
+// hostAddrs lists the host's own addresses, each with its interface's
+// name.
+func hostAddrs() (map[netip.Addr]string, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("listing addresses: %w", err)
+	}
+	names := map[int]string{}
+	out := map[netip.Addr]string{}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		if _, seen := names[a.LinkIndex]; !seen {
+			names[a.LinkIndex] = fmt.Sprint(a.LinkIndex)
+			if link, err := netlink.LinkByIndex(a.LinkIndex); err == nil {
+				names[a.LinkIndex] = link.Attrs().Name
+			}
+		}
+		out[ip.Unmap()] = names[a.LinkIndex]
+	}
+	return out, nil
+}
+
 // interfaceTo is the interface the host reaches dst by.
 func interfaceTo(dst netip.Addr) (string, error) {
 	routes, err := netlink.RouteGet(dst.AsSlice())

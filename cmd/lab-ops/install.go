@@ -240,8 +240,20 @@ func (c *InstallCmd) Run(g *Globals, out *output, app *kong.Kong) error {
 	if joined {
 		fmt.Fprintf(out.stdout, "After %s logs in again, lab-ops natmap works without sudo.\n", user)
 	}
+	fmt.Fprint(out.stdout, groupNotice)
 	return nil
 }
+
+// groupNotice tells the admin what membership of the socket's group
+// allows (the README's "Security model" says it at length).
+const groupNotice = `Members of the group ` + serviceGroup + ` may forward ports of this host's own addresses to any
+machine, SNAT and hairpin them, map ports to containers, enable IP forwarding, save, and
+remove every rule (clear). Only root may forward other addresses, loopback, link-local or
+multicast ones, expose a service that listens on loopback, SNAT the host's own traffic or
+policy-route the host's own addresses; daemon --group-ext CIDR lets the group forward
+addresses routed to the host. Add to the group only people you would let change this
+host's NAT.
+`
 
 // Run uninstalls natmap.
 func (c *UninstallCmd) Run(g *Globals, out *output) error {

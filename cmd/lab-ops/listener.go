@@ -50,24 +50,26 @@ func (c *countedConn) Close() error {
 }
 
 // peerContext puts the connecting process's credentials (SO_PEERCRED) in
-// the request context, for the audit log.
+// the request context, for the audit log and the group's policy. A peer
+// whose credentials cannot be read counts as a member, not as root.
 func peerContext(ctx context.Context, c net.Conn) context.Context {
+	unknown := nat.WithPeer(ctx, nat.Peer{UID: -1})
 	cc, ok := c.(*countedConn)
 	if !ok {
-		return ctx
+		return unknown
 	}
 	uc, ok := cc.Conn.(*net.UnixConn)
 	if !ok {
-		return ctx
+		return unknown
 	}
 	raw, err := uc.SyscallConn()
 	if err != nil {
-		return ctx
+		return unknown
 	}
 	var cred *unix.Ucred
 	raw.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
 	if err != nil || cred == nil {
-		return ctx
+		return unknown
 	}
 	return nat.WithPeer(ctx, nat.Peer{UID: int(cred.Uid), PID: int(cred.Pid)})
 }

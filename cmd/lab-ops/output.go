@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/alecthomas/kong"
 	"golang.org/x/sys/unix"
+
+	"github.com/lab-ops/natmap/nat"
 )
 
 // Globals are the options every command takes.
@@ -85,7 +88,12 @@ func (o *output) printRawJSON(b []byte) error {
 // --json so that scripts always get JSON.
 func (o *output) fail(err error) {
 	if o.json {
-		o.printJSON(map[string]string{"error": err.Error()})
+		resp := nat.ErrorResponse{Error: err.Error()}
+		var ae *apiError
+		if errors.As(err, &ae) {
+			resp.Code, resp.Rule = ae.code, ae.rule
+		}
+		o.printJSON(resp)
 		return
 	}
 	fmt.Fprintln(o.stderr, "error:", err)
