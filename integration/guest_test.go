@@ -444,3 +444,47 @@ func TestIntegrationGroupMemberPolicy(t *testing.T) {
 		t.Errorf("a member's clear: exit %d %s", code, errOut)
 	}
 }
+
+// A container on a Docker bridge that crafts packets to 127.0.0.1 (what
+// CAP_NET_RAW, Docker's default, allows; here its namespace routes
+// 127.0.0.0/8 to the bridge) reaches no loopback-only service of the host,
+// before, while and after a mapping sets route_localnet on the bridge; the
+// mapping's own localhost access works meanwhile.
+func TestIntegrationDockerLoopbackStaysClosed(t *testing.T) {
+	d := newDockerLab(t)
+	d.engine.run(t, "web", false, "0.0.0.0:80")
+	d.engine.run(t, "prober", false, "0.0.0.0:9")
+	serve(t, d.router, "private", "127.0.0.1:9999")
+	pid := d.engine.inspect(t, "prober", "{{.State.Pid}}")
+	prober := &netnstest.NS{Name: "prober", Path: "/proc/" + pid + "/ns/net"}
+	inProber := func(args ...string) {
+		t.Helper()
+		netnstest.MustRun(t, "nsenter", append([]string{"--net=" + prober.Path}, args...)...)
+	}
+	inProber("ip", "rule", "add", "pref", "10", "to", "127.0.0.0/8", "lookup", "100")
+	inProber("ip", "rule", "add", "pref", "20", "lookup", "local")
+	inProber("ip", "rule", "del", "pref", "0")
+	inProber("ip", "route", "add", "127.0.0.0/8", "via", "172.17.0.1", "dev", "eth0", "table", "100")
+	inProber("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1", "net.ipv4.conf.eth0.route_localnet=1")
+	bridge := func() string { return sysctl(t, d.router, "net.ipv4.conf.docker0.route_localnet") }
+	found := bridge()
+	attack := func(when string) {
+		t.Helper()
+		if got, err := dialWithin(prober, "tcp", "127.0.0.1:9999", 500*time.Millisecond); err == nil {
+			t.Errorf("%s: a container reached the host's loopback-only service: %q", when, got)
+		}
+	}
+	attack("before natmap")
+	d.start()
+	d.mustCLI("docker", "add", "web", "8080:80")
+	if got := bridge(); got != "1" {
+		t.Errorf("route_localnet on docker0 with a host-wide mapping: %s", got)
+	}
+	expectReach(t, d.router, "tcp", "127.0.0.1:8080", "web")
+	attack("with the mapping")
+	d.mustCLI("docker", "rm", "web", "8080")
+	if got := bridge(); got != found {
+		t.Errorf("route_localnet on docker0 after the mapping went: %s, want %s as natmap found it", got, found)
+	}
+	attack("after the mapping went")
+}
