@@ -474,17 +474,45 @@ func TestIntegrationDockerLoopbackStaysClosed(t *testing.T) {
 			t.Errorf("%s: a container reached the host's loopback-only service: %q", when, got)
 		}
 	}
+	// natmap's rule in Docker's DOCKER-USER chain, in whichever iptables
+	// variant Docker uses.
+	hole := func() bool {
+		for _, tool := range []string{"iptables-nft", "iptables-legacy"} {
+			if out, err := d.router.Run(tool, "-S", "DOCKER-USER"); err == nil && strings.Contains(out, "natmap: accept flows natmap forwards") {
+				return true
+			}
+		}
+		return false
+	}
 	attack("before natmap")
 	d.start()
-	d.mustCLI("docker", "add", "web", "8080:80")
+	// A member of the socket group maps containers without sudo.
+	if _, errOut, code := d.memberCLI("docker", "add", "web", "8080:80"); code != 0 {
+		t.Fatalf("a member's docker add: exit %d %s", code, errOut)
+	}
 	if got := bridge(); got != "1" {
 		t.Errorf("route_localnet on docker0 with a host-wide mapping: %s", got)
 	}
+	if !hole() {
+		t.Errorf("no natmap rule in DOCKER-USER while natmap forwards")
+	}
 	expectReach(t, d.router, "tcp", "127.0.0.1:8080", "web")
+	expectReach(t, d.client, "tcp", dockerHostIP+":8080", "web")
 	attack("with the mapping")
-	d.mustCLI("docker", "rm", "web", "8080")
+	if _, errOut, code := d.memberCLI("docker", "rm", "web", "8080"); code != 0 {
+		t.Fatalf("a member's docker rm: exit %d %s", code, errOut)
+	}
 	if got := bridge(); got != found {
 		t.Errorf("route_localnet on docker0 after the mapping went: %s, want %s as natmap found it", got, found)
 	}
+	if hole() {
+		t.Errorf("natmap's DOCKER-USER rule stayed after its last forward went")
+	}
 	attack("after the mapping went")
+	// clear puts everything back too.
+	d.mustCLI("docker", "add", "web", "8080:80")
+	d.mustCLI("clear")
+	if got := bridge(); got != found || hole() {
+		t.Errorf("after clear: route_localnet on docker0 %s (want %s), natmap's DOCKER-USER rule there: %v", got, found, hole())
+	}
 }
