@@ -166,17 +166,17 @@ func (h *hostSettings) restoreLocalnet(name string) error {
 }
 
 // forwardHole adds or removes natmap's rule in Docker's DOCKER-USER chain
-// (where Docker made one).
+// (where Docker made one). Removing what natmap never added runs nothing.
 func (h *hostSettings) forwardHole(open bool) error {
 	if !open {
+		if !h.saved.ForwardHole {
+			return nil
+		}
 		if err := dockermap.CloseForwardHole(nat.MarkForwarded); err != nil {
 			return err
 		}
-		if h.saved.ForwardHole {
-			h.saved.ForwardHole = false
-			return h.persist()
-		}
-		return nil
+		h.saved.ForwardHole = false
+		return h.persist()
 	}
 	if !h.saved.ForwardHole {
 		h.saved.ForwardHole = true
