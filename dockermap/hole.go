@@ -2,7 +2,10 @@ package dockermap
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
+	"slices"
+	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -37,10 +40,15 @@ func CloseForwardHole(mark uint32) error {
 }
 
 // eachDockerUser runs fn with every iptables variant and family that has a
-// DOCKER-USER chain.
+// DOCKER-USER chain. A legacy filter table the kernel has not made is not
+// asked about: asking would make it (and have iptables-nft warn about
+// legacy tables ever after).
 func eachDockerUser(fn func(*iptables.IPTables) error) error {
 	for _, bin := range []string{"iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy"} {
 		if _, err := exec.LookPath(bin); err != nil {
+			continue
+		}
+		if names, ok := legacyTables[bin]; ok && !hasTable(names, "filter") {
 			continue
 		}
 		ipt, err := iptables.New(iptables.Path(bin), iptables.Timeout(5))
@@ -55,6 +63,18 @@ func eachDockerUser(fn func(*iptables.IPTables) error) error {
 		}
 	}
 	return nil
+}
+
+// legacyTables are the files that list the legacy variants' tables the
+// kernel has made in this network namespace.
+var legacyTables = map[string]string{
+	"iptables-legacy":  "/proc/net/ip_tables_names",
+	"ip6tables-legacy": "/proc/net/ip6_tables_names",
+}
+
+func hasTable(namesFile, table string) bool {
+	b, err := os.ReadFile(namesFile)
+	return err == nil && slices.Contains(strings.Fields(string(b)), table)
 }
 
 func holeRule(mark uint32) []string {

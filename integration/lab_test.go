@@ -363,8 +363,10 @@ func (l *lab) kernelRules() string {
 	}
 	var all strings.Builder
 	for _, tool := range []string{"iptables", "ip6tables"} {
-		out, _ := l.router.Run(tool + strings.TrimPrefix(b, "iptables") + "-save")
-		all.WriteString(saveNoise.ReplaceAllString(out, ""))
+		// stdout alone: iptables-nft-save warns on stderr when legacy
+		// tables exist, which could land inside a line.
+		out, _ := l.router.Cmd(tool + strings.TrimPrefix(b, "iptables") + "-save").Output()
+		all.WriteString(saveNoise.ReplaceAllString(string(out), ""))
 	}
 	return all.String()
 }
