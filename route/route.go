@@ -56,7 +56,10 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a.Unmap(), ones), true
 }
 
-// connected lists the main table's directly connected routes of a's family.
+// connected lists the main table's directly connected routes of a's
+// family: routes without a gateway, of scope link (IPv4) or of the
+// kernel's own prefix routes (IPv6, whose connected routes have scope
+// global).
 func connected(a netip.Addr) ([]netlink.Route, error) {
 	var routes []netlink.Route
 	var err error
@@ -71,7 +74,10 @@ func connected(a netip.Addr) ([]netlink.Route, error) {
 	}
 	var out []netlink.Route
 	for _, r := range routes {
-		if r.Scope == netlink.SCOPE_LINK && r.Dst != nil && r.Gw == nil {
+		if r.Dst == nil || r.Gw != nil || r.Type != unix.RTN_UNICAST {
+			continue
+		}
+		if r.Scope == netlink.SCOPE_LINK || (a.Is6() && r.Protocol == unix.RTPROT_KERNEL) {
 			out = append(out, r)
 		}
 	}
