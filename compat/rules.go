@@ -193,10 +193,13 @@ func ruleLines(s *script, f family, r nat.Rules) {
 		s.rule("-A", ChainHairpin, "-m", "connmark", "--mark", markMask(nat.MarkForwarded), "-s", p.String(), "-d", p.String(), "-j", "MASQUERADE")
 	}
 	for _, sn := range r.SNATs {
-		if famOf(sn.ExtIP) != f {
+		if famOf(sn.IntNet.Addr()) != f {
 			continue
 		}
-		s.rule("-A", ChainSNAT, "-s", sn.IntNet.String(), "-o", sn.ExtIf, "-m", "comment", "--comment", "natmap:"+sn.String(),
-			"-j", "SNAT", "--to-source", sn.ExtIP.String())
+		target := []string{"-j", "SNAT", "--to-source", sn.ExtIP.String()}
+		if sn.Masquerade() {
+			target = []string{"-j", "MASQUERADE"}
+		}
+		s.rule(append([]string{"-A", ChainSNAT, "-s", sn.IntNet.String(), "-o", sn.ExtIf, "-m", "comment", "--comment", "natmap:" + sn.String()}, target...)...)
 	}
 }

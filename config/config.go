@@ -93,7 +93,7 @@ Format: docs/config.md; JSON Schema: docs/natmap.schema.json.`,
 	"dnat": `Port forwards: external address and ports to an internal host.
 ports: 25,465 (lists), 8000-8100 (ranges), 2222:22 (external 2222 to internal 22).
 proto: tcp (default) or udp. ext_if: only traffic arriving on that interface.`,
-	"snat":          "Source rewriting: traffic from int_ip (an address or CIDR) leaving by ext_if gets source ext_ip.",
+	"snat":          "Source rewriting: traffic from int_ip (an address or CIDR) leaving by ext_if gets source ext_ip, or without ext_ip the address ext_if has at the time (masquerade).",
 	"hairpin":       "Internal hosts reach the forward through the external address; lan_cidr defaults to int_ip's network.",
 	"policy_routes": "Traffic from src_ip uses table, whose default route is via (keeps client addresses end to end).",
 	"docker": `Docker mappings: host_port to a container's container_port (default: the same),

@@ -202,7 +202,7 @@ func (a *api) rules(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	for _, sn := range l.Snats {
-		live = append(live, LiveRule{Kind: "snat", ExtIP: sn.ExtIP.String(), IntIP: prefixString(sn.IntNet), Ports: []uint16{}})
+		live = append(live, LiveRule{Kind: "snat", ExtIP: sn.To(), IntIP: prefixString(sn.IntNet), Ports: []uint16{}})
 	}
 	reply(w, http.StatusOK, live)
 }
@@ -253,11 +253,12 @@ func (a *api) fwd(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	if err := a.svc.EnableForwarding(req.IPv6); err != nil {
+	changed, err := a.svc.EnableForwarding(req.IPv6)
+	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	reply(w, http.StatusOK, req)
+	reply(w, http.StatusOK, FwdResponse{IPv6: req.IPv6, Changed: changed})
 }
 
 // save writes the active ruleset to the daemon's save path. The path is the

@@ -61,8 +61,9 @@ type Store interface {
 // System changes host settings outside the NAT tables.
 type System interface {
 	// EnableForwarding turns on IPv4 forwarding, and IPv6 forwarding too
-	// when ipv6 is set.
-	EnableForwarding(ipv6 bool) error
+	// when ipv6 is set (keeping router advertisements accepted), and says
+	// what it changed.
+	EnableForwarding(ipv6 bool) (changed []string, err error)
 	// Settle makes the host settings natmap needs true, and puts back
 	// every setting natmap changed and no longer needs as it found it.
 	Settle(need HostNeeds) error

@@ -108,7 +108,7 @@ func (s *Service) replaceLocked(ctx context.Context, st State, strict bool) erro
 	s.countLoopbackTargets()
 	s.settle(ctx, false)
 	if st.IPForward || st.IPv6Forward {
-		if err := s.sys.EnableForwarding(st.IPv6Forward); err != nil {
+		if _, err := s.sys.EnableForwarding(st.IPv6Forward); err != nil {
 			s.log.Warn("enabling IP forwarding failed", "err", err)
 		}
 	}

@@ -7,11 +7,14 @@ import (
 )
 
 // SNAT rewrites the source address of new connections from internal hosts
-// that leave through one interface.
+// that leave through one interface: to ExtIP, or, without one, to the
+// interface's address at the time (masquerade), which follows a dynamic
+// address.
 type SNAT struct {
 	// IntNet is the internal host (a /32 or /128) or network.
 	IntNet netip.Prefix `json:"int_ip"`
-	// ExtIP is the source address given to the traffic.
+	// ExtIP is the source address given to the traffic; the zero Addr
+	// (empty in JSON) masquerades.
 	ExtIP netip.Addr `json:"ext_ip"`
 	// ExtIf is the interface the traffic leaves by.
 	ExtIf string `json:"ext_if"`
@@ -28,7 +31,21 @@ type SNATID struct {
 // ID returns the rule's identity.
 func (s SNAT) ID() SNATID { return SNATID{IntNet: s.IntNet, ExtIf: s.ExtIf} }
 
+// Masquerade reports whether the rule takes the interface's address.
+func (s SNAT) Masquerade() bool { return !s.ExtIP.IsValid() }
+
+// To is the source the rule gives: the address, or "masquerade".
+func (s SNAT) To() string {
+	if s.Masquerade() {
+		return "masquerade"
+	}
+	return s.ExtIP.String()
+}
+
 func (s SNAT) String() string {
+	if s.Masquerade() {
+		return fmt.Sprintf("masquerade from %s out %s", prefixString(s.IntNet), s.ExtIf)
+	}
 	return fmt.Sprintf("snat from %s out %s to %s", prefixString(s.IntNet), s.ExtIf, s.ExtIP)
 }
 
@@ -37,11 +54,13 @@ func (s SNAT) Validate() error {
 	if !s.IntNet.IsValid() {
 		return fieldErr("int_ip", "missing address")
 	}
-	if err := checkHostAddr("ext_ip", s.ExtIP); err != nil {
-		return err
-	}
-	if s.IntNet.Addr().Is4() != s.ExtIP.Is4() {
-		return fieldErr("ext_ip", "%s and int_ip %s are of different IP versions", s.ExtIP, prefixString(s.IntNet))
+	if !s.Masquerade() {
+		if err := checkHostAddr("ext_ip", s.ExtIP); err != nil {
+			return err
+		}
+		if s.IntNet.Addr().Is4() != s.ExtIP.Is4() {
+			return fieldErr("ext_ip", "%s and int_ip %s are of different IP versions", s.ExtIP, prefixString(s.IntNet))
+		}
 	}
 	if s.ExtIf == "" {
 		return fieldErr("ext_if", "missing: SNAT needs the interface the traffic leaves by")

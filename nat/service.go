@@ -168,7 +168,7 @@ func (s *Service) Start(ctx context.Context, st State) error {
 		}
 	}
 	if st.IPForward || st.IPv6Forward {
-		if err := s.sys.EnableForwarding(st.IPv6Forward); err != nil {
+		if _, err := s.sys.EnableForwarding(st.IPv6Forward); err != nil {
 			s.log.Warn("enabling IP forwarding again failed", "err", err)
 		}
 	}
@@ -328,23 +328,28 @@ func (s *Service) Clear(ctx context.Context) error {
 	return nil
 }
 
-// EnableForwarding turns IP forwarding on now and at every later start.
-func (s *Service) EnableForwarding(ipv6 bool) error {
+// EnableForwarding turns IP forwarding on now and at every later start,
+// and says what it changed on the host.
+func (s *Service) EnableForwarding(ipv6 bool) ([]string, error) {
 	defer s.lock()()
-	if err := s.sys.EnableForwarding(ipv6); err != nil {
-		return fmt.Errorf("enabling IP forwarding: %w", err)
+	changed, err := s.sys.EnableForwarding(ipv6)
+	if err != nil {
+		return changed, fmt.Errorf("enabling IP forwarding: %w", err)
+	}
+	if len(changed) > 0 {
+		s.log.Info("IP forwarding enabled", "changed", changed)
 	}
 	prev := s.state
 	s.state.IPForward = true
 	s.state.IPv6Forward = s.state.IPv6Forward || ipv6
 	if s.state.IPForward == prev.IPForward && s.state.IPv6Forward == prev.IPv6Forward {
-		return nil
+		return changed, nil
 	}
 	if err := s.persist(Delta{}); err != nil {
 		s.state = prev
-		return err
+		return changed, err
 	}
-	return nil
+	return changed, nil
 }
 
 // RetryInactive tries again to reserve the ports of inactive forwards and

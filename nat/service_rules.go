@@ -124,7 +124,7 @@ func (s *Service) AddSNAT(ctx context.Context, sn SNAT) (changed bool, err error
 		if old == sn {
 			return false, nil
 		}
-		return false, fmt.Errorf("traffic from %s out %s already gets source %s: %w", prefixString(sn.IntNet), sn.ExtIf, old.ExtIP, ErrConflict)
+		return false, fmt.Errorf("traffic from %s out %s already gets source %s: %w", prefixString(sn.IntNet), sn.ExtIf, old.To(), ErrConflict)
 	}
 	tx := &txn{}
 	put(tx, s.snats, sn.ID(), sn)

@@ -107,7 +107,7 @@ func (n *noSystem) EphemeralPorts() (uint16, uint16, error) {
 	return n.ephemeral[0], n.ephemeral[1], nil
 }
 
-func (n *noSystem) EnableForwarding(bool) error { n.enabled++; return nil }
+func (n *noSystem) EnableForwarding(bool) ([]string, error) { n.enabled++; return nil, nil }
 func (n *noSystem) Settle(need HostNeeds) error {
 	n.settled = append(n.settled, need)
 	return nil

@@ -3,6 +3,11 @@ package nat
 // The JSON shapes of the socket API. Field names match the earlier
 // implementation's API (reference/api.md) so its clients keep working.
 
+import (
+	"net/netip"
+	"strings"
+)
+
 // DnatConfig is the body of POST and DELETE /dnat, and the reply of POST.
 type DnatConfig struct {
 	// ExtIP is the external address.
@@ -34,8 +39,9 @@ type DnatEntry struct {
 type SnatConfig struct {
 	// IntIP is the internal address or CIDR.
 	IntIP string `json:"int_ip" yaml:"int_ip"`
-	// ExtIP is the source address given to the traffic.
-	ExtIP string `json:"ext_ip" yaml:"ext_ip"`
+	// ExtIP is the source address given to the traffic; empty
+	// masquerades (the interface's address at the time).
+	ExtIP string `json:"ext_ip" yaml:"ext_ip,omitempty"`
 	// ExtIf is the interface the traffic leaves by (required).
 	ExtIf string `json:"ext_if" yaml:"ext_if,omitempty"`
 }
@@ -155,6 +161,15 @@ type FwdRequest struct {
 	IPv6 bool `json:"ipv6"`
 }
 
+// FwdResponse is the reply of POST /fwd: the request, and what changed.
+type FwdResponse struct {
+	// IPv6 is the request's.
+	IPv6 bool `json:"ipv6"`
+	// Changed lists each host setting that changed, as
+	// "net.ipv4.ip_forward 0 -> 1"; empty when all were set already.
+	Changed []string `json:"changed"`
+}
+
 // StatusResponse is the reply of GET /status.
 type StatusResponse struct {
 	// Version is the daemon's version.
@@ -236,9 +251,11 @@ func (c SnatConfig) toSNAT() (SNAT, error) {
 	if err != nil {
 		return SNAT{}, err
 	}
-	ext, err := ParseAddr("ext_ip", c.ExtIP)
-	if err != nil {
-		return SNAT{}, err
+	var ext netip.Addr
+	if strings.TrimSpace(c.ExtIP) != "" {
+		if ext, err = ParseAddr("ext_ip", c.ExtIP); err != nil {
+			return SNAT{}, err
+		}
 	}
 	sn := SNAT{IntNet: in, ExtIP: ext, ExtIf: c.ExtIf}
 	return sn, sn.Validate()
@@ -246,7 +263,11 @@ func (c SnatConfig) toSNAT() (SNAT, error) {
 
 // SnatConfigOf renders a rule in the wire shape.
 func SnatConfigOf(s SNAT) SnatConfig {
-	return SnatConfig{IntIP: prefixString(s.IntNet), ExtIP: s.ExtIP.String(), ExtIf: s.ExtIf}
+	c := SnatConfig{IntIP: prefixString(s.IntNet), ExtIf: s.ExtIf}
+	if !s.Masquerade() {
+		c.ExtIP = s.ExtIP.String()
+	}
+	return c
 }
 
 // toHairpin parses and validates a request body.

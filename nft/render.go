@@ -56,7 +56,11 @@ func Render(rs nat.Ruleset) []byte {
 	w("\t}")
 	w("\tchain %s {", snatChain)
 	for _, s := range rs.SNATs {
-		fam := famWord(s.ExtIP)
+		fam := famWord(s.IntNet.Addr())
+		if s.Masquerade() {
+			w("\t\toifname %q %s saddr %s masquerade", s.ExtIf, fam, s.IntNet)
+			continue
+		}
 		w("\t\toifname %q %s saddr %s snat %s to %s", s.ExtIf, fam, s.IntNet, fam, s.ExtIP)
 	}
 	w("\t}")

@@ -60,19 +60,23 @@ func ifnameBytes(name string) []byte {
 	return b
 }
 
-// snatRule: oifname IF ip saddr NET snat ip to EXT.
+// snatRule: oifname IF ip saddr NET snat ip to EXT, or masquerade.
 func snatRule(t *nftables.Table, c *nftables.Chain, s nat.SNAT) *nftables.Rule {
-	f := famOf(s.ExtIP)
+	f := famOf(s.IntNet.Addr())
 	exprs := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameBytes(s.ExtIf)},
 	}
 	exprs = append(exprs, matchFamily(f)...)
 	exprs = append(exprs, matchPrefix(f.daddr-f.addrLen, s.IntNet)...)
-	exprs = append(exprs,
-		&expr.Immediate{Register: 1, Data: s.ExtIP.AsSlice()},
-		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(f.nfproto), RegAddrMin: 1},
-	)
+	if s.Masquerade() {
+		exprs = append(exprs, &expr.Masq{})
+	} else {
+		exprs = append(exprs,
+			&expr.Immediate{Register: 1, Data: s.ExtIP.AsSlice()},
+			&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(f.nfproto), RegAddrMin: 1},
+		)
+	}
 	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs}
 }
 

@@ -122,7 +122,11 @@ func listRows(l nat.ListResponse, counters bool) [][]string {
 		rows = append(rows, append([]string{"hairpin", h.ExtIP, h.Ports, h.Proto, h.IntIP, lan, withReason(h.Status, h.Reason)}, count(h.Counter)...))
 	}
 	for _, s := range l.Snats {
-		rows = append(rows, append([]string{"snat", s.ExtIP, "-", "-", s.IntIP, "out " + s.ExtIf, s.Status}, count(nil)...))
+		to := s.ExtIP
+		if to == "" {
+			to = "masquerade"
+		}
+		rows = append(rows, append([]string{"snat", to, "-", "-", s.IntIP, "out " + s.ExtIf, s.Status}, count(nil)...))
 	}
 	for _, m := range l.Docker {
 		target := m.Request.ContainerAddr
@@ -225,20 +229,25 @@ func (c *StatusCmd) Run(g *Globals, out *output) error {
 
 // FwdCmd enables IP forwarding through the daemon.
 type FwdCmd struct {
-	IPv6 bool `name:"ipv6" help:"Enable IPv6 forwarding too (note: a host that takes its IPv6 address from router advertisements then needs accept_ra=2)."`
+	IPv6 bool `name:"ipv6" default:"true" negatable:"" help:"Enable IPv6 forwarding too (the default; --no-ipv6 leaves it alone). Interfaces with accept_ra=1, which would ignore router advertisements once the host forwards (and lose a SLAAC default route), get accept_ra=2."`
 }
 
 // Run asks the daemon to enable forwarding.
 func (c *FwdCmd) Run(g *Globals, out *output) error {
 	req := nat.FwdRequest{IPv6: c.IPv6}
-	if _, err := newClient(g, out).call(http.MethodPost, "/fwd", req, nil); err != nil {
+	var resp nat.FwdResponse
+	if _, err := newClient(g, out).call(http.MethodPost, "/fwd", req, &resp); err != nil {
 		return err
 	}
 	what := "IPv4 forwarding enabled"
 	if c.IPv6 {
 		what = "IPv4 and IPv6 forwarding enabled"
 	}
-	out.done(req, "%s (and enabled again at every daemon start)", what)
+	changed := "nothing needed changing"
+	if len(resp.Changed) > 0 {
+		changed = "changed: " + strings.Join(resp.Changed, ", ")
+	}
+	out.done(resp, "%s (and enabled again at every daemon start); %s", what, changed)
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,23 +22,16 @@ import (
 )
 
 // EnableForwarding implements nat.System.
-func (hostSystem) EnableForwarding(ipv6 bool) error {
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
-		return err
-	}
-	if ipv6 {
-		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1\n"), 0o644)
-	}
-	return nil
-}
+func (h hostSystem) EnableForwarding(ipv6 bool) ([]string, error) { return h.settings.forwarding(ipv6) }
 
 // Settle implements nat.System.
 func (h hostSystem) Settle(need nat.HostNeeds) error { return h.settings.settle(need) }
 
 // hostSettings are the host settings natmap changed, and the value each
 // had before, kept in a file beside the state file (PATH.host) that is
-// written before a setting changes: route_localnet of each interface
-// ("all" too) and natmap's DOCKER-USER rule.
+// written before a setting changes: sysctls (route_localnet, forwarding,
+// accept_ra) and natmap's DOCKER-USER rule. restoreAll puts them all back
+// (uninstall --purge).
 type hostSettings struct {
 	path string
 
@@ -47,9 +41,9 @@ type hostSettings struct {
 
 // savedSettings is the file's content.
 type savedSettings struct {
-	// RouteLocalnet maps each interface natmap set route_localnet on
-	// ("all" for every interface) to the value it found there.
-	RouteLocalnet map[string]string `json:"route_localnet"`
+	// Sysctl maps each setting natmap changed (its name under /proc/sys,
+	// such as net/ipv4/conf/all/route_localnet) to the value it found.
+	Sysctl map[string]string `json:"sysctl"`
 	// ForwardHole is set while natmap's DOCKER-USER rule may be in place.
 	ForwardHole bool `json:"forward_hole"`
 }
@@ -61,19 +55,16 @@ func hostSettingsPath(statePath string) string { return statePath + ".host" }
 // loadHostSettings reads what an earlier run changed (nothing when there
 // is no file).
 func loadHostSettings(path string) (*hostSettings, error) {
-	h := &hostSettings{path: path, saved: savedSettings{RouteLocalnet: map[string]string{}}}
+	h := &hostSettings{path: path}
 	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return h, nil
-	}
 	if err == nil {
 		err = json.Unmarshal(b, &h.saved)
 	}
-	if err != nil {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("reading the host settings natmap changed (%s): %w", path, err)
 	}
-	if h.saved.RouteLocalnet == nil {
-		h.saved.RouteLocalnet = map[string]string{}
+	if h.saved.Sysctl == nil {
+		h.saved.Sysctl = map[string]string{}
 	}
 	return h, nil
 }
@@ -86,8 +77,43 @@ func (h *hostSettings) persist() error {
 	return store.WriteFile(h.path, append(b, '\n'), 0o600)
 }
 
-func localnetPath(ifname string) string {
-	return filepath.Join("/proc/sys/net/ipv4/conf", ifname, "route_localnet")
+func localnetName(ifname string) string { return "net/ipv4/conf/" + ifname + "/route_localnet" }
+
+// set gives the sysctl name the value, remembering the value it had
+// first; a setting that already has the value is left alone and not
+// remembered. It returns what changed, as "name old -> new", or "".
+func (h *hostSettings) set(name, value string) (string, error) {
+	path := filepath.Join("/proc/sys", name)
+	cur, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", path, err)
+	}
+	old := strings.TrimSpace(string(cur))
+	if old == value {
+		return "", nil
+	}
+	if _, ours := h.saved.Sysctl[name]; !ours {
+		h.saved.Sysctl[name] = old
+		if err := h.persist(); err != nil {
+			delete(h.saved.Sysctl, name)
+			return "", err
+		}
+	}
+	if err := os.WriteFile(path, []byte(value+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("writing %s: %w", path, err)
+	}
+	return fmt.Sprintf("%s %s -> %s", strings.ReplaceAll(name, "/", "."), old, value), nil
+}
+
+// restore puts back the value natmap found for name (an interface that is
+// gone needs nothing).
+func (h *hostSettings) restore(name string) error {
+	path := filepath.Join("/proc/sys", name)
+	if err := os.WriteFile(path, []byte(h.saved.Sysctl[name]+"\n"), 0o644); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("putting back %s: %w", path, err)
+	}
+	delete(h.saved.Sysctl, name)
+	return h.persist()
 }
 
 // settle makes need true: route_localnet on "all" and on the interfaces
@@ -99,7 +125,7 @@ func (h *hostSettings) settle(need nat.HostNeeds) error {
 	var errs []error
 	want := map[string]bool{}
 	if need.LocalnetAll {
-		want["all"] = true
+		want[localnetName("all")] = true
 	}
 	for _, dst := range need.LocalnetTo {
 		name, err := interfaceTo(dst)
@@ -108,17 +134,17 @@ func (h *hostSettings) settle(need nat.HostNeeds) error {
 			continue
 		}
 		if name != "lo" {
-			want[name] = true
+			want[localnetName(name)] = true
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(want)) {
-		if err := h.setLocalnet(name); err != nil {
+		if _, err := h.set(name, "1"); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	for _, name := range slices.Sorted(maps.Keys(h.saved.RouteLocalnet)) {
-		if !want[name] {
-			if err := h.restoreLocalnet(name); err != nil {
+	for _, name := range slices.Sorted(maps.Keys(h.saved.Sysctl)) {
+		if strings.HasSuffix(name, "/route_localnet") && !want[name] {
+			if err := h.restore(name); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -129,40 +155,69 @@ func (h *hostSettings) settle(need nat.HostNeeds) error {
 	return errors.Join(errs...)
 }
 
-// setLocalnet turns route_localnet on for name, remembering what it was
-// first; a 1 natmap did not write is left alone and not remembered.
-func (h *hostSettings) setLocalnet(name string) error {
-	path := localnetPath(name)
-	cur, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("reading %s: %w", path, err)
-	}
-	value := strings.TrimSpace(string(cur))
-	if _, ours := h.saved.RouteLocalnet[name]; !ours {
-		if value == "1" {
-			return nil
+// forwarding turns IPv4 forwarding on, and IPv6 forwarding with ipv6. With
+// IPv6 forwarding on, the kernel ignores router advertisements on an
+// interface whose accept_ra is 1, and a default route learnt from them
+// (SLAAC) silently goes: such interfaces, and the default for new ones,
+// get accept_ra 2 (accept them while forwarding). It says what changed.
+func (h *hostSettings) forwarding(ipv6 bool) ([]string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	names := []string{"net/ipv4/ip_forward"}
+	if ipv6 {
+		ras, _ := filepath.Glob("/proc/sys/net/ipv6/conf/*/accept_ra")
+		for _, path := range ras {
+			b, err := os.ReadFile(path)
+			if ifname := filepath.Base(filepath.Dir(path)); err == nil && strings.TrimSpace(string(b)) == "1" && ifname != "all" && ifname != "lo" {
+				names = append(names, strings.TrimPrefix(path, "/proc/sys/"))
+			}
 		}
-		h.saved.RouteLocalnet[name] = value
-		if err := h.persist(); err != nil {
-			delete(h.saved.RouteLocalnet, name)
-			return err
+		names = append(names, "net/ipv6/conf/all/forwarding")
+	}
+	var changed []string
+	for _, name := range names {
+		value := "1"
+		if strings.HasSuffix(name, "/accept_ra") {
+			value = "2"
+		}
+		what, err := h.set(name, value)
+		if err != nil {
+			return changed, err
+		}
+		if what != "" {
+			changed = append(changed, what)
 		}
 	}
-	if value == "1" {
-		return nil
-	}
-	return os.WriteFile(path, []byte("1\n"), 0o644)
+	return changed, nil
 }
 
-// restoreLocalnet puts back the value natmap found on name (an interface
-// that is gone needs nothing).
-func (h *hostSettings) restoreLocalnet(name string) error {
-	path := localnetPath(name)
-	if err := os.WriteFile(path, []byte(h.saved.RouteLocalnet[name]+"\n"), 0o644); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("putting back %s: %w", path, err)
+// restoreAll puts back everything natmap changed on the host, as it found
+// it: sysctls, forwarding included, and the DOCKER-USER rule.
+func (h *hostSettings) restoreAll() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var errs []error
+	// Forwarding goes off before accept_ra goes back, so the kernel never
+	// forwards while ignoring router advertisements.
+	names := slices.SortedFunc(maps.Keys(h.saved.Sysctl), func(a, b string) int {
+		return cmp.Compare(sysctlOrder(a), sysctlOrder(b))
+	})
+	for _, name := range names {
+		if err := h.restore(name); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	delete(h.saved.RouteLocalnet, name)
-	return h.persist()
+	if err := h.forwardHole(false); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func sysctlOrder(name string) int {
+	if strings.HasSuffix(name, "/forwarding") || strings.HasSuffix(name, "ip_forward") {
+		return 0
+	}
+	return 1
 }
 
 // forwardHole adds or removes natmap's rule in Docker's DOCKER-USER chain

@@ -17,7 +17,6 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/lab-ops/natmap/compat"
-	"github.com/lab-ops/natmap/nat"
 	"github.com/lab-ops/natmap/nft"
 	"github.com/lab-ops/natmap/store"
 )
@@ -278,13 +277,7 @@ func (c *UninstallCmd) Run(g *Globals, out *output) error {
 					return err
 				}
 				removeCompat(log, compat.Legacy, compat.NFT)
-				// What the daemon changed on the host goes back as it
-				// found it (the daemon does this itself on clear).
-				settings, err := loadHostSettings(hostSettingsPath(filepath.Join(stateDir, "state.json")))
-				if err != nil {
-					return err
-				}
-				return settings.settle(nat.HostNeeds{})
+				return nil
 			},
 		})
 	}
@@ -336,6 +329,19 @@ func (c *UninstallCmd) Run(g *Globals, out *output) error {
 		})
 	}
 	if c.Purge {
+		if h.live() {
+			steps = append(steps, step{
+				what: "put back the host settings natmap changed (" + hostSettingsPath(statePath) + "), forwarding included, as natmap found them",
+				done: h.absent(hostSettingsPath(statePath)),
+				do: func() error {
+					settings, err := loadHostSettings(hostSettingsPath(statePath))
+					if err != nil {
+						return err
+					}
+					return settings.restoreAll()
+				},
+			})
+		}
 		steps = append(steps, removeStep(h, stateDir), removeStep(h, configDir))
 	} else {
 		fmt.Fprintf(out.stdout, "The state (%s) stays: install again to carry on where natmap left off, or uninstall --purge to remove it.\n", stateDir)

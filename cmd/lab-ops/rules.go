@@ -13,14 +13,18 @@ import (
 type SnatCmd struct {
 	IntIP  string `name:"int-ip" required:"" help:"Internal host or network (CIDR) whose outgoing traffic is rewritten." placeholder:"IP|CIDR"`
 	ExtIf  string `name:"ext-if" help:"Interface the traffic leaves by (required)." placeholder:"IF"`
-	ExtIP  string `name:"ext-ip" required:"" help:"Source address to give the traffic." placeholder:"IP"`
+	ExtIP  string `name:"ext-ip" help:"Source address to give the traffic; without it, the traffic is masqueraded: it gets the address --ext-if has at the time, which follows a dynamic (DHCP, PPPoE) address." placeholder:"IP"`
 	Delete bool   `help:"Delete the rule instead of adding it."`
 }
 
 // Run sends the rule to the daemon.
 func (c *SnatCmd) Run(g *Globals, out *output) error {
 	cfg := nat.SnatConfig{IntIP: c.IntIP, ExtIP: c.ExtIP, ExtIf: c.ExtIf}
-	what := fmt.Sprintf("traffic from %s leaving %s gets source %s", c.IntIP, c.ExtIf, c.ExtIP)
+	to := c.ExtIP
+	if to == "" {
+		to = "the address " + c.ExtIf + " has (masquerade)"
+	}
+	what := fmt.Sprintf("traffic from %s leaving %s gets source %s", c.IntIP, c.ExtIf, to)
 	return sendRule(g, out, "/snat", "snat", cfg, c.Delete, what)
 }
 

@@ -10,6 +10,7 @@ const (
 	unitName     = "natmap.service"
 	serviceGroup = "natmap"
 	stateDir     = "/var/lib/natmap"
+	statePath    = stateDir + "/state.json" // the daemon's default --state
 	configDir    = "/etc/natmap"
 	// runtimeSocket is where the service's daemon listens (its runtime
 	// directory); the usual /run/natmap.sock links to it.

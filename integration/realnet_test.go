@@ -1,0 +1,130 @@
+package integration
+
+import (
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/lab-ops/natmap/internal/netnstest"
+)
+
+// dialFrom connects from ns, with the given source address, to addr and
+// returns the answer "NAME SOURCE".
+func dialFrom(t *testing.T, ns *netnstest.NS, from, addr string) string {
+	t.Helper()
+	var got string
+	err := ns.Do(func() error {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		b := make([]byte, 200)
+		n, _ := c.Read(b)
+		got = strings.TrimSpace(string(b[:n]))
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("from %s to %s: %v", from, addr, err)
+	}
+	return got
+}
+
+// sourceSeen is the source address in an answer "NAME HOST:PORT".
+func sourceSeen(answer string) string {
+	_, src, _ := strings.Cut(answer, " ")
+	host, _, _ := net.SplitHostPort(src)
+	return host
+}
+
+// snat without --ext-ip masquerades: the traffic gets the address the
+// interface has at the time, and follows it when the WAN address is
+// replaced; a fixed SNAT of a more specific source stays beside it.
+func TestIntegrationMasqueradeFollowsTheWANAddress(t *testing.T) {
+	l := newLab(t)
+	serve(t, l.client, "outside", clientIP+":7000", "[2001:db8:1::10]:7000")
+	l.server2.AddAddr(t, "s0", "fd00::103/64")
+	l.server2.MustRun(t, "ip", "-6", "route", "add", "default", "via", "fd00::1")
+	l.startDaemon()
+	out := l.mustCLI("snat", "--int-ip", "10.0.0.0/24", "--ext-if", "ext0")
+	if !strings.Contains(out, "masquerade") {
+		t.Errorf("snat without --ext-ip said %q", out)
+	}
+	l.mustCLI("snat", "--int-ip", serverIP, "--ext-if", "ext0", "--ext-ip", extIP)
+	l.mustCLI("snat", "--int-ip", "fd00::/64", "--ext-if", "ext0")
+	if ls := l.mustCLI("ls"); !strings.Contains(ls, "masquerade") {
+		t.Errorf("ls does not show the masquerade:\n%s", ls)
+	}
+	if src := sourceSeen(dialFrom(t, l.server2, server2IP, clientIP+":7000")); src != "203.0.113.1" {
+		t.Errorf("masqueraded connection seen from %s, want the WAN address 203.0.113.1", src)
+	}
+	if src := sourceSeen(dialFrom(t, l.server, serverIP, clientIP+":7000")); src != extIP {
+		t.Errorf("the fixed SNAT's connection seen from %s, want %s", src, extIP)
+	}
+	if src := sourceSeen(dialFrom(t, l.server2, "fd00::103", "[2001:db8:1::10]:7000")); !strings.HasPrefix(src, "2001:db8:1::") {
+		t.Errorf("masqueraded IPv6 connection seen from %s, want an address of ext0", src)
+	}
+
+	// The ISP hands out another address; nothing is told to natmap.
+	l.router.MustRun(t, "ip", "addr", "del", "203.0.113.1/24", "dev", "ext0")
+	l.router.MustRun(t, "ip", "addr", "add", "203.0.113.2/24", "dev", "ext0")
+	if src := sourceSeen(dialFrom(t, l.server2, server2IP, clientIP+":7000")); src != "203.0.113.2" {
+		t.Errorf("after the WAN address changed, masqueraded connection seen from %s, want 203.0.113.2", src)
+	}
+	// The rule round-trips through export.
+	if cfg := l.mustCLI("export"); !strings.Contains(cfg, "int_ip: 10.0.0.0/24") || strings.Contains(cfg, `ext_ip: ""`) {
+		t.Errorf("export:\n%s", cfg)
+	}
+}
+
+// An IPv6 hairpin covers the internal host's whole LAN, like IPv4: another
+// host of the LAN and the server itself reach the service through the
+// public address, and an outside client keeps its address.
+func TestIntegrationIPv6HairpinCoversTheLAN(t *testing.T) {
+	l := newLab(t)
+	l.server2.AddAddr(t, "s0", "fd00::103/64")
+	l.server2.MustRun(t, "ip", "-6", "route", "add", "default", "via", "fd00::1")
+	serve(t, l.server, "mail", "[fd00::101]:25")
+	l.startDaemon()
+	l.mustCLI("dnat", "--ext-ip", extIP6, "--int-ip", "fd00::101", "--ports", "25")
+	l.mustCLI("hairpin", "--ext-ip", extIP6, "--int-ip", "fd00::101", "--ports", "25")
+	if ls := l.mustCLI("ls"); !strings.Contains(ls, "fd00::/64") {
+		t.Errorf("the hairpin's LAN is not fd00::/64:\n%s", ls)
+	}
+	addr := "[" + extIP6 + "]:25"
+	if src := expectReach(t, l.server2, "tcp", addr, "mail"); src != "fd00::1" {
+		t.Errorf("another LAN host via the hairpin seen as %s, want the router's fd00::1", src)
+	}
+	expectReach(t, l.server, "tcp", addr, "mail")
+	if src := expectReach(t, l.client, "tcp", addr, "mail"); src != "2001:db8:1::10" {
+		t.Errorf("the outside client seen as %s, want its own address", src)
+	}
+}
+
+// fwd alone turns IPv6 forwarding on too, so IPv6 forwards work, and keeps
+// router advertisements accepted on interfaces that took them.
+func TestIntegrationFwdEnablesIPv6(t *testing.T) {
+	l := newLab(t)
+	l.router.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0", "net.ipv6.conf.ext0.accept_ra=1")
+	serve(t, l.server, "mail", "[fd00::101]:25", serverIP+":25")
+	l.startDaemon()
+	l.mustCLI("dnat", "--ext-ip", extIP6, "--int-ip", "fd00::101", "--ports", "25")
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25")
+	expectNoReach(t, l.client, "tcp", "["+extIP6+"]:25")
+	out := l.mustCLI("fwd")
+	for _, want := range []string{"IPv4 and IPv6 forwarding enabled", "net.ipv6.conf.all.forwarding 0 -> 1", "net.ipv6.conf.ext0.accept_ra 1 -> 2"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("fwd said %q, want %q in it", out, want)
+		}
+	}
+	if got := sysctl(t, l.router, "net.ipv6.conf.ext0.accept_ra"); got != "2" {
+		t.Errorf("accept_ra on ext0 after fwd: %s", got)
+	}
+	expectReach(t, l.client, "tcp", "["+extIP6+"]:25", "mail")
+	expectReach(t, l.client, "tcp", extIP+":25", "mail")
+	// The old flag still works, and says nothing changed now.
+	if out := l.mustCLI("fwd", "--ipv6"); !strings.Contains(out, "nothing needed changing") {
+		t.Errorf("fwd --ipv6 again said %q", out)
+	}
+}
