@@ -2,10 +2,8 @@ package integration
 
 import (
 	"encoding/json"
-	"errors"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -368,19 +366,7 @@ func letMemberIn(l *lab, dirs ...string) {
 func (l *lab) memberCLI(args ...string) (stdout, stderr string, code int) {
 	l.t.Helper()
 	letMemberIn(l)
-	cmd := exec.Command(binary, append([]string{"natmap", "--socket", l.socket}, args...)...)
-	cmd.SysProcAttr = memberCredential()
-	var o, e strings.Builder
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	var exit *exec.ExitError
-	switch {
-	case errors.As(err, &exit):
-		code = exit.ExitCode()
-	case err != nil:
-		l.t.Fatalf("running lab-ops as a member: %v", err)
-	}
-	return o.String(), e.String(), code
+	return l.cliAs(memberCredential(), args...)
 }
 
 // The socket group forwards traffic that arrives for the host's own

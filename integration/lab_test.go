@@ -199,7 +199,13 @@ func (l *lab) signalDaemon(sig syscall.Signal) error {
 // cli runs `lab-ops natmap --socket S ARGS...` from the root namespace (the
 // socket is a file, reachable from any namespace).
 func (l *lab) cli(args ...string) (stdout, stderr string, code int) {
+	return l.cliAs(nil, args...)
+}
+
+// cliAs is cli run with the given process attributes (credentials).
+func (l *lab) cliAs(attr *syscall.SysProcAttr, args ...string) (stdout, stderr string, code int) {
 	cmd := exec.Command(binary, append([]string{"natmap", "--socket", l.socket}, args...)...)
+	cmd.SysProcAttr = attr
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
