@@ -51,6 +51,7 @@ func TestIntegrationGoldenBothModes(t *testing.T) {
 			web := fwd("vmbr0", "tcp", "203.0.113.43:443", "10.0.0.102:443")
 			anyAddr := fwd("", "tcp", "0.0.0.0:8080", "172.17.0.2:80")
 			v6 := fwd("", "tcp", "[2001:db8::43]:80", "[fd00::101]:8080")
+			byIf := fwd("vmbr0", "tcp", "0.0.0.0:8443", "10.0.0.102:443") // whatever address vmbr0 has
 			// 18 single ports and a range to one host: multiport lists of at
 			// most 15 slots, the range as a range.
 			var many []nat.Forward
@@ -69,7 +70,7 @@ func TestIntegrationGoldenBothModes(t *testing.T) {
 				if err := b.Replace(ctx, nat.Ruleset{Forwards: []nat.Forward{smtp, dns}}); err != nil {
 					return err
 				}
-				if err := b.Apply(ctx, nat.Change{Add: append([]nat.Forward{ssh, web, anyAddr, v6}, many...), Rules: &rules}); err != nil {
+				if err := b.Apply(ctx, nat.Change{Add: append([]nat.Forward{ssh, web, anyAddr, v6, byIf}, many...), Rules: &rules}); err != nil {
 					return err
 				}
 				return b.Apply(ctx, nat.Change{Del: []nat.Forward{dns}})

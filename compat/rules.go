@@ -107,7 +107,9 @@ func entries(key groupKey, fs []nat.Forward) []entry {
 }
 
 // groupMatch is what a group's rules match: the protocol and the
-// destination, and, for traffic that arrives (in), the input interface.
+// destination, and, for traffic that arrives (in), the input interface. A
+// forward by interface (no address, an interface) matches whatever address
+// the input interface has (addrtype's --limit-iface-in).
 func groupMatch(key groupKey) (match, in []string) {
 	match = []string{"-p", key.proto.String()}
 	if key.ext.IsUnspecified() {
@@ -117,7 +119,11 @@ func groupMatch(key groupKey) (match, in []string) {
 	}
 	in = match
 	if key.iif != "" {
-		in = append(append([]string{}, match...), "-i", key.iif)
+		in = append([]string{}, match...)
+		if key.ext.IsUnspecified() {
+			in = append(in, "--limit-iface-in")
+		}
+		in = append(in, "-i", key.iif)
 	}
 	return match, in
 }

@@ -128,3 +128,65 @@ func TestIntegrationFwdEnablesIPv6(t *testing.T) {
 		t.Errorf("fwd --ipv6 again said %q", out)
 	}
 }
+
+// dnat --ext-if without --ext-ip forwards whatever address the interface
+// has: it keeps working when the WAN address is replaced with nothing told
+// to natmap, takes no other interface's addresses, and holds the port on
+// the wildcard address.
+func TestIntegrationDNATByInterface(t *testing.T) {
+	l := newLab(t)
+	serve(t, l.server, "web", serverIP+":443", "[fd00::101]:443")
+	l.startDaemon()
+	// A member may: the interface's addresses are the host's own.
+	if _, errOut, code := l.memberCLI("dnat", "--ext-if", "ext0", "--int-ip", serverIP, "--ports", "443"); code != 0 {
+		t.Fatalf("a member's dnat by interface: exit %d %s", code, errOut)
+	}
+	l.mustCLI("dnat", "--ext-if", "ext0", "--int-ip", serverIP, "--ports", "443", "--proto", "udp")
+	l.mustCLI("dnat", "--ext-if", "ext0", "--int-ip", "fd00::101", "--ports", "443")
+	for _, proto := range []string{"tcp", "udp"} {
+		for _, addr := range []string{"203.0.113.1:443", extIP + ":443"} {
+			if src := expectReach(t, l.client, proto, addr, "web"); src != clientIP {
+				t.Errorf("%s %s: the server saw %s, want the client's %s", proto, addr, src, clientIP)
+			}
+		}
+	}
+	expectReach(t, l.client, "tcp", "[2001:db8:1::1]:443", "web")
+	// Another interface's address is not forwarded, whichever way it comes.
+	expectNoReach(t, l.clientB, "tcp", "198.51.100.1:443")
+	expectNoReach(t, l.client, "tcp", "198.51.100.1:443")
+	if bindable(l, "0.0.0.0:443") {
+		t.Error("port 443 is not reserved on the wildcard address")
+	}
+	if ls := l.mustCLI("ls"); !strings.Contains(ls, "ext0's addresses") {
+		t.Errorf("ls:\n%s", ls)
+	}
+	if cfg := l.mustCLI("export"); !strings.Contains(cfg, "ext_if: ext0") || strings.Contains(cfg, "ext_ip: 0.0.0.0") {
+		t.Errorf("export:\n%s", cfg)
+	}
+
+	// The ISP hands out another address; nothing is told to natmap.
+	l.router.MustRun(t, "ip", "addr", "del", "203.0.113.1/24", "dev", "ext0")
+	l.router.MustRun(t, "ip", "addr", "add", "203.0.113.2/24", "dev", "ext0")
+	for _, proto := range []string{"tcp", "udp"} {
+		if src := expectReach(t, l.client, proto, "203.0.113.2:443", "web"); src != clientIP {
+			t.Errorf("%s after the address changed: the server saw %s", proto, src)
+		}
+	}
+
+	// A restart restores it; deleting it frees the port.
+	l.stopDaemon()
+	l.startDaemon()
+	expectReach(t, l.client, "tcp", "203.0.113.2:443", "web")
+	for _, proto := range []string{"tcp", "udp"} {
+		l.mustCLI("dnat", "--ext-if", "ext0", "--int-ip", serverIP, "--ports", "443", "--proto", proto, "--delete")
+	}
+	expectNoReach(t, l.client, "tcp", "203.0.113.2:443")
+	expectReach(t, l.client, "tcp", "[2001:db8:1::1]:443", "web")
+	if !bindable(l, "0.0.0.0:443") {
+		t.Error("port 443 (IPv4) still reserved after its rules went")
+	}
+	// Without an interface, no address is no rule.
+	if _, errOut, code := l.cli("dnat", "--int-ip", serverIP, "--ports", "80"); code == 0 || !strings.Contains(errOut, "ext_ip: missing address (or give ext_if alone") {
+		t.Errorf("dnat without --ext-ip or --ext-if: exit %d %s", code, errOut)
+	}
+}

@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -122,8 +123,12 @@ var counters = regexp.MustCompile(`counter packets \d+ bytes \d+`)
 func noCounters(s string) string { return counters.ReplaceAllString(s, "counter") }
 
 func bindable(l *lab, addr string) bool {
+	network := "tcp6" // of the address's own family: Go's "tcp" on 0.0.0.0 binds [::] too
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is4() {
+		network = "tcp4"
+	}
 	err := l.router.Do(func() error {
-		ln, err := net.Listen("tcp", addr)
+		ln, err := net.Listen(network, addr)
 		if err == nil {
 			ln.Close()
 		}

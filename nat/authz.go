@@ -67,6 +67,13 @@ func (p Policy) authorize(ctx context.Context, rule any) error {
 	}
 	switch r := rule.(type) {
 	case DNAT:
+		if r.ByInterface() {
+			// Whatever addresses the interface has are the host's own.
+			if r.ExtIf == "lo" {
+				return forbid("ext_ip_loopback", "ext_if: lo is the loopback interface")
+			}
+			return target("int_ip", r.IntIP)
+		}
 		return p.forwardOf("ext_ip", r.ExtIP, r.IntIP, addrs)
 	case Hairpin:
 		return p.forwardOf("ext_ip", r.ExtIP, r.IntIP, addrs)

@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -70,3 +71,40 @@ func TestMappingToIPv6LoopbackIsRefused(t *testing.T) {
 		t.Errorf("a mapping to ::1: %v", err)
 	}
 }
+
+func TestForwardByInterfaceAndOneAddressClash(t *testing.T) {
+	r := newRig(t, State{})
+	byIf := DnatConfig{IntIP: "10.0.0.101", Ports: "443", ExtIf: ptr("ext0")}
+	d, err := byIf.toDNAT()
+	if err != nil || !d.ByInterface() || d.ExtIP != netip.IPv4Unspecified() {
+		t.Fatalf("a dnat by interface: %+v %v", d, err)
+	}
+	if _, _, err := r.svc.AddDNAT(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	before := r.snapshot()
+	_, _, err = r.svc.AddDNAT(ctx, dnat(t, "203.0.113.43", "10.0.0.102", "443", "tcp", ""))
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "already forwarded for 0.0.0.0") {
+		t.Errorf("a forward of one address on the same port: %v", err)
+	}
+	if after := r.snapshot(); after != before {
+		t.Errorf("a refused forward changed things:\n%s\nwant\n%s", after, before)
+	}
+	// Another port, the other protocol or family: no clash.
+	for _, other := range []DNAT{dnat(t, "203.0.113.43", "10.0.0.102", "444", "tcp", ""), dnat(t, "203.0.113.43", "10.0.0.102", "443", "udp", ""),
+		dnat(t, "2001:db8::43", "fd00::102", "443", "tcp", "")} {
+		if _, _, err := r.svc.AddDNAT(ctx, other); err != nil {
+			t.Errorf("%s: %v", other, err)
+		}
+	}
+	// A state that holds both still loads.
+	st := r.svc.State()
+	st.Dnats = append(st.Dnats, dnat(t, "203.0.113.43", "10.0.0.103", "443", "tcp", ""))
+	newRig(t, st)
+	// Without an interface there is no address.
+	if _, err := (DnatConfig{IntIP: "10.0.0.101", Ports: "443"}).toDNAT(); err == nil || !strings.Contains(err.Error(), "give ext_if alone") {
+		t.Errorf("a dnat with neither: %v", err)
+	}
+}
+
+func ptr(s string) *string { return &s }

@@ -44,6 +44,9 @@ func (d DNAT) ID() DNATID {
 }
 
 func (d DNAT) String() string {
+	if d.ByInterface() {
+		return fmt.Sprintf("%s %s's addresses ports %s -> %s", d.Proto, d.ExtIf, d.Ports, d.IntIP)
+	}
 	s := fmt.Sprintf("%s %s ports %s -> %s", d.Proto, d.ExtIP, d.Ports, d.IntIP)
 	if d.ExtIf != "" {
 		s += " on " + d.ExtIf
@@ -51,10 +54,20 @@ func (d DNAT) String() string {
 	return s
 }
 
+// ByInterface reports whether the rule forwards whatever addresses ExtIf
+// has (ExtIP is then the unspecified address of IntIP's family): a
+// dynamic WAN address needs no change to the rule.
+func (d DNAT) ByInterface() bool { return d.ExtIf != "" && d.ExtIP.IsUnspecified() }
+
 // Validate checks a rule as a whole; errors name the field at fault.
 func (d DNAT) Validate() error {
-	if err := checkHostAddr("ext_ip", d.ExtIP); err != nil {
-		return err
+	if d.ExtIP.IsUnspecified() && d.ExtIf == "" {
+		return fieldErr("ext_ip", "%s is not a specific address (give ext_if alone to forward every address of an interface)", d.ExtIP)
+	}
+	if !d.ByInterface() {
+		if err := checkHostAddr("ext_ip", d.ExtIP); err != nil {
+			return err
+		}
 	}
 	if err := checkHostAddr("int_ip", d.IntIP); err != nil {
 		return err

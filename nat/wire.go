@@ -10,8 +10,9 @@ import (
 
 // DnatConfig is the body of POST and DELETE /dnat, and the reply of POST.
 type DnatConfig struct {
-	// ExtIP is the external address.
-	ExtIP string `json:"ext_ip" yaml:"ext_ip"`
+	// ExtIP is the external address; empty with ExtIf forwards every
+	// address the interface has, now or later.
+	ExtIP string `json:"ext_ip" yaml:"ext_ip,omitempty"`
 	// IntIP is the internal address.
 	IntIP string `json:"int_ip" yaml:"int_ip"`
 	// Ports is a port list such as "25,465,8000-8100,2222:22".
@@ -206,13 +207,25 @@ type ErrorResponse struct {
 
 // toDNAT parses and validates a request body.
 func (c DnatConfig) toDNAT() (DNAT, error) {
-	ext, err := ParseAddr("ext_ip", c.ExtIP)
-	if err != nil {
-		return DNAT{}, err
-	}
 	in, err := ParseAddr("int_ip", c.IntIP)
 	if err != nil {
 		return DNAT{}, err
+	}
+	var ext netip.Addr
+	switch {
+	case strings.TrimSpace(c.ExtIP) == "" && c.ExtIf != nil && *c.ExtIf != "":
+		// By interface: whatever addresses it has.
+		ext = netip.IPv6Unspecified()
+		if in.Is4() {
+			ext = netip.IPv4Unspecified()
+		}
+	default:
+		if ext, err = ParseAddr("ext_ip", c.ExtIP); err != nil {
+			if strings.TrimSpace(c.ExtIP) == "" {
+				err = fieldErr("ext_ip", "missing address (or give ext_if alone to forward every address of an interface)")
+			}
+			return DNAT{}, err
+		}
 	}
 	ports, err := ParsePorts(c.Ports)
 	if err != nil {
@@ -231,8 +244,12 @@ func (c DnatConfig) toDNAT() (DNAT, error) {
 
 // ConfigOf renders a rule in the wire shape.
 func ConfigOf(d DNAT) DnatConfig {
+	ext := d.ExtIP.String()
+	if d.ByInterface() {
+		ext = ""
+	}
 	c := DnatConfig{
-		ExtIP:         d.ExtIP.String(),
+		ExtIP:         ext,
 		IntIP:         d.IntIP.String(),
 		Ports:         d.Ports.String(),
 		Proto:         d.Proto.String(),
@@ -272,6 +289,9 @@ func SnatConfigOf(s SNAT) SnatConfig {
 
 // toHairpin parses and validates a request body.
 func (c HairpinConfig) toHairpin() (Hairpin, error) {
+	if strings.TrimSpace(c.ExtIP) == "" {
+		return Hairpin{}, fieldErr("ext_ip", "missing address")
+	}
 	d, err := DnatConfig{ExtIP: c.ExtIP, IntIP: c.IntIP, Ports: c.Ports, Proto: c.Proto}.toDNAT()
 	if err != nil {
 		return Hairpin{}, err

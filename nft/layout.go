@@ -55,10 +55,11 @@ func familyOf(f nat.Forward) family {
 // lookup is one kind of forward lookup: a family, and a key of the
 // destination address, protocol and port, with the input interface in
 // front (iif) or without the address for forwards to every local address
-// (any: the packet must be for this host, `fib daddr type local`). Each kind
-// has a set of keys (to mark the flow) and a map from the same keys to the
-// target address and port. Lookups run in this order: the most specific
-// first.
+// (any: the packet must be for this host, `fib daddr type local`). Both
+// together are forwards by interface: for whatever address the input
+// interface has (`fib daddr . iif type local`). Each kind has a set of keys
+// (to mark the flow) and a map from the same keys to the target address
+// and port. Lookups run in this order: the most specific first.
 type lookup struct {
 	fam family
 	iif bool
@@ -66,8 +67,8 @@ type lookup struct {
 }
 
 var lookups = []lookup{
-	{fam: ipv4, iif: true}, {fam: ipv4}, {fam: ipv4, any: true},
-	{fam: ipv6, iif: true}, {fam: ipv6}, {fam: ipv6, any: true},
+	{fam: ipv4, iif: true}, {fam: ipv4}, {fam: ipv4, iif: true, any: true}, {fam: ipv4, any: true},
+	{fam: ipv6, iif: true}, {fam: ipv6}, {fam: ipv6, iif: true, any: true}, {fam: ipv6, any: true},
 }
 
 func lookupOf(f nat.Forward) lookup {
@@ -75,13 +76,14 @@ func lookupOf(f nat.Forward) lookup {
 }
 
 func (l lookup) suffix() string {
-	switch {
-	case l.iif:
-		return l.fam.suffix + "if"
-	case l.any:
-		return "any" + l.fam.suffix
+	s := l.fam.suffix
+	if l.any {
+		s = "any" + s
 	}
-	return l.fam.suffix
+	if l.iif {
+		s += "if"
+	}
+	return s
 }
 
 func (l lookup) keyType() nftables.SetDatatype {
@@ -168,10 +170,7 @@ func (l lookup) dnatRule(t *nftables.Table, c *nftables.Chain, keys, targets *nf
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l.fam.nfproto}},
 	}
 	if l.localOnly(mark) {
-		exprs = append(exprs,
-			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
-		)
+		exprs = append(exprs, l.isLocal()...)
 	}
 	exprs = append(exprs, l.loadKey()...)
 	exprs = append(exprs, &expr.Lookup{SourceRegister: first, SetName: keys.Name, SetID: keys.ID})
@@ -196,6 +195,16 @@ func (l lookup) dnatRule(t *nftables.Table, c *nftables.Chain, keys, targets *nf
 // host's own connections to that address.
 func (l lookup) localOnly(mark uint32) bool { return l.any || mark&MarkLocal != 0 }
 
+// isLocal is `fib daddr type local`, or for forwards by interface `fib
+// daddr . iif type local` (an address of the interface the packet came in
+// by).
+func (l lookup) isLocal() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, FlagIIF: l.iif && l.any, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+	}
+}
+
 // countRule: established packets from the client side of a flow natmap
 // forwarded hit its key, whose counter counts them (the first packet was
 // counted by the dnat rule's lookup). Other traffic stops at the mark test.
@@ -213,10 +222,7 @@ func (l lookup) countRule(t *nftables.Table, c *nftables.Chain, keys *nftables.S
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
 	)
 	if l.any {
-		exprs = append(exprs,
-			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
-		)
+		exprs = append(exprs, l.isLocal()...)
 	}
 	exprs = append(exprs, l.loadKey()...)
 	exprs = append(exprs, &expr.Lookup{SourceRegister: uint32(unix.NFT_REG32_00), SetName: keys.Name, SetID: keys.ID})
@@ -226,6 +232,8 @@ func (l lookup) countRule(t *nftables.Table, c *nftables.Chain, keys *nftables.S
 func (l lookup) comment() string {
 	s := "natmap: dnat ipv" + l.fam.suffix
 	switch {
+	case l.iif && l.any:
+		s += " to the addresses of the input interface"
 	case l.iif:
 		s += " by interface"
 	case l.any:

@@ -50,11 +50,12 @@ func TestIntegrationGoldenSequence(t *testing.T) {
 	v6if := fwd("tailscale0", "udp", "[2001:db8::43]:5353", "[fd00::101]:53")
 	anyAddr := fwd("", "tcp", "0.0.0.0:8080", "172.17.0.2:80")
 	anyAddr6 := fwd("", "udp", "[::]:5300", "[fd00::53]:53")
+	byIf := fwd("vmbr0", "tcp", "0.0.0.0:8443", "10.0.0.102:443") // whatever address vmbr0 has
 
 	if err := b.Replace(ctx, nat.Ruleset{Forwards: []nat.Forward{smtp, dns}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Apply(ctx, nat.Change{Add: []nat.Forward{ssh, web, v6, v6if, anyAddr, anyAddr6}}); err != nil {
+	if err := b.Apply(ctx, nat.Change{Add: []nat.Forward{ssh, web, v6, v6if, anyAddr, anyAddr6, byIf}}); err != nil {
 		t.Fatal(err)
 	}
 	rules := nat.Rules{
@@ -92,7 +93,7 @@ func TestIntegrationGoldenSequence(t *testing.T) {
 	// Render writes a script that builds the same table.
 	rendered := netnstest.New(t, "nmnft")
 	script := filepath.Join(t.TempDir(), "render.nft")
-	rs := nat.Ruleset{Forwards: []nat.Forward{smtp, ssh, web, v6, v6if, anyAddr, anyAddr6}, Rules: rules}
+	rs := nat.Ruleset{Forwards: []nat.Forward{smtp, ssh, web, v6, v6if, anyAddr, anyAddr6, byIf}, Rules: rules}
 	if err := os.WriteFile(script, Render(rs), 0o644); err != nil {
 		t.Fatal(err)
 	}

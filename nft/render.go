@@ -165,6 +165,9 @@ func lookupText(l lookup) (key, fam, fib string) {
 	}
 	key = fam + " daddr . meta l4proto . th dport"
 	switch {
+	case l.iif && l.any:
+		key = "iifname . meta l4proto . th dport"
+		fib = "fib daddr . iif type local "
 	case l.iif:
 		key = "iifname . " + key
 	case l.any:
@@ -181,10 +184,13 @@ func countText(l lookup) string {
 }
 
 func dnatText(l lookup, mark uint32) string {
-	key, fam, _ := lookupText(l)
+	key, fam, fib := lookupText(l)
 	guard := ""
 	if l.localOnly(mark) {
-		guard = "meta nfproto ipv" + l.fam.suffix + " fib daddr type local "
+		if fib == "" {
+			fib = "fib daddr type local "
+		}
+		guard = "meta nfproto ipv" + l.fam.suffix + " " + fib
 	}
 	return fmt.Sprintf("%s%s @match%s ct mark set ct mark | %#08x dnat %s to %s map @dnat%s comment %q",
 		guard, key, l.suffix(), mark, fam, key, l.suffix(), l.comment())

@@ -11,11 +11,11 @@ import (
 
 // DnatCmd adds or deletes a static DNAT rule.
 type DnatCmd struct {
-	ExtIP  string `name:"ext-ip" required:"" help:"External address clients connect to." placeholder:"IP"`
+	ExtIP  string `name:"ext-ip" help:"External address clients connect to (required unless --ext-if is given: without it the rule forwards whatever address --ext-if has, now or later, such as a DHCP or PPPoE WAN address)." placeholder:"IP"`
 	IntIP  string `name:"int-ip" required:"" help:"Internal host to forward to." placeholder:"IP"`
 	Ports  string `required:"" help:"Ports: a comma-separated list of ports and ranges, EXT:INT to translate (25,465,8000-8100,2222:22)." placeholder:"LIST"`
 	Proto  string `default:"tcp" help:"Protocol: tcp or udp."`
-	ExtIf  string `name:"ext-if" help:"Only forward traffic arriving on this interface." placeholder:"IF"`
+	ExtIf  string `name:"ext-if" help:"Only forward traffic arriving on this interface; alone (no --ext-ip), forward traffic for any address of it." placeholder:"IF"`
 	Delete bool   `help:"Delete the rule (or these ports of it) instead of adding it."`
 }
 
@@ -29,7 +29,11 @@ func (c *DnatCmd) Run(g *Globals, out *output) error {
 }
 
 func describe(c nat.DnatConfig) string {
-	s := fmt.Sprintf("%s %s ports %s -> %s", strings.ToLower(orTCP(c.Proto)), c.ExtIP, c.Ports, c.IntIP)
+	ext := c.ExtIP
+	if ext == "" && c.ExtIf != nil {
+		ext = "any address of"
+	}
+	s := fmt.Sprintf("%s %s ports %s -> %s", strings.ToLower(orTCP(c.Proto)), ext, c.Ports, c.IntIP)
 	if c.ExtIf != nil && *c.ExtIf != "" {
 		s += " on " + *c.ExtIf
 	}
@@ -108,11 +112,14 @@ func listRows(l nat.ListResponse, counters bool) [][]string {
 		return []string{fmt.Sprint(c.Packets), fmt.Sprint(c.Bytes)}
 	}
 	for _, d := range l.Dnats {
-		detail := "any interface"
+		detail, ext := "any interface", d.ExtIP
 		if d.ExtIf != nil {
 			detail = "in " + *d.ExtIf
 		}
-		rows = append(rows, append([]string{"dnat", d.ExtIP, d.Ports, d.Proto, d.IntIP, detail, withReason(d.Status, d.Reason)}, count(d.Counter)...))
+		if ext == "" && d.ExtIf != nil {
+			ext = *d.ExtIf + "'s addresses"
+		}
+		rows = append(rows, append([]string{"dnat", ext, d.Ports, d.Proto, d.IntIP, detail, withReason(d.Status, d.Reason)}, count(d.Counter)...))
 	}
 	for _, h := range l.Hairpins {
 		lan := ""
