@@ -26,20 +26,6 @@ func (s *Service) own(tx *txn, fs []Forward) ([]Forward, error) {
 	return fresh, nil
 }
 
-// checkOverlap refuses a new forward for every address (a host-wide
-// mapping, a forward by interface) of a port natmap forwards for one
-// address, or the reverse: one's reservation would hold the other's port
-// (a request would otherwise be told another program holds it). A state
-// file that holds both still loads: the later one waits, inactive.
-func (s *Service) checkOverlap(fresh []Forward) error {
-	for _, f := range fresh {
-		if other, clash := s.overlapping(f); clash {
-			return fmt.Errorf("%s: port %d/%s is already forwarded for %s (%s): %w", f.Endpoint(), f.Ext.Port(), f.Proto, other.Ext.Addr(), other, ErrConflict)
-		}
-	}
-	return nil
-}
-
 // overlapping finds a forward of the same port, protocol and family of
 // which one is for every address and the other for one.
 func (s *Service) overlapping(f Forward) (Forward, bool) {
@@ -94,10 +80,6 @@ type edit struct {
 // releases what the gone forwards held. On failure everything, tx
 // included, is put back as it was.
 func (s *Service) commit(ctx context.Context, tx *txn, e edit) error {
-	if err := s.checkOverlap(e.fresh); err != nil {
-		tx.rollback()
-		return err
-	}
 	if err := s.checkEphemeral(ctx, s.holds, endpoints(e.fresh)); err != nil {
 		tx.rollback()
 		return err

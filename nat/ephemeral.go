@@ -22,6 +22,9 @@ func minEphemeral(n int) int { return max(n/4, min(1024, n/2)) }
 // already) is refused with ErrConflict; one that only overlaps the range
 // is warned about, to the requester and in the log.
 func (s *Service) checkEphemeral(ctx context.Context, held map[Endpoint]io.Closer, fresh []Endpoint) error {
+	if len(fresh) == 0 {
+		return nil
+	}
 	lo, hi, err := s.sys.EphemeralPorts()
 	if err != nil || lo > hi {
 		return nil

@@ -1,6 +1,9 @@
 package nat
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // take reserves ep.
 func (s *Service) take(ep Endpoint) error {
@@ -19,6 +22,13 @@ func (s *Service) takeAll(fs []Forward) ([]Endpoint, error) {
 	for _, f := range fs {
 		if err := s.take(f.Endpoint()); err != nil {
 			s.releaseAll(taken)
+			// A forward for every address (a host-wide mapping, a forward
+			// by interface) and one for one address of the same port hold
+			// each other's port: say it is natmap's own, not another
+			// program's. (Looked for only here: the scan is O(forwards).)
+			if other, clash := s.overlapping(f); clash && errors.Is(err, ErrPortInUse) {
+				return nil, fmt.Errorf("%s: port %d/%s is already forwarded for %s (%s): %w", f.Endpoint(), f.Ext.Port(), f.Proto, other.Ext.Addr(), other, ErrConflict)
+			}
 			return nil, fmt.Errorf("reserving %s: %w", f.Endpoint(), err)
 		}
 		taken = append(taken, f.Endpoint())

@@ -25,7 +25,7 @@ func newFakeReserver() *fakeReserver {
 }
 
 func (r *fakeReserver) Reserve(e Endpoint) (io.Closer, error) {
-	if r.busy[e] || r.held[e] {
+	if r.busy[e] || r.held[e] || r.overlaps(e) {
 		return nil, fmt.Errorf("%s is in use by another program: %w", e, ErrPortInUse)
 	}
 	r.held[e] = true
@@ -36,6 +36,19 @@ func (r *fakeReserver) Reserve(e Endpoint) (io.Closer, error) {
 		delete(r.held, e)
 		return nil
 	}), nil
+}
+
+// overlaps is the kernel's rule without SO_REUSEADDR: a socket on the
+// wildcard address and one on a single address of the same family, port
+// and protocol exclude each other.
+func (r *fakeReserver) overlaps(e Endpoint) bool {
+	for h := range r.held {
+		if h.Proto == e.Proto && h.Addr.Port() == e.Addr.Port() && h.Addr.Addr().Is4() == e.Addr.Addr().Is4() &&
+			h.Addr.Addr().IsUnspecified() != e.Addr.Addr().IsUnspecified() {
+			return true
+		}
+	}
+	return false
 }
 
 type closer func() error
