@@ -25,15 +25,21 @@ type HostNeeds struct {
 	// ForwardHole is set while natmap forwards anything: its flows must
 	// pass a DROP policy of Docker's (the DOCKER-USER rule).
 	ForwardHole bool
+	// Docker is set once Docker has answered since the daemon started:
+	// only then is the DOCKER-USER rule looked after (asking iptables
+	// about it on a host without Docker costs seconds with a large
+	// iptables-nft ruleset, and a rule put there by an earlier run stays
+	// until Docker is back, so a restart opens no gap).
+	Docker bool
 }
 
 func (n HostNeeds) equal(o HostNeeds) bool {
-	return n.LocalnetAll == o.LocalnetAll && n.ForwardHole == o.ForwardHole && slices.Equal(n.LocalnetTo, o.LocalnetTo)
+	return n.LocalnetAll == o.LocalnetAll && n.ForwardHole == o.ForwardHole && n.Docker == o.Docker && slices.Equal(n.LocalnetTo, o.LocalnetTo)
 }
 
 // hostNeeds is what the rules need now.
 func (s *Service) hostNeeds() HostNeeds {
-	n := HostNeeds{LocalnetAll: s.loopbackTargets > 0, ForwardHole: len(s.forwards) > 0}
+	n := HostNeeds{LocalnetAll: s.loopbackTargets > 0, ForwardHole: len(s.forwards) > 0, Docker: s.dockerSeen}
 	for _, m := range s.mappings {
 		if t := m.target(); t.IsValid() && t.Is4() && !t.IsLoopback() && !slices.Contains(n.LocalnetTo, t) {
 			n.LocalnetTo = append(n.LocalnetTo, t)
@@ -81,9 +87,10 @@ func (s *Service) settle(ctx context.Context, force bool) {
 }
 
 // ResettleHost makes the host settings true again, for when another
-// program may have undone them (Docker's DOCKER-USER chain appears when
-// Docker starts).
+// program may have undone them: the Docker watcher calls it each time
+// Docker answers (Docker makes its DOCKER-USER chain when it starts).
 func (s *Service) ResettleHost() {
 	defer s.lock()()
+	s.dockerSeen = true
 	s.settle(context.Background(), true)
 }

@@ -24,8 +24,13 @@ func TestHostNeedsFollowTheRules(t *testing.T) {
 	if _, _, err := r.svc.AddMapping(ctx, local); err != nil {
 		t.Fatal(err)
 	}
-	if n := last(); !n.LocalnetAll || !n.ForwardHole || len(n.LocalnetTo) != 0 {
+	if n := last(); !n.LocalnetAll || !n.ForwardHole || n.Docker || len(n.LocalnetTo) != 0 {
 		t.Errorf("with a local service on loopback: %+v", n)
+	}
+	// Docker answering is told, and settles again.
+	r.svc.ResettleHost()
+	if n := last(); !n.Docker || !n.ForwardHole {
+		t.Errorf("after Docker answered: %+v", n)
 	}
 	calls := len(sys.settled)
 	web := dnat(t, "203.0.113.43", "10.0.0.101", "80", "tcp", "")

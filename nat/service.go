@@ -49,6 +49,7 @@ type Service struct {
 	// what System.Settle last made true (nil: not yet, or it failed).
 	loopbackTargets int
 	settled         *HostNeeds
+	dockerSeen      bool // Docker answered since start (ResettleHost)
 
 	flushMu sync.Mutex
 	toFlush []Forward // UDP forwards removed, whose conntrack entries go when the lock is released

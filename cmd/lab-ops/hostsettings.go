@@ -149,8 +149,12 @@ func (h *hostSettings) settle(need nat.HostNeeds) error {
 			}
 		}
 	}
-	if err := h.forwardHole(need.ForwardHole); err != nil {
-		errs = append(errs, err)
+	// The rule is added only once Docker answered, and removed whenever
+	// nothing is forwarded.
+	if !need.ForwardHole || need.Docker {
+		if err := h.forwardHole(need.ForwardHole); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
