@@ -4,6 +4,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lab-ops/natmap/internal/netnstest"
 )
@@ -157,6 +158,11 @@ func TestIntegrationDNATByInterface(t *testing.T) {
 	if bindable(l, "0.0.0.0:443") {
 		t.Error("port 443 is not reserved on the wildcard address")
 	}
+	// Its hairpin: LAN hosts reach the service through ext0's addresses.
+	l.mustCLI("hairpin", "--ext-if", "ext0", "--int-ip", serverIP, "--ports", "443")
+	if src := expectReach(t, l.server2, "tcp", "203.0.113.1:443", "web"); src != "10.0.0.1" {
+		t.Errorf("a LAN host via the hairpin seen as %s, want the router's 10.0.0.1", src)
+	}
 	if ls := l.mustCLI("ls"); !strings.Contains(ls, "ext0's addresses") {
 		t.Errorf("ls:\n%s", ls)
 	}
@@ -172,6 +178,13 @@ func TestIntegrationDNATByInterface(t *testing.T) {
 			t.Errorf("%s after the address changed: the server saw %s", proto, src)
 		}
 	}
+	// The hairpin follows within its refresh (a second).
+	if !waitFor(3*time.Second, func() bool { got, err := dial(l.server2, "tcp", "203.0.113.2:443"); return err == nil && strings.HasPrefix(got, "web ") }) {
+		t.Errorf("the hairpin did not follow the new address:\n%s", l.kernelRules())
+	}
+	expectNoReach(t, l.server2, "tcp", "203.0.113.1:443")
+	l.mustCLI("hairpin", "--ext-if", "ext0", "--int-ip", serverIP, "--ports", "443", "--delete")
+	expectNoReach(t, l.server2, "tcp", "203.0.113.2:443")
 
 	// A restart restores it; deleting it frees the port.
 	l.stopDaemon()

@@ -67,16 +67,9 @@ func (p Policy) authorize(ctx context.Context, rule any) error {
 	}
 	switch r := rule.(type) {
 	case DNAT:
-		if r.ByInterface() {
-			// Whatever addresses the interface has are the host's own.
-			if r.ExtIf == "lo" {
-				return forbid("ext_ip_loopback", "ext_if: lo is the loopback interface")
-			}
-			return target("int_ip", r.IntIP)
-		}
-		return p.forwardOf("ext_ip", r.ExtIP, r.IntIP, addrs)
+		return p.forwardOf(r, addrs)
 	case Hairpin:
-		return p.forwardOf("ext_ip", r.ExtIP, r.IntIP, addrs)
+		return p.forwardOf(r.dnat(), addrs)
 	case MappingRequest:
 		if r.HostIP.IsValid() && !r.HostIP.IsUnspecified() {
 			if err := p.external("host_ip", r.HostIP, addrs); err != nil {
@@ -94,12 +87,18 @@ func (p Policy) authorize(ctx context.Context, rule any) error {
 	return nil
 }
 
-// forwardOf checks a forward's external address and its target.
-func (p Policy) forwardOf(field string, ext, in netip.Addr, addrs map[netip.Addr]string) error {
-	if err := p.external(field, ext, addrs); err != nil {
-		return err
+// forwardOf checks a forward's external address (whatever addresses an
+// interface has are the host's own) and its target.
+func (p Policy) forwardOf(d DNAT, addrs map[netip.Addr]string) error {
+	switch {
+	case d.ByInterface() && d.ExtIf == "lo":
+		return forbid("ext_ip_loopback", "ext_if: lo is the loopback interface")
+	case !d.ByInterface():
+		if err := p.external("ext_ip", d.ExtIP, addrs); err != nil {
+			return err
+		}
 	}
-	return target("int_ip", in)
+	return target("int_ip", d.IntIP)
 }
 
 // external: the group forwards only traffic that arrives for one of the

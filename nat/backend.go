@@ -92,6 +92,9 @@ type Router interface {
 	// DeletePolicyRoute removes p's rule, and the routes natmap put in its
 	// table when lastInTable is set.
 	DeletePolicyRoute(p PolicyRoute, lastInTable bool) error
+	// InterfaceAddrs lists the addresses an interface has now, link-local
+	// ones left out (none when it does not exist).
+	InterfaceAddrs(ifname string) ([]netip.Addr, error)
 }
 
 // Rules are the SNAT and masquerade rules, in the order they must be

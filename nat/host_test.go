@@ -113,3 +113,54 @@ func TestForwardByInterfaceAndOneAddressClash(t *testing.T) {
 }
 
 func ptr(s string) *string { return &s }
+
+// A hairpin by interface follows the interface's addresses: a derived
+// forward (and hairpin element) per address, changed as addresses come
+// and go, none persisted, none reserved.
+func TestHairpinByInterfaceFollowsAddresses(t *testing.T) {
+	r := newRig(t, State{})
+	r.router.ifaddrs = map[string][]netip.Addr{"ext0": {netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("2001:db8::1")}}
+	d, err := (DnatConfig{IntIP: "10.0.0.101", Ports: "443", ExtIf: ptr("ext0")}).toDNAT()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.svc.AddDNAT(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	h, err := (HairpinConfig{IntIP: "10.0.0.101", Ports: "443", ExtIf: ptr("ext0")}).toHairpin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.svc.AddHairpin(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	held := r.res.dump()
+	if kernel := r.fake.Dump(); !strings.Contains(kernel, "dnat tcp 203.0.113.1:443 -> 10.0.0.101:443") || strings.Contains(kernel, "2001:db8::1") {
+		t.Errorf("kernel with the hairpin by interface:\n%s", kernel)
+	}
+	r.router.ifaddrs["ext0"] = []netip.Addr{netip.MustParseAddr("203.0.113.2")}
+	r.svc.RefreshInterfaces(ctx)
+	kernel := r.fake.Dump()
+	if !strings.Contains(kernel, "203.0.113.2:443 -> 10.0.0.101:443") || strings.Contains(kernel, "203.0.113.1:443") {
+		t.Errorf("kernel after the address changed:\n%s", kernel)
+	}
+	if r.res.dump() != held {
+		t.Errorf("derived forwards were reserved: %s, want %s", r.res.dump(), held)
+	}
+	if st := r.svc.State(); len(st.Hairpins) != 1 || st.Hairpins[0].ExtIf != "ext0" || len(st.Dnats) != 1 {
+		t.Errorf("state: %+v", st)
+	}
+	// A restart derives them again.
+	again := newRig(t, r.svc.State())
+	again.router.ifaddrs = r.router.ifaddrs
+	again.svc.RefreshInterfaces(ctx)
+	if kernel := again.fake.Dump(); !strings.Contains(kernel, "203.0.113.2:443 -> 10.0.0.101:443") {
+		t.Errorf("kernel after a restart:\n%s", kernel)
+	}
+	if err := r.svc.DeleteHairpin(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if kernel := r.fake.Dump(); strings.Contains(kernel, "203.0.113.2:443") {
+		t.Errorf("kernel after the hairpin went:\n%s", kernel)
+	}
+}

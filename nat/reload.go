@@ -136,16 +136,22 @@ type model struct {
 	holds    map[Endpoint]io.Closer
 	mappings map[int]Mapping
 	nextID   int
+	// derived forwards of hairpins by interface (derived.go)
+	derived   []Forward
+	derivedHP []Hairpinned
+	followIfs bool
 }
 
 func (s *Service) model() *model {
-	return &model{s.state, s.dnats, s.hairpins, s.snats, s.forwards, s.inactive, s.parked, s.holds, s.mappings, s.nextID}
+	return &model{s.state, s.dnats, s.hairpins, s.snats, s.forwards, s.inactive, s.parked, s.holds, s.mappings, s.nextID,
+		s.derived, s.derivedHP, s.followIfs}
 }
 
 func (s *Service) setModel(m *model) {
 	s.state, s.dnats, s.hairpins, s.snats = m.state, m.dnats, m.hairpins, m.snats
 	s.forwards, s.inactive, s.parked, s.holds = m.forwards, m.inactive, m.parked, m.holds
 	s.mappings, s.nextID = m.mappings, m.nextID
+	s.derived, s.derivedHP, s.followIfs = m.derived, m.derivedHP, m.followIfs
 }
 
 // reconcileRoutes brings the kernel from the policy routes in old to

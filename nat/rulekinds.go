@@ -126,6 +126,10 @@ type Hairpin struct {
 	// LanCIDR is the network whose connections are masqueraded; by default
 	// the connected network of IntIP.
 	LanCIDR netip.Prefix `json:"lan_cidr"`
+	// ExtIf, with ExtIP the unspecified address, makes the hairpin of a
+	// forward by interface: internal hosts reach the service through
+	// whatever addresses the interface has, now or later.
+	ExtIf string `json:"ext_if,omitempty"`
 }
 
 // HairpinID identifies a hairpin rule: everything but ports and LAN.
@@ -136,13 +140,21 @@ type HairpinID struct {
 	IntIP netip.Addr
 	// Proto is the rule's protocol.
 	Proto Proto
+	// ExtIf is the interface of a hairpin by interface.
+	ExtIf string
 }
 
 // ID returns the rule's identity.
-func (h Hairpin) ID() HairpinID { return HairpinID{ExtIP: h.ExtIP, IntIP: h.IntIP, Proto: h.Proto} }
+func (h Hairpin) ID() HairpinID {
+	return HairpinID{ExtIP: h.ExtIP, IntIP: h.IntIP, Proto: h.Proto, ExtIf: h.ExtIf}
+}
 
 func (h Hairpin) String() string {
-	s := fmt.Sprintf("hairpin %s %s ports %s -> %s", h.Proto, h.ExtIP, h.Ports, h.IntIP)
+	ext := h.ExtIP.String()
+	if h.dnat().ByInterface() {
+		ext = h.ExtIf + "'s addresses"
+	}
+	s := fmt.Sprintf("hairpin %s %s ports %s -> %s", h.Proto, ext, h.Ports, h.IntIP)
 	if h.LanCIDR.IsValid() {
 		s += " for " + h.LanCIDR.String()
 	}
@@ -151,7 +163,7 @@ func (h Hairpin) String() string {
 
 // dnat is the forwarding part of a hairpin.
 func (h Hairpin) dnat() DNAT {
-	return DNAT{ExtIP: h.ExtIP, IntIP: h.IntIP, Ports: h.Ports, Proto: h.Proto}
+	return DNAT{ExtIP: h.ExtIP, IntIP: h.IntIP, Ports: h.Ports, Proto: h.Proto, ExtIf: h.ExtIf}
 }
 
 // Validate checks a hairpin rule; errors name the field. LanCIDR may still
@@ -189,6 +201,9 @@ func (h Hairpinned) String() string { return fmt.Sprintf("hairpin from %s to %s"
 
 // hairpinned lists h's forwards of ports as Hairpinned.
 func (h Hairpin) hairpinned(fs []Forward) []Hairpinned {
+	if h.dnat().ByInterface() {
+		return nil // its elements are the derived forwards' (derive)
+	}
 	out := make([]Hairpinned, len(fs))
 	for i, f := range fs {
 		out[i] = Hairpinned{LAN: h.LanCIDR, Endpoint: f.Endpoint()}

@@ -49,6 +49,11 @@ type Service struct {
 	// what System.Settle last made true (nil: not yet, or it failed).
 	loopbackTargets int
 	settled         *HostNeeds
+	// derived and derivedHP are the forwards and hairpin elements
+	// installed for hairpins by interface (derived.go).
+	derived   []Forward
+	derivedHP []Hairpinned
+	followIfs bool // a hairpin by interface was seen: RefreshInterfaces looks
 	dockerSeen      bool // Docker answered since start (ResettleHost)
 
 	flushMu sync.Mutex
@@ -199,6 +204,7 @@ func (s *Service) build(st State) error {
 			h.LanCIDR = lan
 		}
 		s.hairpins[h.ID()] = h
+		s.followIfs = s.followIfs || h.dnat().ByInterface()
 		if _, err := s.own(tx, h.dnat().Forwards()); err != nil {
 			return err
 		}
@@ -218,6 +224,12 @@ func (s *Service) build(st State) error {
 		}
 	}
 	s.nextID = max(s.nextID, st.NextMappingID)
+	if s.followIfs {
+		var err error
+		if s.derived, s.derivedHP, err = s.derive(); err != nil {
+			s.log.Warn("hairpin by interface", "err", err) // tried again at the next refresh
+		}
+	}
 	return nil
 }
 
@@ -296,12 +308,15 @@ func (s *Service) Clear(ctx context.Context) error {
 	}
 	dnats, hairpins, snats, routes := s.dnats, s.hairpins, s.snats, s.routes
 	forwards, inactive, parked, mappings := s.forwards, s.inactive, s.parked, s.mappings
+	derived, derivedHP := s.derived, s.derivedHP
 	s.dnats, s.hairpins, s.snats = map[DNATID]DNAT{}, map[HairpinID]Hairpin{}, map[SNATID]SNAT{}
 	s.forwards, s.inactive, s.routes = map[Endpoint]fwdEntry{}, map[Endpoint]string{}, map[PolicyRoute]string{}
 	s.parked, s.mappings = map[Endpoint]string{}, map[int]Mapping{}
+	s.derived, s.derivedHP = nil, nil
 	if err := s.persistAll(); err != nil {
 		s.dnats, s.hairpins, s.snats, s.routes = dnats, hairpins, snats, routes
 		s.forwards, s.inactive, s.parked, s.mappings = forwards, inactive, parked, mappings
+		s.derived, s.derivedHP = derived, derivedHP
 		if uerr := s.backend.Replace(ctx, before); uerr != nil {
 			s.log.Error("restoring rules after a failed clear", "err", uerr)
 		}

@@ -56,6 +56,13 @@ func (s *Service) AddHairpin(ctx context.Context, h Hairpin) (rule Hairpin, chan
 	if err := s.commit(ctx, tx, edit{fresh: fresh, rules: !s.hairpinElements, hairpinAdd: rule.hairpinned(add)}); err != nil {
 		return Hairpin{}, false, fmt.Errorf("adding %s: %w", h, err)
 	}
+	if h.dnat().ByInterface() {
+		s.followIfs = true
+		if err := s.refreshDerived(ctx); err != nil {
+			s.log.Warn("hairpin by interface", "err", err) // tried again every second
+			warn(ctx, err.Error()+"; natmap tries again every second")
+		}
+	}
 	s.log.Info("hairpin added", "rule", rule.String())
 	return rule, true, nil
 }
@@ -108,6 +115,11 @@ func (s *Service) DeleteHairpin(ctx context.Context, h Hairpin) error {
 	}
 	if err := s.commit(ctx, tx, edit{gone: gone, rules: !s.hairpinElements, hairpinDel: old.hairpinned(h.dnat().Forwards())}); err != nil {
 		return fmt.Errorf("deleting %s: %w", h, err)
+	}
+	if h.dnat().ByInterface() {
+		if err := s.refreshDerived(ctx); err != nil {
+			s.log.Warn("hairpin by interface", "err", err) // tried again every second
+		}
 	}
 	s.log.Info("hairpin deleted", "rule", h.String())
 	return nil
@@ -253,6 +265,7 @@ func (s *Service) rulesWith(hairpins bool) Rules {
 			r.Masquerades = append(r.Masquerades, h.Masquerades()...)
 			r.Hairpinned = append(r.Hairpinned, h.hairpinned(h.dnat().Forwards())...)
 		}
+		r.Hairpinned = append(r.Hairpinned, s.derivedHP...)
 	}
 	for _, m := range s.mappings {
 		if m.net.IsValid() && !slices.Contains(r.SameNet, m.net) {
@@ -264,7 +277,8 @@ func (s *Service) rulesWith(hairpins bool) Rules {
 }
 
 func (s *Service) activeRuleset() Ruleset {
-	rs := Ruleset{Forwards: make([]Forward, 0, len(s.forwards)), Rules: s.rulesWith(true)}
+	rs := Ruleset{Forwards: make([]Forward, 0, len(s.forwards)+len(s.derived)), Rules: s.rulesWith(true)}
+	rs.Forwards = append(rs.Forwards, s.derived...)
 	for ep, e := range s.forwards {
 		_, off := s.inactive[ep]
 		_, down := s.parked[ep]

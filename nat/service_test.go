@@ -154,6 +154,12 @@ func (r *rig) deps() Deps {
 type fakeRouter struct {
 	routes map[PolicyRoute]bool
 	tables map[uint32]bool
+	// ifaddrs are the interfaces' addresses.
+	ifaddrs map[string][]netip.Addr
+}
+
+func (f *fakeRouter) InterfaceAddrs(ifname string) ([]netip.Addr, error) {
+	return f.ifaddrs[ifname], nil
 }
 
 func newFakeRouter() *fakeRouter {

@@ -67,6 +67,9 @@ type HairpinConfig struct {
 	// LanCIDR is the network whose connections are masqueraded; null for
 	// the connected network of int_ip.
 	LanCIDR *string `json:"lan_cidr" yaml:"lan_cidr,omitempty"`
+	// ExtIf, without ExtIP, makes the hairpin of a forward by interface
+	// (whatever addresses it has).
+	ExtIf *string `json:"ext_if,omitempty" yaml:"ext_if,omitempty"`
 }
 
 // HairpinEntry is one hairpin rule in a ListResponse.
@@ -289,14 +292,14 @@ func SnatConfigOf(s SNAT) SnatConfig {
 
 // toHairpin parses and validates a request body.
 func (c HairpinConfig) toHairpin() (Hairpin, error) {
-	if strings.TrimSpace(c.ExtIP) == "" {
-		return Hairpin{}, fieldErr("ext_ip", "missing address")
-	}
-	d, err := DnatConfig{ExtIP: c.ExtIP, IntIP: c.IntIP, Ports: c.Ports, Proto: c.Proto}.toDNAT()
+	d, err := DnatConfig{ExtIP: c.ExtIP, IntIP: c.IntIP, Ports: c.Ports, Proto: c.Proto, ExtIf: c.ExtIf}.toDNAT()
 	if err != nil {
 		return Hairpin{}, err
 	}
-	h := Hairpin{ExtIP: d.ExtIP, IntIP: d.IntIP, Ports: d.Ports, Proto: d.Proto}
+	if d.ExtIf != "" && !d.ByInterface() {
+		return Hairpin{}, fieldErr("ext_if", "goes without ext_ip: a hairpin is for an address, or for every address of an interface")
+	}
+	h := Hairpin{ExtIP: d.ExtIP, IntIP: d.IntIP, Ports: d.Ports, Proto: d.Proto, ExtIf: d.ExtIf}
 	if c.LanCIDR != nil && *c.LanCIDR != "" {
 		if h.LanCIDR, err = ParsePrefix("lan_cidr", *c.LanCIDR); err != nil {
 			return Hairpin{}, err
@@ -308,6 +311,10 @@ func (c HairpinConfig) toHairpin() (Hairpin, error) {
 // HairpinConfigOf renders a rule in the wire shape.
 func HairpinConfigOf(h Hairpin) HairpinConfig {
 	c := HairpinConfig{ExtIP: h.ExtIP.String(), IntIP: h.IntIP.String(), Ports: h.Ports.String(), Proto: h.Proto.String()}
+	if h.dnat().ByInterface() {
+		ifname := h.ExtIf
+		c.ExtIP, c.ExtIf = "", &ifname
+	}
 	if h.LanCIDR.IsValid() {
 		lan := h.LanCIDR.String()
 		c.LanCIDR = &lan

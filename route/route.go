@@ -102,6 +102,29 @@ func onLink(a netip.Addr) (netlink.Route, netip.Prefix, bool, error) {
 	return best, bestP, found, nil
 }
 
+// InterfaceAddrs implements nat.Router.
+func (Netlink) InterfaceAddrs(ifname string) ([]netip.Addr, error) {
+	link, err := netlink.LinkByName(ifname)
+	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("finding interface %s: %w", ifname, err)
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("listing the addresses of %s: %w", ifname, err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && !ip.IsLinkLocalUnicast() {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out, nil
+}
+
 // CheckGateway implements nat.Router.
 func (Netlink) CheckGateway(via netip.Addr) error {
 	_, _, ok, err := onLink(via)

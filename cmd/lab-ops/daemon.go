@@ -152,6 +152,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(&limitListener{Listener: ln, max: maxConns}) }()
 	go every(ctx, d.RetryInterval, func() { svc.RetryInactive(ctx) })
+	go every(ctx, time.Second, func() { svc.RefreshInterfaces(ctx) })
 	go healLoop(ctx, svc, d.CheckInterval)
 	go every(ctx, checkpointQuiet, func() {
 		if err := svc.Checkpoint(checkpointQuiet); err != nil {

@@ -30,7 +30,8 @@ func (c *SnatCmd) Run(g *Globals, out *output) error {
 
 // HairpinCmd adds or deletes a hairpin rule.
 type HairpinCmd struct {
-	ExtIP   string `name:"ext-ip" required:"" help:"External address internal hosts connect to." placeholder:"IP"`
+	ExtIP   string `name:"ext-ip" help:"External address internal hosts connect to (required unless --ext-if is given)." placeholder:"IP"`
+	ExtIf   string `name:"ext-if" help:"Without --ext-ip: the hairpin of a dnat by interface, for whatever addresses this interface has, now or later (followed within a second)." placeholder:"IF"`
 	IntIP   string `name:"int-ip" required:"" help:"Internal host that serves the ports." placeholder:"IP"`
 	Ports   string `required:"" help:"Ports, as for dnat." placeholder:"LIST"`
 	Proto   string `default:"tcp" help:"Protocol: tcp or udp."`
@@ -41,10 +42,17 @@ type HairpinCmd struct {
 // Run sends the rule to the daemon.
 func (c *HairpinCmd) Run(g *Globals, out *output) error {
 	cfg := nat.HairpinConfig{ExtIP: c.ExtIP, IntIP: c.IntIP, Ports: c.Ports, Proto: c.Proto}
+	if c.ExtIf != "" {
+		cfg.ExtIf = &c.ExtIf
+	}
 	if c.LanCIDR != "" {
 		cfg.LanCIDR = &c.LanCIDR
 	}
-	what := fmt.Sprintf("internal hosts reach %s %s ports %s at %s", orTCP(c.Proto), c.ExtIP, c.Ports, c.IntIP)
+	ext := c.ExtIP
+	if ext == "" {
+		ext = c.ExtIf + "'s addresses"
+	}
+	what := fmt.Sprintf("internal hosts reach %s %s ports %s at %s", orTCP(c.Proto), ext, c.Ports, c.IntIP)
 	return sendRule(g, out, "/hairpin", "hairpin", cfg, c.Delete, what)
 }
 
