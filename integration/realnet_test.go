@@ -179,7 +179,10 @@ func TestIntegrationDNATByInterface(t *testing.T) {
 		}
 	}
 	// The hairpin follows within its refresh (a second).
-	if !waitFor(3*time.Second, func() bool { got, err := dial(l.server2, "tcp", "203.0.113.2:443"); return err == nil && strings.HasPrefix(got, "web ") }) {
+	if !waitFor(3*time.Second, func() bool {
+		got, err := dial(l.server2, "tcp", "203.0.113.2:443")
+		return err == nil && strings.HasPrefix(got, "web ")
+	}) {
 		t.Errorf("the hairpin did not follow the new address:\n%s", l.kernelRules())
 	}
 	expectNoReach(t, l.server2, "tcp", "203.0.113.1:443")

@@ -51,10 +51,10 @@ type Service struct {
 	settled         *HostNeeds
 	// derived and derivedHP are the forwards and hairpin elements
 	// installed for hairpins by interface (derived.go).
-	derived   []Forward
-	derivedHP []Hairpinned
-	followIfs bool // a hairpin by interface was seen: RefreshInterfaces looks
-	dockerSeen      bool // Docker answered since start (ResettleHost)
+	derived    []Forward
+	derivedHP  []Hairpinned
+	followIfs  bool // a hairpin by interface was seen: RefreshInterfaces looks
+	dockerSeen bool // Docker answered since start (ResettleHost)
 
 	flushMu sync.Mutex
 	toFlush []Forward // UDP forwards removed, whose conntrack entries go when the lock is released
