@@ -2,6 +2,7 @@ package integration
 
 import (
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -54,6 +55,7 @@ func TestIntegrationMasqueradeFollowsTheWANAddress(t *testing.T) {
 	}
 	l.mustCLI("snat", "--int-ip", serverIP, "--ext-if", "ext0", "--ext-ip", extIP)
 	l.mustCLI("snat", "--int-ip", "fd00::/64", "--ext-if", "ext0")
+	l.mustCLI("snat", "--int-ip", "fd00::101", "--ext-if", "ext0", "--ext-ip", extIP6)
 	if ls := l.mustCLI("ls"); !strings.Contains(ls, "masquerade") {
 		t.Errorf("ls does not show the masquerade:\n%s", ls)
 	}
@@ -65,6 +67,9 @@ func TestIntegrationMasqueradeFollowsTheWANAddress(t *testing.T) {
 	}
 	if src := sourceSeen(dialFrom(t, l.server2, "fd00::103", "[2001:db8:1::10]:7000")); !strings.HasPrefix(src, "2001:db8:1::") {
 		t.Errorf("masqueraded IPv6 connection seen from %s, want an address of ext0", src)
+	}
+	if src := sourceSeen(dialFrom(t, l.server, "fd00::101", "[2001:db8:1::10]:7000")); src != extIP6 {
+		t.Errorf("the fixed IPv6 SNAT's connection seen from %s, want %s", src, extIP6)
 	}
 
 	// The ISP hands out another address; nothing is told to natmap.
@@ -205,4 +210,37 @@ func TestIntegrationDNATByInterface(t *testing.T) {
 	if _, errOut, code := l.cli("dnat", "--int-ip", serverIP, "--ports", "80"); code == 0 || !strings.Contains(errOut, "ext_ip: missing address (or give ext_if alone") {
 		t.Errorf("dnat without --ext-ip or --ext-if: exit %d %s", code, errOut)
 	}
+}
+
+// A policy route with IPv6 addresses sends the service's replies back
+// through the router that forwarded the connection, the outside client's
+// address kept, as with IPv4.
+func TestIntegrationIPv6PolicyRoute(t *testing.T) {
+	l := newLab(t)
+	gw := netnstest.New(t, "nmg6")
+	netnstest.Link(t, gw, "g0", "", l.lan, "p3", "")
+	gw.AddAddr(t, "g0", "fd00::254/64")
+	l.lan.MustRun(t, "ip", "link", "set", "p3", "master", "br0")
+	gw.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=0")
+	l.server.MustRun(t, "ip", "-6", "route", "replace", "default", "via", "fd00::254")
+	serve(t, l.server, "svc", "[fd00::101]:8080")
+	l.startDaemon()
+	l.mustCLI("dnat", "--ext-ip", extIP6, "--int-ip", "fd00::101", "--ports", "8080")
+	addr := "[" + extIP6 + "]:8080"
+	expectNoReach(t, l.client, "tcp", addr)
+
+	svc := &lab{t: t, dir: t.TempDir(), router: l.server}
+	svc.socket, svc.state, svc.saved = filepath.Join(svc.dir, "s.sock"), filepath.Join(svc.dir, "s.json"), filepath.Join(svc.dir, "s.nft")
+	t.Cleanup(svc.stopDaemon)
+	svc.startDaemon()
+	before := routing(t, l.server)
+	svc.mustCLI("policy-route", "--src-ip", "fd00::101", "--via", "fd00::1", "--table", "100")
+	if src := expectReach(t, l.client, "tcp", addr, "svc"); src != "2001:db8:1::10" {
+		t.Errorf("with the policy route the service saw %s, want the client's 2001:db8:1::10", src)
+	}
+	svc.mustCLI("policy-route", "--src-ip", "fd00::101", "--via", "fd00::1", "--table", "100", "--delete")
+	if after := routing(t, l.server); after != before {
+		t.Errorf("routing after --delete:\n%s\nwant\n%s", after, before)
+	}
+	expectNoReach(t, l.client, "tcp", addr)
 }
