@@ -244,3 +244,24 @@ func TestIntegrationIPv6PolicyRoute(t *testing.T) {
 	}
 	expectNoReach(t, l.client, "tcp", addr)
 }
+
+// The mapping grammar holds IPv6 addresses in brackets: a local service
+// on IPv6, for every address or one.
+func TestIntegrationIPv6LocalServiceMapping(t *testing.T) {
+	l := newLab(t)
+	serve(t, l.server, "web", "[fd00::101]:80")
+	l.startDaemon()
+	l.mustCLI("docker", "add", "[::]:8080:[fd00::101]:80", "--name", "v6svc")
+	l.mustCLI("docker", "add", "["+extIP6+"]:8081:[fd00::101]:80", "--name", "v6one")
+	if src := expectReach(t, l.client, "tcp", "["+extIP6+"]:8080", "web"); src != "2001:db8:1::10" {
+		t.Errorf("the service saw %s, want the client's 2001:db8:1::10", src)
+	}
+	expectReach(t, l.client, "tcp", "[2001:db8:1::1]:8080", "web")
+	expectReach(t, l.client, "tcp", "["+extIP6+"]:8081", "web")
+	expectNoReach(t, l.client, "tcp", "[2001:db8:1::1]:8081")
+	if ls := l.mustCLI("ls"); !strings.Contains(ls, "[::]") || !strings.Contains(ls, "["+extIP6+"]") || !strings.Contains(ls, "[fd00::101]:80") {
+		t.Errorf("ls:\n%s", ls)
+	}
+	l.mustCLI("docker", "rm", "--name", "v6svc", "8080")
+	expectNoReach(t, l.client, "tcp", "["+extIP6+"]:8080")
+}

@@ -142,6 +142,10 @@ func TestParseMappingSpec(t *testing.T) {
 		"8080":                      "- 8080 0 - ",
 		"0:80":                      "- 0 80 - ",
 		"10.0.0.1:8080:10.0.0.2:80": "10.0.0.1 8080 80 10.0.0.2 ",
+		"[2001:db8::1]:8080:80":     "2001:db8::1 8080 80 - ",
+		"[::]:8080:80/udp":          ":: 8080 80 - udp",
+		"[::]:8080:[fd00::5]:80":    ":: 8080 80 fd00::5 ",
+		"8080:[fd00::5]:80":         "- 8080 80 fd00::5 ",
 	} {
 		r, err := ParseMappingSpec(spec)
 		if err != nil {
@@ -153,13 +157,16 @@ func TestParseMappingSpec(t *testing.T) {
 		}
 	}
 	for spec, want := range map[string]string{
-		"1:2:3:4:5":    "5 parts",
-		"70000:80":     "not a port number",
-		"8080:80/sctp": "unknown protocol",
-		":":            "not a port number",
-		"8080:0":       "container port",
-		"a.b:80:80":    "not a port number",
-		"8080/":        "unknown protocol",
+		"1:2:3:4:5":           "5 parts",
+		"70000:80":            "not a port number",
+		"8080:80/sctp":        "unknown protocol",
+		":":                   "not a port number",
+		"8080:0":              "container port",
+		"a.b:80:80":           "not a port number",
+		"8080/":               "unknown protocol",
+		"2001:db8::1:8080:80": "an IPv6 address goes in brackets",
+		"[::1:8080:80":        "an IPv6 address goes in brackets",
+		"[::1]8080:80":        "an IPv6 address goes in brackets",
 	} {
 		if _, err := ParseMappingSpec(spec); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want an error saying %q", spec, err, want)
@@ -170,7 +177,7 @@ func TestParseMappingSpec(t *testing.T) {
 // FuzzMappingSpec: no spec panics the parser or the request check, and
 // every refusal is a 400.
 func FuzzMappingSpec(f *testing.F) {
-	for _, s := range []string{"8080:80", "100.64.0.10:8080:80", "53:53/udp", "8080:127.0.0.1:80", ":", "1:2:3:4:5"} {
+	for _, s := range []string{"8080:80", "100.64.0.10:8080:80", "53:53/udp", "8080:127.0.0.1:80", ":", "1:2:3:4:5", "[::]:8080:[fd00::5]:80", "[2001:db8::1]:8080"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, spec string) {

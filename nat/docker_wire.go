@@ -126,7 +126,7 @@ func ParseMappingSpec(spec string) (DockerAddMapRequest, error) {
 		}
 		r.Proto = strings.ToLower(proto)
 	}
-	parts := strings.Split(body, ":")
+	parts, ok := splitMappingSpec(body)
 	bad := func(format string, args ...any) (DockerAddMapRequest, error) {
 		return DockerAddMapRequest{}, fieldErr("mapping", "%q: "+format+" (want [HOST_IP:]HOST_PORT[:[TARGET_IP:]CONTAINER_PORT][/PROTO])", append([]any{spec}, args...)...)
 	}
@@ -134,6 +134,9 @@ func ParseMappingSpec(spec string) (DockerAddMapRequest, error) {
 	port := func(s string) (int, bool) {
 		n, err := strconv.Atoi(s)
 		return n, err == nil && strings.TrimLeft(s, "0123456789") == "" && n >= 0 && n <= 65535
+	}
+	if !ok {
+		return bad("an IPv6 address goes in brackets, such as [2001:db8::1]:8080:80")
 	}
 	var hostIP, hostPort, target, cport string
 	switch len(parts) {
@@ -154,7 +157,7 @@ func ParseMappingSpec(spec string) (DockerAddMapRequest, error) {
 	case 4:
 		hostIP, hostPort, target, cport = parts[0], parts[1], parts[2], parts[3]
 	default:
-		return bad("%d parts", len(parts))
+		return bad("%d parts (an IPv6 address goes in brackets, such as [2001:db8::1]:8080:80)", len(parts))
 	}
 	hp, ok := port(hostPort)
 	if !ok {
@@ -180,6 +183,35 @@ func ParseMappingSpec(spec string) (DockerAddMapRequest, error) {
 		r.TargetIP = &target
 	}
 	return r, nil
+}
+
+// splitMappingSpec splits a mapping spec at its colons, keeping an IPv6
+// address in brackets ([2001:db8::1]) whole, without the brackets. It
+// fails on a bracket that does not close or is not followed by a colon.
+func splitMappingSpec(body string) ([]string, bool) {
+	var parts []string
+	for {
+		var part string
+		if strings.HasPrefix(body, "[") {
+			end := strings.IndexByte(body, ']')
+			if end < 0 {
+				return nil, false
+			}
+			part, body = body[1:end], body[end+1:]
+			if body != "" && body[0] != ':' {
+				return nil, false
+			}
+		} else if i := strings.IndexByte(body, ':'); i >= 0 {
+			part, body = body[:i], body[i:]
+		} else {
+			part, body = body, ""
+		}
+		parts = append(parts, part)
+		if body == "" {
+			return parts, true
+		}
+		body = body[1:] // the colon
+	}
 }
 
 // mappingRoutes adds the Docker routes to mux.
