@@ -159,14 +159,20 @@ func containerOf(c container.InspectResponse) nat.Container {
 		}
 		sort.Strings(names) // "first network": stable across calls
 		for _, name := range names {
-			if ep := c.NetworkSettings.Networks[name]; ep != nil && ep.IPAddress.Is4() {
+			ep := c.NetworkSettings.Networks[name]
+			if ep == nil {
+				continue
+			}
+			if !out.IP.IsValid() && ep.IPAddress.Is4() {
 				out.IP = ep.IPAddress
-				break
+			}
+			if !out.IP6.IsValid() && ep.GlobalIPv6Address.Is6() {
+				out.IP6 = ep.GlobalIPv6Address
 			}
 		}
 	}
 	if !out.Running {
-		out.IP = netip.Addr{}
+		out.IP, out.IP6 = netip.Addr{}, netip.Addr{}
 	}
 	return out
 }

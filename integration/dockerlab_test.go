@@ -217,6 +217,7 @@ func newDockerLab(t *testing.T) *dockerLab {
 	l.socket, l.state, l.saved = filepath.Join(l.dir, "natmap.sock"), filepath.Join(l.dir, "state.json"), filepath.Join(l.dir, "saved.nft")
 	l.client = netnstest.New(t, "nmdc")
 	ext := "ext" + netnstest.Unique()[:4]
+	l.extIf = ext
 	netnstest.Link(t, l.client, "c0", clientIP+"/24", e.host, ext, dockerHostIP+"/24")
 	e.host.AddAddr(t, ext, "100.64.0.10/32")
 	l.client.MustRun(t, "ip", "route", "add", "100.64.0.10/32", "via", dockerHostIP)

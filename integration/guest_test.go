@@ -502,3 +502,34 @@ func TestIntegrationDockerLoopbackStaysClosed(t *testing.T) {
 		t.Errorf("after clear: route_localnet on docker0 %s (want %s), natmap's DOCKER-USER rule there: %v", got, found, hole())
 	}
 }
+
+// IPv6 Docker mappings: a container on a network with IPv6 is reached at
+// its IPv6 address through a mapping on an IPv6 host address, and a
+// mapping given no host address covers both families, as docker run -p
+// does; remap moves both.
+func TestIntegrationDockerIPv6Mappings(t *testing.T) {
+	d := newDockerLab(t)
+	net6 := "nmv6" + netnstest.Unique()[:4]
+	d.engine.mustDocker(t, "network", "create", "--ipv6", "--subnet", "fd00:d0c::/64", net6)
+	t.Cleanup(func() { d.engine.docker("network", "rm", net6) })
+	d.engine.mustDocker(t, "run", "-d", "--name", "web6", "--network", net6, dockerImage, "-name", "web6", "[::]:80")
+	t.Cleanup(func() { d.engine.docker("rm", "-f", "web6") })
+	d.router.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+	d.client.AddAddr(t, "c0", "2001:db8:1::10/64")
+	d.router.AddAddr(t, d.extIf, "2001:db8:1::1/64")
+	d.client.MustRun(t, "ip", "-6", "route", "add", "default", "via", "2001:db8:1::1")
+	d.start()
+	d.mustCLI("docker", "add", "web6", "8080:80")
+	d.mustCLI("docker", "add", "web6", "[2001:db8:1::1]:8081:80")
+	if src := expectReach(t, d.client, "tcp", "[2001:db8:1::1]:8080", "web6"); src != "2001:db8:1::10" {
+		t.Errorf("IPv6 through the dual mapping: the container saw %s, want the client's 2001:db8:1::10", src)
+	}
+	expectReach(t, d.client, "tcp", dockerHostIP+":8080", "web6")
+	expectReach(t, d.client, "tcp", "[2001:db8:1::1]:8081", "web6")
+	d.mustCLI("docker", "remap", "web6", "8080:9090")
+	expectReach(t, d.client, "tcp", "[2001:db8:1::1]:9090", "web6")
+	expectReach(t, d.client, "tcp", dockerHostIP+":9090", "web6")
+	expectNoReach(t, d.client, "tcp", "[2001:db8:1::1]:8080")
+	d.mustCLI("docker", "rm", "web6", "9090")
+	expectNoReach(t, d.client, "tcp", "[2001:db8:1::1]:9090")
+}

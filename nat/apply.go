@@ -252,9 +252,7 @@ func (s *Service) Apply(ctx context.Context, c Config, prune, dryRun bool) (Appl
 				continue
 			} else {
 				m.Container, m.ContainerID = ct.Name, ct.ID
-				if ct.Running {
-					m.ContainerIP = ct.IP
-				}
+				m.ContainerIP = ct.addrFor(m.HostIP)
 			}
 		}
 		mappings = append(mappings, at[Mapping]{i, m})

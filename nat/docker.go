@@ -18,8 +18,23 @@ type Container struct {
 	// IP is the container's IPv4 address on its first network; invalid
 	// when it has none (not running).
 	IP netip.Addr
+	// IP6 is its IPv6 address on its first network that has one; invalid
+	// when none has (or it does not run).
+	IP6 netip.Addr
 	// Running reports whether the container runs.
 	Running bool
+}
+
+// addrFor is the container's address of the family of a mapping on
+// hostIP (invalid when it has none, or does not run).
+func (c Container) addrFor(hostIP netip.Addr) netip.Addr {
+	if !c.Running {
+		return netip.Addr{}
+	}
+	if hostIP.Is4() {
+		return c.IP
+	}
+	return c.IP6
 }
 
 // Containers finds Docker containers by name, full ID or unique ID prefix.
@@ -110,6 +125,10 @@ type MappingRequest struct {
 	TargetIP netip.Addr
 	// Proto is tcp or udp.
 	Proto Proto
+	// BothFamilies asks, when no host address was given, for an IPv6
+	// twin on [::] as well when the container has an IPv6 address (what
+	// docker run -p does). The socket API's docker add sets it.
+	BothFamilies bool
 }
 
 func (r *MappingRequest) normalize() error {
@@ -133,8 +152,6 @@ func (r *MappingRequest) normalize() error {
 		if r.TargetIP == netip.IPv6Loopback() {
 			return fieldErr("target_ip", "::1 cannot be reached from other hosts: IPv6 has no route_localnet, so the kernel drops packets from the network to ::1 even after a DNAT; make the service listen on :: or the host's address, or map to 127.0.0.1")
 		}
-	} else if !r.HostIP.Is4() {
-		return fieldErr("host_ip", "%s: container mappings are IPv4 (containers are reached at their IPv4 address)", r.HostIP)
 	}
 	if r.Proto != ProtoTCP && r.Proto != ProtoUDP {
 		return fieldErr("proto", "unknown protocol %s (want tcp or udp)", r.Proto)
@@ -158,14 +175,23 @@ func (s *Service) AddMapping(ctx context.Context, req MappingRequest) (m Mapping
 	}
 	m = Mapping{Container: req.Container, HostIP: req.HostIP, HostPort: req.HostPort,
 		ContainerPort: req.ContainerPort, Proto: req.Proto, TargetIP: req.TargetIP}
+	var also *Mapping // the IPv6 twin of a mapping given no host address
 	if !m.Local() {
 		c, err := s.findContainer(ctx, req.Container)
 		if err != nil {
 			return Mapping{}, false, err
 		}
 		m.Container, m.ContainerID = c.Name, c.ID
-		if c.Running {
-			m.ContainerIP = c.IP
+		m.ContainerIP = c.addrFor(m.HostIP)
+		if c.Running && !m.ContainerIP.IsValid() {
+			return Mapping{}, false, fieldErr("host_ip", "container %s has no IPv6 address: none of its networks has IPv6 (docker network create --ipv6), so a mapping on %s cannot reach it", c.Name, m.HostIP)
+		}
+		if req.BothFamilies && m.HostIP == netip.IPv4Unspecified() && c.IP6.IsValid() && m.HostPort != 0 {
+			// Like docker run -p 8080:80: both families when the
+			// container has both.
+			six := m
+			six.HostIP, six.ContainerIP = netip.IPv6Unspecified(), c.addrFor(netip.IPv6Unspecified())
+			also = &six
 		}
 	}
 	defer s.lock()()
@@ -180,25 +206,37 @@ func (s *Service) AddMapping(ctx context.Context, req MappingRequest) (m Mapping
 			return old, false, nil
 		}
 	}
-	m.ID = s.nextID
+	added := []Mapping{m}
+	if also != nil {
+		six := *also
+		six.HostPort, six.net = m.HostPort, s.netOf(six.ContainerIP)
+		added = append(added, six)
+	}
 	tx := &txn{}
-	fresh, err := s.own(tx, []Forward{m.forward()})
-	if err != nil {
-		tx.rollback()
-		return Mapping{}, false, err
-	}
-	if !m.target().IsValid() {
-		put(tx, s.parked, m.forward().Endpoint(), fmt.Sprintf("container %s is not running", m.Container))
-	}
-	put(tx, s.mappings, m.ID, m)
 	prevID := s.nextID
-	s.nextID = m.ID + 1
 	tx.undo = append(tx.undo, func() { s.nextID = prevID })
+	var fresh []Forward
+	for i := range added {
+		added[i].ID = s.nextID
+		s.nextID++
+		f, err := s.own(tx, []Forward{added[i].forward()})
+		if err != nil {
+			tx.rollback()
+			return Mapping{}, false, err
+		}
+		fresh = append(fresh, f...)
+		if !added[i].target().IsValid() {
+			put(tx, s.parked, added[i].forward().Endpoint(), fmt.Sprintf("container %s is not running", added[i].Container))
+		}
+		put(tx, s.mappings, added[i].ID, added[i])
+	}
 	if err := s.commit(ctx, tx, edit{fresh: fresh, rules: true}); err != nil {
 		return Mapping{}, false, fmt.Errorf("adding %s: %w", m, err)
 	}
-	s.log.Info("mapping added", "mapping", m.String(), "target", m.target())
-	return m, true, nil
+	for _, a := range added {
+		s.log.Info("mapping added", "mapping", a.String(), "target", a.target())
+	}
+	return added[0], true, nil
 }
 
 // findContainer asks Docker, which must be there.
@@ -314,46 +352,55 @@ func (s *Service) mappingOwner(ctx context.Context, ref string) string {
 // Remap moves a mapping to a new host port without touching the container:
 // the new port is reserved and installed, and the old one withdrawn, in one
 // kernel transaction. On any failure the old mapping is untouched.
-func (s *Service) Remap(ctx context.Context, container string, proto Proto, from, to uint16) (Mapping, error) {
+func (s *Service) Remap(ctx context.Context, container string, proto Proto, from, to uint16) ([]Mapping, error) {
 	if err := CheckContainerRef(container); err != nil {
-		return Mapping{}, err
+		return nil, err
 	}
 	if to == 0 {
-		return Mapping{}, fieldErr("new_host_port", "port 0 is out of range 1-65535")
+		return nil, fieldErr("new_host_port", "port 0 is out of range 1-65535")
 	}
 	name := s.mappingOwner(ctx, container)
 	defer s.lock()()
-	var old Mapping
-	found := false
+	// Every mapping of the port moves: IPv4 and IPv6 alike.
+	var olds []Mapping
 	for _, m := range s.mappings {
 		if m.Container == name && m.HostPort == from && m.Proto == proto {
-			old, found = m, true
+			olds = append(olds, m)
 		}
 	}
-	if !found {
-		return Mapping{}, fmt.Errorf("no mapping of %s on host port %d/%s: %w", container, from, proto, ErrNotFound)
+	slices.SortFunc(olds, func(a, b Mapping) int { return a.ID - b.ID })
+	if len(olds) == 0 {
+		return nil, fmt.Errorf("no mapping of %s on host port %d/%s: %w", container, from, proto, ErrNotFound)
 	}
 	if from == to {
-		return old, nil
+		return olds, nil
 	}
-	m := old
-	m.HostPort = to
 	tx := &txn{}
-	fresh, err := s.own(tx, []Forward{m.forward()})
-	if err != nil {
-		tx.rollback()
-		return Mapping{}, err
+	var e edit
+	moved := make([]Mapping, len(olds))
+	for i, old := range olds {
+		m := old
+		m.HostPort = to
+		fresh, err := s.own(tx, []Forward{m.forward()})
+		if err != nil {
+			tx.rollback()
+			return nil, err
+		}
+		if reason, down := s.parked[old.forward().Endpoint()]; down {
+			put(tx, s.parked, m.forward().Endpoint(), reason)
+		}
+		e.fresh = append(e.fresh, fresh...)
+		e.gone = append(e.gone, s.disown(tx, []Forward{old.forward()})...)
+		put(tx, s.mappings, m.ID, m)
+		moved[i] = m
 	}
-	if reason, down := s.parked[old.forward().Endpoint()]; down {
-		put(tx, s.parked, m.forward().Endpoint(), reason)
+	if err := s.commit(ctx, tx, e); err != nil {
+		return nil, fmt.Errorf("remapping %s to port %d: %w", olds[0], to, err)
 	}
-	gone := s.disown(tx, []Forward{old.forward()})
-	put(tx, s.mappings, m.ID, m)
-	if err := s.commit(ctx, tx, edit{fresh: fresh, gone: gone}); err != nil {
-		return Mapping{}, fmt.Errorf("remapping %s to port %d: %w", old, to, err)
+	for _, m := range moved {
+		s.log.Info("mapping remapped", "mapping", m.String(), "old_port", from)
 	}
-	s.log.Info("mapping remapped", "mapping", m.String(), "old_port", from)
-	return m, nil
+	return moved, nil
 }
 
 // flushUDP queues the UDP forwards removed from the kernel for a flush of

@@ -24,9 +24,7 @@ func (s *Service) ContainerChanged(ctx context.Context, name string, c Container
 		next.ContainerIP = netip.Addr{}
 		if found {
 			next.ContainerID = c.ID
-			if c.Running {
-				next.ContainerIP = c.IP
-			}
+			next.ContainerIP = c.addrFor(m.HostIP)
 		}
 		next.net = s.netOf(next.ContainerIP)
 		if next == m {

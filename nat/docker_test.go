@@ -220,3 +220,55 @@ func TestParkedAndInactiveMapping(t *testing.T) {
 		t.Fatalf("after start:\n%s", got)
 	}
 }
+
+// A mapping given no host address covers both families when the container
+// has both, like docker run -p; one on an IPv6 host address reaches the
+// container's IPv6 address; remap and rm move or remove both.
+func TestIPv6Mappings(t *testing.T) {
+	web := Container{ID: "abc123", Name: "web", Running: true, IP: netip.MustParseAddr("172.17.0.2"), IP6: netip.MustParseAddr("fd00:d0c::2")}
+	old := Container{ID: "def456", Name: "old", Running: true, IP: netip.MustParseAddr("172.17.0.3")}
+	r := dockerRig(t, fakeDocker{"web": web, "old": old})
+	if _, _, err := r.svc.AddMapping(ctx, MappingRequest{Container: "web", HostPort: 8080, ContainerPort: 80, Proto: ProtoTCP, BothFamilies: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.svc.AddMapping(ctx, MappingRequest{Container: "web", HostIP: netip.MustParseAddr("2001:db8::1"), HostPort: 8081, ContainerPort: 80, Proto: ProtoTCP}); err != nil {
+		t.Fatal(err)
+	}
+	want := `dnat tcp 0.0.0.0:8080 -> 172.17.0.2:80
+dnat tcp [::]:8080 -> [fd00:d0c::2]:80
+dnat tcp [2001:db8::1]:8081 -> [fd00:d0c::2]:80
+`
+	if got := r.fake.Dump(); !strings.HasPrefix(got, want) {
+		t.Errorf("kernel:\n%s\nwant it to start with\n%s", got, want)
+	}
+	moved, err := r.svc.Remap(ctx, "web", ProtoTCP, 8080, 9090)
+	if err != nil || len(moved) != 2 {
+		t.Fatalf("remap: %v %v", moved, err)
+	}
+	if got := r.fake.Dump(); !strings.Contains(got, "0.0.0.0:9090 -> 172.17.0.2:80") || !strings.Contains(got, "[::]:9090 -> [fd00:d0c::2]:80") || strings.Contains(got, ":8080 ") {
+		t.Errorf("kernel after remap:\n%s", got)
+	}
+	if gone, err := r.svc.RemoveMappings(ctx, MappingSelector{Container: "web", HostPort: 9090, Proto: ProtoTCP}); err != nil || len(gone) != 2 {
+		t.Errorf("rm: %v %v", gone, err)
+	}
+	// A container without IPv6 gets IPv4 alone, and a mapping on an IPv6
+	// host address is refused with the reason.
+	if _, _, err := r.svc.AddMapping(ctx, MappingRequest{Container: "old", HostPort: 8082, ContainerPort: 80, Proto: ProtoTCP, BothFamilies: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.fake.Dump(); strings.Contains(got, ":8082 -> [") {
+		t.Errorf("a container without IPv6 got an IPv6 mapping:\n%s", got)
+	}
+	_, _, err = r.svc.AddMapping(ctx, MappingRequest{Container: "old", HostIP: netip.IPv6Unspecified(), HostPort: 8083, ContainerPort: 80, Proto: ProtoTCP})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "has no IPv6 address") {
+		t.Errorf("an IPv6 mapping of a container without IPv6: %v", err)
+	}
+	// The container moves: the IPv6 mapping follows its IPv6 address.
+	web.IP6 = netip.MustParseAddr("fd00:d0c::9")
+	if err := r.svc.ContainerChanged(ctx, "web", web, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.fake.Dump(); !strings.Contains(got, "[2001:db8::1]:8081 -> [fd00:d0c::9]:80") {
+		t.Errorf("kernel after the container moved:\n%s", got)
+	}
+}

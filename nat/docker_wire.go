@@ -89,7 +89,7 @@ func portField(field string, v int, zeroOK bool) (uint16, error) {
 }
 
 func (r DockerAddMapRequest) toRequest(container string) (MappingRequest, error) {
-	req := MappingRequest{Container: container}
+	req := MappingRequest{Container: container, BothFamilies: r.HostIP == nil || *r.HostIP == ""}
 	var err error
 	if r.HostIP != nil && *r.HostIP != "" {
 		if req.HostIP, err = ParseAddr("host_ip", *r.HostIP); err != nil {
@@ -304,11 +304,15 @@ func (a *api) remap(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, &FieldError{Field: "proto", Msg: err.Error()})
 		return
 	}
-	m, err := a.svc.Remap(r.Context(), r.PathValue("container"), proto, from, to)
+	moved, err := a.svc.Remap(r.Context(), r.PathValue("container"), proto, from, to)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
 	w.Header().Set(ChangedHeader, fmt.Sprint(from != to))
-	reply(w, http.StatusOK, []DockerPortMap{PortMapOf(m)})
+	out := make([]DockerPortMap, len(moved))
+	for i, m := range moved {
+		out[i] = PortMapOf(m)
+	}
+	reply(w, http.StatusOK, out)
 }
