@@ -69,11 +69,15 @@ func TestExampleFile(t *testing.T) {
 func TestExportRoundTrip(t *testing.T) {
 	ifname, lan := "vmbr0", "10.0.0.0/24"
 	c := nat.Config{Version: 1, Forwarding: &nat.ForwardingConfig{IPv4: true},
-		Dnat:         []nat.DnatConfig{{ExtIP: "203.0.113.43", IntIP: "10.0.0.101", Ports: "25,2525:25", Proto: "tcp", ExtIf: &ifname}},
-		Snat:         []nat.SnatConfig{{IntIP: "10.0.0.0/24", ExtIP: "203.0.113.43", ExtIf: "vmbr0"}},
-		Hairpin:      []nat.HairpinConfig{{ExtIP: "203.0.113.43", IntIP: "10.0.0.101", Ports: "25", Proto: "tcp", LanCIDR: &lan}},
+		Dnat: []nat.DnatConfig{{ExtIP: "203.0.113.43", IntIP: "10.0.0.101", Ports: "25,2525:25", Proto: "tcp", ExtIf: &ifname},
+			{IntIP: "10.0.0.102", Ports: "443", Proto: "tcp", ExtIf: &ifname}}, // by interface
+		Snat: []nat.SnatConfig{{IntIP: "10.0.0.0/24", ExtIP: "203.0.113.43", ExtIf: "vmbr0"},
+			{IntIP: "10.0.1.0/24", ExtIf: "vmbr0"}}, // masquerade
+		Hairpin: []nat.HairpinConfig{{ExtIP: "203.0.113.43", IntIP: "10.0.0.101", Ports: "25", Proto: "tcp", LanCIDR: &lan},
+			{IntIP: "10.0.0.102", Ports: "443", Proto: "tcp", LanCIDR: &lan, ExtIf: &ifname}},
 		PolicyRoutes: []nat.PolicyRouteConfig{{SrcIP: "10.0.0.101", Via: "10.0.0.1", Table: 100}},
-		Docker:       []nat.MappingConfig{{Container: "web", HostPort: 8080, ContainerPort: 80, Proto: "tcp"}},
+		Docker: []nat.MappingConfig{{Container: "web", HostPort: 8080, ContainerPort: 80, Proto: "tcp"},
+			{Container: "web", HostIP: "::", HostPort: 8080, ContainerPort: 80, Proto: "tcp"}},
 	}
 	b, err := Export(c)
 	if err != nil {

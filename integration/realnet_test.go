@@ -2,6 +2,7 @@ package integration
 
 import (
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -62,6 +63,9 @@ func TestIntegrationMasqueradeFollowsTheWANAddress(t *testing.T) {
 	if src := sourceSeen(dialFrom(t, l.server2, server2IP, clientIP+":7000")); src != "203.0.113.1" {
 		t.Errorf("masqueraded connection seen from %s, want the WAN address 203.0.113.1", src)
 	}
+	if got, err := dial(l.server2, "udp", clientIP+":7000"); err != nil || sourceSeen(got) != "203.0.113.1" {
+		t.Errorf("masqueraded UDP seen as %q (%v), want from the WAN address 203.0.113.1", got, err)
+	}
 	if src := sourceSeen(dialFrom(t, l.server, serverIP, clientIP+":7000")); src != extIP {
 		t.Errorf("the fixed SNAT's connection seen from %s, want %s", src, extIP)
 	}
@@ -77,6 +81,9 @@ func TestIntegrationMasqueradeFollowsTheWANAddress(t *testing.T) {
 	l.router.MustRun(t, "ip", "addr", "add", "203.0.113.2/24", "dev", "ext0")
 	if src := sourceSeen(dialFrom(t, l.server2, server2IP, clientIP+":7000")); src != "203.0.113.2" {
 		t.Errorf("after the WAN address changed, masqueraded connection seen from %s, want 203.0.113.2", src)
+	}
+	if got, err := dial(l.server2, "udp", clientIP+":7000"); err != nil || sourceSeen(got) != "203.0.113.2" {
+		t.Errorf("after the WAN address changed, masqueraded UDP seen as %q (%v), want from 203.0.113.2", got, err)
 	}
 	// The rule round-trips through export.
 	if cfg := l.mustCLI("export"); !strings.Contains(cfg, "int_ip: 10.0.0.0/24") || strings.Contains(cfg, `ext_ip: ""`) {
@@ -105,6 +112,16 @@ func TestIntegrationIPv6HairpinCoversTheLAN(t *testing.T) {
 	expectReach(t, l.server, "tcp", addr, "mail")
 	if src := expectReach(t, l.client, "tcp", addr, "mail"); src != "2001:db8:1::10" {
 		t.Errorf("the outside client seen as %s, want its own address", src)
+	}
+	// IPv6 DNAT of a list, a range and a translation, TCP and UDP.
+	serve(t, l.server, "v6", "[fd00::101]:465", "[fd00::101]:8000", "[fd00::101]:8002", "[fd00::101]:22")
+	for _, proto := range []string{"tcp", "udp"} {
+		l.mustCLI("dnat", "--ext-ip", extIP6, "--int-ip", "fd00::101", "--ports", "465,8000-8002,2222:22", "--proto", proto)
+		for _, port := range []string{"465", "8000", "8002", "2222"} {
+			if src := expectReach(t, l.client, proto, "["+extIP6+"]:"+port, "v6"); src != "2001:db8:1::10" {
+				t.Errorf("%s port %s: the server saw %s", proto, port, src)
+			}
+		}
 	}
 }
 
@@ -194,10 +211,21 @@ func TestIntegrationDNATByInterface(t *testing.T) {
 	l.mustCLI("hairpin", "--ext-if", "ext0", "--int-ip", serverIP, "--ports", "443", "--delete")
 	expectNoReach(t, l.server2, "tcp", "203.0.113.2:443")
 
-	// A restart restores it; deleting it frees the port.
+	// A restart restores it; an exported file applies it again.
 	l.stopDaemon()
 	l.startDaemon()
 	expectReach(t, l.client, "tcp", "203.0.113.2:443", "web")
+	file := filepath.Join(l.dir, "natmap.yaml")
+	if err := os.WriteFile(file, []byte(l.mustCLI("export")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l.mustCLI("clear")
+	expectNoReach(t, l.client, "tcp", "203.0.113.2:443")
+	l.mustCLI("apply", "-f", file)
+	expectReach(t, l.client, "tcp", "203.0.113.2:443", "web")
+	if out, _, code := l.cli("diff", "-f", file); code != 0 {
+		t.Errorf("diff after apply: exit %d (want 0, nothing to change)\n%s", code, out)
+	}
 	for _, proto := range []string{"tcp", "udp"} {
 		l.mustCLI("dnat", "--ext-if", "ext0", "--int-ip", serverIP, "--ports", "443", "--proto", proto, "--delete")
 	}

@@ -56,8 +56,8 @@ type SnatEntry struct {
 
 // HairpinConfig is the body of POST and DELETE /hairpin.
 type HairpinConfig struct {
-	// ExtIP is the external address.
-	ExtIP string `json:"ext_ip" yaml:"ext_ip"`
+	// ExtIP is the external address (empty with ExtIf).
+	ExtIP string `json:"ext_ip" yaml:"ext_ip,omitempty"`
 	// IntIP is the service's internal address.
 	IntIP string `json:"int_ip" yaml:"int_ip"`
 	// Ports is a port list, as for DNAT.
