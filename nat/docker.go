@@ -183,7 +183,7 @@ func (s *Service) AddMapping(ctx context.Context, req MappingRequest) (m Mapping
 		}
 		m.Container, m.ContainerID = c.Name, c.ID
 		m.ContainerIP = c.addrFor(m.HostIP)
-		if c.Running && !m.ContainerIP.IsValid() {
+		if c.Running && !m.ContainerIP.IsValid() && m.HostIP.Is6() {
 			return Mapping{}, false, fieldErr("host_ip", "container %s has no IPv6 address: none of its networks has IPv6 (docker network create --ipv6), so a mapping on %s cannot reach it", c.Name, m.HostIP)
 		}
 		if req.BothFamilies && m.HostIP == netip.IPv4Unspecified() && c.IP6.IsValid() && m.HostPort != 0 {
