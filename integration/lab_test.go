@@ -148,6 +148,11 @@ func (l *lab) tryStartDaemon(extra ...string) error {
 	if !slices.Contains(extra, "--backend") {
 		args = append(args, backendArgs()...)
 	}
+	if !slices.Contains(extra, "--docker-host") {
+		// Never the host's own Docker (/var/run/docker.sock or
+		// DOCKER_HOST): a test that wants Docker starts its own engine.
+		args = append(args, "--docker-host", "unix://"+filepath.Join(l.dir, "no-docker.sock"))
+	}
 	cmd := l.router.Cmd(binary, args...)
 	l.daemonLog = &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = l.daemonLog, l.daemonLog

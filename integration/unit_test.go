@@ -131,7 +131,8 @@ func TestUnitSandbox(t *testing.T) {
 	if testBackend() != "nftables" {
 		savePath = moved("/etc/iptables/rules.v4")
 	}
-	args = append(args, "--save-path", savePath, "--retry-interval", "1s")
+	args = append(args, "--save-path", savePath, "--retry-interval", "1s",
+		"--docker-host", "unix://"+filepath.Join(l.dir, "no-docker.sock")) // never the host's own Docker
 	args = append(args, backendArgs()...)
 	args[0] = binary
 	var caps []string

@@ -23,7 +23,9 @@ import (
 //
 //   - complete lines are replayed onto the state file, in order;
 //   - an incomplete last line (the daemon stopped while writing it) was
-//     never acknowledged and is ignored;
+//     never acknowledged and is ignored; so is a last line that does not
+//     decode (a write torn by a crash can end in a newline), with a warning
+//     that names it, while a damaged line before the last stops the load;
 //   - a journal whose header names other content is ignored: either the
 //     state file was written whole after it (its changes are all in the
 //     file) or somebody edited the file, whose content then wins.
@@ -179,6 +181,12 @@ func (f *File) replayJournal(b []byte, st nat.State, jb []byte) (nat.State, erro
 		}
 		return st, nil
 	}
+	last := 0 // the index in lines[1:] of the last complete line
+	for i, l := range lines[1:] {
+		if complete(l) {
+			last = i
+		}
+	}
 	var ds []nat.Delta
 	for i, l := range lines[1:] {
 		if len(l) == 0 {
@@ -193,6 +201,11 @@ func (f *File) replayJournal(b []byte, st nat.State, jb []byte) (nat.State, erro
 		dec := json.NewDecoder(bytes.NewReader(l))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&d); err != nil {
+			if i == last {
+				f.logger().Warn("dropping the state journal's last change, which does not decode (a write torn by a crash); the changes before it are kept",
+					"journal", f.JournalPath(), "line", i+2, "err", err, "kept", len(ds))
+				break
+			}
 			return nat.State{}, fmt.Errorf("state journal %s line %d: %w", f.JournalPath(), i+2, err)
 		}
 		ds = append(ds, d)

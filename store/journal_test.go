@@ -294,6 +294,32 @@ func TestJournalDamagedLine(t *testing.T) {
 	}
 }
 
+// A last line that does not decode is a write torn by a crash: the changes
+// before it are kept, and the load says what it dropped.
+func TestJournalTornLastLine(t *testing.T) {
+	j := newJournalled(t, 3)
+	j.add(3)
+	before := j.st
+	j.add(4)
+	b, _ := os.ReadFile(j.f.JournalPath())
+	ls := bytes.SplitAfter(b, []byte("\n"))
+	ls[2] = []byte("{\"add\": {\"dnats\": [{\"ext_ip\": \"203.0\u0000\u0000\n")
+	if err := os.WriteFile(j.f.JournalPath(), bytes.Join(ls, nil), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	st, err := (&File{Path: j.f.Path, Log: slog.New(slog.NewTextHandler(&log, nil))}).Load()
+	if err != nil {
+		t.Fatalf("load with a torn last line: %v", err)
+	}
+	if !reflect.DeepEqual(st, before) {
+		t.Errorf("state with the torn line dropped:\n%+v\nwant\n%+v", st, before)
+	}
+	if !strings.Contains(log.String(), "dropping the state journal's last change") || !strings.Contains(log.String(), "line=3") {
+		t.Errorf("the load did not say what it dropped:\n%s", log.String())
+	}
+}
+
 // A reload reads the state file and journal while the daemon keeps
 // changing and compacting them: every load is a state the daemon was in.
 func TestJournalLoadDuringWrites(t *testing.T) {
