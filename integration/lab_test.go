@@ -60,6 +60,9 @@ type lab struct {
 	daemon                               *exec.Cmd
 	daemonLog                            *syncBuffer
 	daemonDone                           chan error
+	// spawned, when set, is called with the daemon's process as soon as
+	// it started, before it is ready.
+	spawned func(*os.Process)
 }
 
 const (
@@ -158,6 +161,9 @@ func (l *lab) tryStartDaemon(extra ...string) error {
 	cmd.Stdout, cmd.Stderr = l.daemonLog, l.daemonLog
 	if err := cmd.Start(); err != nil {
 		return err
+	}
+	if l.spawned != nil {
+		l.spawned(cmd.Process)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()

@@ -20,6 +20,25 @@ func (s *Service) Reload(ctx context.Context, st State) error {
 	return nil
 }
 
+// ReloadWith is Reload of the state load returns, read under the service
+// lock: no change can be acknowledged between the read and the replace,
+// so a reload never reverts a change made while it ran (the state file and
+// its journal hold every acknowledged change, all written under the same
+// lock).
+func (s *Service) ReloadWith(ctx context.Context, load func() (State, error)) error {
+	unlock := s.lock()
+	st, err := load()
+	if err == nil {
+		err = s.replaceLocked(ctx, st, false)
+	}
+	unlock()
+	if err != nil {
+		return err
+	}
+	s.log.Info("configuration reloaded", s.counts()...)
+	return nil
+}
+
 // replaceAll is Reload; strict refuses the whole change, listing every
 // port it could not reserve, instead of keeping those forwards inactive.
 func (s *Service) replaceAll(ctx context.Context, st State, strict bool) error {

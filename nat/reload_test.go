@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 )
 
 func reloadStates(t *testing.T) (before, after State) {
@@ -112,5 +113,42 @@ func TestReloadFailuresChangeNothing(t *testing.T) {
 				t.Fatalf("a failed reload changed things:\n%s\nwant\n%s", got, snap)
 			}
 		})
+	}
+}
+
+// A change requested while a reload reads the state waits for the reload
+// and then applies: the reload never reverts an acknowledged change.
+func TestReloadWithSerializesChanges(t *testing.T) {
+	before, after := reloadStates(t)
+	r := newRig(t, before)
+	late := dnat(t, "203.0.113.45", "10.0.0.105", "80", "tcp", "")
+	done := make(chan error, 1)
+	err := r.svc.ReloadWith(ctx, func() (State, error) {
+		go func() {
+			_, _, err := r.svc.AddDNAT(ctx, late)
+			done <- err
+		}()
+		// Were the state read outside the lock, the change would go
+		// through now and the reload would then revert it.
+		select {
+		case err := <-done:
+			t.Errorf("a change went through while the reload read the state (err %v)", err)
+			done <- err
+		case <-time.After(200 * time.Millisecond):
+		}
+		return after, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, d := range r.svc.State().Dnats {
+		found = found || d.ID() == late.ID()
+	}
+	if !found {
+		t.Errorf("the change made during the reload is gone: %+v", r.svc.State().Dnats)
 	}
 }

@@ -50,6 +50,12 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	log := slog.New(slog.NewTextHandler(out.stderr, &slog.HandlerOptions{Level: logLevel(g.Verbose), AddSource: g.Verbose >= 2}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGHUP is caught from the first moment: one that arrives during
+	// start-up waits for readiness and reloads then, instead of killing the
+	// daemon (whose clean exit systemd would not restart).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
 	raiseFileLimit(log)
 	if err := refuseLiveSocket(g.Socket); err != nil {
@@ -165,9 +171,6 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		log.Warn("readiness not sent", "err", err)
 	}
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for done := false; !done; {
 		select {
 		case <-ctx.Done():
@@ -203,12 +206,7 @@ func reload(ctx context.Context, svc *nat.Service, file *store.File, log *slog.L
 	_ = notify("RELOADING=1", "MONOTONIC_USEC="+monotonicUsec())
 	defer func() { _ = notify("READY=1", "STATUS="+svc.Stats().Summary()) }()
 	log.Info("reloading the state file", "state", file.Path)
-	st, err := file.Load()
-	if err != nil {
-		log.Error("reload refused, nothing changed", "err", err)
-		return
-	}
-	if err := svc.Reload(ctx, st); err != nil {
+	if err := svc.ReloadWith(ctx, file.Load); err != nil {
 		log.Error("reload refused, nothing changed", "state", file.Path, "err", err)
 	}
 }
