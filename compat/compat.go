@@ -541,13 +541,22 @@ func LegacyInUse() (bool, int) {
 		if err != nil {
 			continue
 		}
-		for _, l := range strings.Split(string(out), "\n") {
-			if strings.HasPrefix(l, "-A ") {
-				n++
-			}
-		}
+		n += foreignRules(string(out))
 	}
 	return n > 0, n
+}
+
+// foreignRules counts the rules of iptables-save text that are not
+// natmap's: natmap's own chains, left by an earlier run on the legacy
+// variant, must not keep --backend auto on iptables-legacy forever.
+func foreignRules(save string) int {
+	n := 0
+	for _, l := range strings.Split(save, "\n") {
+		if strings.HasPrefix(l, "-A ") && !ownLine(l) {
+			n++
+		}
+	}
+	return n
 }
 
 // Available reports whether the tools of mode are installed.

@@ -120,3 +120,16 @@ func TestOwnLine(t *testing.T) {
 		}
 	}
 }
+
+// natmap's own rules in the legacy tables do not count as the host's: an
+// earlier run on iptables-legacy must not keep --backend auto there.
+func TestForeignRules(t *testing.T) {
+	v4, _ := Render(mergeRuleset())
+	if n := foreignRules(string(v4)); n != 0 {
+		t.Errorf("natmap's own rendering counts %d foreign rules", n)
+	}
+	merged, _ := Merge([]byte(hostRulesV4), v4)
+	if n := foreignRules(string(merged)); n != 5 {
+		t.Errorf("the host's file with natmap's merged in counts %d foreign rules, want the host's 5", n)
+	}
+}

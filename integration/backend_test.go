@@ -27,6 +27,19 @@ func TestIntegrationBackendAuto(t *testing.T) {
 		t.Errorf("clean host: %s (%s)", st.Backend, st.BackendReason)
 	}
 	l.stopDaemon()
+	// natmap's own chains, left on iptables-legacy by a run there, do not
+	// keep auto on iptables-legacy.
+	l.startDaemon("--backend", "iptables", "--iptables-mode", "legacy")
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25")
+	l.stopDaemon()
+	l.startDaemon("--backend", "auto")
+	if st := status(t, l); st.Backend != "nftables" || !strings.Contains(st.BackendReason, "no iptables-legacy rules") {
+		t.Errorf("after a run on iptables-legacy: %s (%s)", st.Backend, st.BackendReason)
+	}
+	if out := l.router.MustRun(t, "iptables-legacy-save"); strings.Contains(out, "NATMAP") {
+		t.Errorf("natmap's legacy chains stayed after the move to nftables:\n%s", out)
+	}
+	l.stopDaemon()
 
 	legacy := newLab(t)
 	legacy.router.MustRun(t, "iptables-legacy", "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.0/24", "-j", "RETURN")
