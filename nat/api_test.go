@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -162,4 +163,48 @@ func FuzzAPIBodies(f *testing.F) {
 			}
 		}
 	})
+}
+
+// cancelCheck is a backend whose Apply waits for the test, then records
+// whether its context was cancelled.
+type cancelCheck struct {
+	*Fake
+	started, proceed chan struct{}
+	sawCancel        chan bool
+}
+
+func (c *cancelCheck) Apply(ctx context.Context, ch Change) error {
+	close(c.started)
+	<-c.proceed
+	c.sawCancel <- ctx.Err() != nil
+	return c.Fake.Apply(ctx, ch)
+}
+
+// A client that leaves in the middle of a change does not cut it short:
+// the backend's context is not cancelled, and the change is made whole.
+func TestClientLeavingDoesNotCancelAChange(t *testing.T) {
+	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
+	cc := &cancelCheck{Fake: r.fake, started: make(chan struct{}), proceed: make(chan struct{}), sawCancel: make(chan bool, 1)}
+	deps := r.deps()
+	deps.Backend = cc
+	r.svc = NewService(deps)
+	if err := r.svc.Start(context.Background(), State{}); err != nil {
+		t.Fatal(err)
+	}
+	h := NewHandler(r.svc, Info{Version: "test"}, nil)
+	reqCtx, cancel := context.WithCancel(WithPeer(context.Background(), Peer{UID: 0, PID: 1}))
+	req := httptest.NewRequest("POST", "/dnat", strings.NewReader(`{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25"}`)).WithContext(reqCtx)
+	w := httptest.NewRecorder()
+	served := make(chan struct{})
+	go func() { h.ServeHTTP(w, req); close(served) }()
+	<-cc.started
+	cancel() // the client hangs up
+	close(cc.proceed)
+	if <-cc.sawCancel {
+		t.Error("the backend's change was cancelled when the client left")
+	}
+	<-served
+	if got := r.fake.Dump(); !strings.Contains(got, "203.0.113.43:25") {
+		t.Errorf("kernel after the client left:\n%s", got)
+	}
 }

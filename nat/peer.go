@@ -58,14 +58,17 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 
 // audit logs every mutating request with its peer's uid and pid, its
 // status and how long it took, and collects the warnings the change
-// gives (WarningHeader).
+// gives (WarningHeader). A mutating request runs to its end even when
+// its client goes away (Ctrl-C, a client's timeout): a change already
+// started is never cut short halfway (an iptables-restore killed between
+// its two families).
 func audit(log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet || r.Method == http.MethodHead {
 			next.ServeHTTP(w, r)
 			return
 		}
-		ctx, warned := withWarnings(r.Context())
+		ctx, warned := withWarnings(context.WithoutCancel(r.Context()))
 		r = r.WithContext(ctx)
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK, warnings: warned}
 		start := time.Now()
