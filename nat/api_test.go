@@ -208,3 +208,35 @@ func TestClientLeavingDoesNotCancelAChange(t *testing.T) {
 		t.Errorf("kernel after the client left:\n%s", got)
 	}
 }
+
+// A container named by-id has its ports removed by the unambiguous route;
+// the earlier API's /mapping/by-id/N stays the mapping with ID N.
+func TestMappingNamedByID(t *testing.T) {
+	r := newRig(t, State{})
+	for _, body := range []string{
+		`{"host_port":8080,"container_port":80,"target_ip":"10.0.0.101"}`,
+		`{"host_port":3,"container_port":80,"target_ip":"10.0.0.102"}`,
+		`{"host_port":8082,"container_port":80,"target_ip":"10.0.0.103"}`,
+	} {
+		name := "other"
+		if strings.Contains(body, `"host_port":3,`) {
+			name = "by-id"
+		}
+		if code, reply, _ := serve(t, r, "POST", "/mapping/"+name, body); code != 200 {
+			t.Fatalf("%s: %d %s", body, code, reply)
+		}
+	}
+	// Mapping #3 is other's 8082; by-id's port 3 is mapping #2.
+	if code, reply, _ := serve(t, r, "DELETE", "/mapping/by-id/port/3", ""); code != 200 {
+		t.Fatalf("DELETE /mapping/by-id/port/3: %d %s", code, reply)
+	}
+	if got := r.fake.Dump(); strings.Contains(got, "0.0.0.0:3 ") || !strings.Contains(got, "0.0.0.0:8082") {
+		t.Errorf("after removing by-id's port 3:\n%s", got)
+	}
+	if code, _, _ := serve(t, r, "DELETE", "/mapping/by-id/3", ""); code != 200 {
+		t.Fatalf("DELETE /mapping/by-id/3: %d", code)
+	}
+	if got := r.fake.Dump(); strings.Contains(got, "0.0.0.0:8082") || !strings.Contains(got, "0.0.0.0:8080") {
+		t.Errorf("after removing mapping #3:\n%s", got)
+	}
+}

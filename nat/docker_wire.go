@@ -218,6 +218,9 @@ func splitMappingSpec(body string) ([]string, bool) {
 func (a *api) mappingRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /mapping/{container}", a.addMapping)
 	mux.HandleFunc("DELETE /mapping/{container}/{port}", a.removeMappingPort)
+	// The same without the earlier API's ambiguity: /mapping/by-id/3 is
+	// mapping #3, never port 3 of a container named by-id.
+	mux.HandleFunc("DELETE /mapping/{container}/port/{port}", a.removeMappingPort)
 	mux.HandleFunc("DELETE /mapping/by-id/{id}", a.removeMappingID)
 	mux.HandleFunc("DELETE /mapping/{container}", a.removeMappingAll)
 	mux.HandleFunc("PUT /remap/{container}", a.remap)

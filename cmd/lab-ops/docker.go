@@ -87,7 +87,7 @@ func (c *DockerRmCmd) Run(g *Globals, out *output) error {
 		if _, err := strconv.Atoi(num); err != nil {
 			return fmt.Errorf("port: %q is not a port number", num)
 		}
-		path = "/mapping/" + url.PathEscape(container) + "/" + num
+		path = "/mapping/" + url.PathEscape(container) + "/port/" + num
 		if proto != "" {
 			path += "?proto=" + url.QueryEscape(proto)
 		}
