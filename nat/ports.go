@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strconv"
@@ -190,7 +191,8 @@ func mergeMaps(maps []PortMap) PortList {
 // Pairs must not repeat an external port.
 func PortListOf(pairs []PortPair) PortList {
 	sorted := slices.Clone(pairs)
-	slices.SortFunc(sorted, func(a, b PortPair) int { return int(a.Ext) - int(b.Ext) })
+	slices.SortFunc(sorted, func(a, b PortPair) int { return cmp.Or(int(a.Ext)-int(b.Ext), int(a.Int)-int(b.Int)) })
+	sorted = slices.Compact(sorted) // a port listed twice is one port
 	maps := make([]PortMap, len(sorted))
 	for i, p := range sorted {
 		maps[i] = PortMap{From: p.Ext, To: p.Ext, Target: p.Int}

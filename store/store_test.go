@@ -156,7 +156,8 @@ func TestMigrateEarlierFormat(t *testing.T) {
               "local": [{"id": 4, "request": {"host_addr": "0.0.0.0:8081", "container_addr": "127.0.0.1:80", "proto": "tcp"},
                        "container_id": "", "container_name": "local", "rule_comment": "natmap:local:8081"}]},
   "dnats": [{"ext_ip": "203.0.113.43", "int_ip": "10.0.0.101", "ports": "25", "proto": "tcp", "ext_if": null, "preserve_src_ip": false},
-            {"ext_ip": "203.0.113.43", "int_ip": "10.0.0.101", "ports": "465", "proto": "tcp", "ext_if": null, "preserve_src_ip": false}],
+            {"ext_ip": "203.0.113.43", "int_ip": "10.0.0.101", "ports": "465", "proto": "tcp", "ext_if": null, "preserve_src_ip": false},
+            {"ext_ip": "203.0.113.43", "int_ip": "10.0.0.101", "ports": "25", "proto": "tcp", "ext_if": null, "preserve_src_ip": false}],
   "snats": [{"int_ip": "10.0.0.101", "ext_ip": "203.0.113.43", "ext_if": "vmbr0"}],
   "hairpins": [{"ext_ip": "203.0.113.43", "int_ip": "10.0.0.101", "ports": "25,465", "proto": "tcp", "lan_cidr": null}],
   "policy_routes": [{"src_ip": "10.0.0.101", "via": "10.0.0.1", "table": 100}]
