@@ -35,8 +35,9 @@ const DefaultHost = "unix:///var/run/docker.sock"
 
 // Docker implements nat.Containers against a Docker engine.
 type Docker struct {
-	host string
-	log  *slog.Logger
+	host    string
+	timeout time.Duration // the most any one call may take
+	log     *slog.Logger
 
 	mu        sync.Mutex
 	cli       *client.Client
@@ -53,10 +54,31 @@ func (d *Docker) Reconnects() int {
 	return max(d.connects-1, 0)
 }
 
-// New returns a Docker for the engine at host (such as DefaultHost). It
-// does not connect yet.
-func New(host string, log *slog.Logger) *Docker {
-	return &Docker{host: host, log: log, lastErr: errors.New("not connected yet")}
+// New returns a Docker for the engine at host (such as DefaultHost). Every
+// call to the engine is bounded by timeout: an engine that accepts and
+// never answers is reported as not answering, and static rules are not
+// held up by it. It does not connect yet.
+func New(host string, timeout time.Duration, log *slog.Logger) *Docker {
+	return &Docker{host: host, timeout: timeout, log: log, lastErr: errors.New("not connected yet")}
+}
+
+// bounded is ctx with the call timeout.
+func (d *Docker) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, d.timeout)
+}
+
+// unavailable turns a call's failure into ErrUnavailable when the engine
+// cannot be reached or did not answer in time (and marks it lost); other
+// errors come back as they are.
+func (d *Docker) unavailable(ctx context.Context, err error) (down bool, out error) {
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		err = fmt.Errorf("Docker did not answer within %s (the engine at %s hangs)", d.timeout, d.host)
+	case !client.IsErrConnectionFailed(err):
+		return false, err
+	}
+	d.lost(err)
+	return true, fmt.Errorf("Docker is not available: %v: %w", err, nat.ErrUnavailable)
 }
 
 // State reports whether Docker answers, and the last error when not.
@@ -97,15 +119,18 @@ func (d *Docker) Container(ctx context.Context, ref string) (nat.Container, erro
 	if err != nil {
 		return nat.Container{}, err
 	}
+	ctx, cancel := d.bounded(ctx)
+	defer cancel()
 	res, err := cli.ContainerInspect(ctx, ref, client.ContainerInspectOptions{})
-	switch {
-	case err == nil:
+	if err == nil {
 		return containerOf(res.Container), nil
+	}
+	if down, uerr := d.unavailable(ctx, err); down {
+		return nat.Container{}, uerr
+	}
+	switch {
 	case cerrdefs.IsNotFound(err):
 		return nat.Container{}, fmt.Errorf("no container named %q or with that ID: %w", ref, nat.ErrNotFound)
-	case client.IsErrConnectionFailed(err):
-		d.lost(err)
-		return nat.Container{}, fmt.Errorf("Docker is not available: %v: %w", err, nat.ErrUnavailable)
 	case strings.Contains(err.Error(), "ultiple IDs found"):
 		return nat.Container{}, d.ambiguous(ctx, cli, ref)
 	}
@@ -118,8 +143,11 @@ func (d *Docker) Names(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := d.bounded(ctx)
+	defer cancel()
 	list, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true})
 	if err != nil {
+		_, err = d.unavailable(ctx, err)
 		return nil, fmt.Errorf("listing containers: %w", err)
 	}
 	var names []string
@@ -134,6 +162,8 @@ func (d *Docker) Names(ctx context.Context) ([]string, error) {
 
 // ambiguous names the containers whose ID starts with ref.
 func (d *Docker) ambiguous(ctx context.Context, cli *client.Client, ref string) error {
+	ctx, cancel := d.bounded(ctx)
+	defer cancel()
 	list, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true})
 	var names []string
 	if err == nil {
@@ -213,7 +243,7 @@ func (d *Docker) session(ctx context.Context, svc *nat.Service) error {
 	if err != nil {
 		return err
 	}
-	if _, err := cli.Ping(ctx, client.PingOptions{}); err != nil {
+	if err := d.ping(ctx, cli); err != nil {
 		return err
 	}
 	sctx, cancel := context.WithCancel(ctx)
@@ -232,10 +262,18 @@ func (d *Docker) session(ctx context.Context, svc *nat.Service) error {
 	// Docker makes DOCKER-USER when it starts: natmap's rule goes in now.
 	svc.ResettleHost()
 	d.reconcile(ctx, svc, svc.ContainerNames())
+	// An engine can wedge with the event stream open: a ping now and then
+	// notices it (status and metrics then say so) and starts again.
+	alive := time.NewTicker(max(d.timeout, time.Second) * 3)
+	defer alive.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-alive.C:
+			if err := d.ping(ctx, cli); err != nil {
+				return err
+			}
 		case err := <-stream.Err:
 			if err == nil {
 				err = errors.New("event stream closed")
@@ -245,6 +283,19 @@ func (d *Docker) session(ctx context.Context, svc *nat.Service) error {
 			d.handle(ctx, svc, msg)
 		}
 	}
+}
+
+// ping asks the engine whether it answers, within the call timeout.
+func (d *Docker) ping(ctx context.Context, cli *client.Client) error {
+	ctx, cancel := d.bounded(ctx)
+	defer cancel()
+	if _, err := cli.Ping(ctx, client.PingOptions{}); err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("Docker did not answer within %s (the engine at %s hangs)", d.timeout, d.host)
+		}
+		return err
+	}
+	return nil
 }
 
 // handle reacts to the events that change where a container's traffic

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -323,4 +324,57 @@ func TestSIGHUPDuringStart(t *testing.T) {
 	default:
 	}
 	expectReach(t, l.client, "tcp", extIP+":8080", "web")
+}
+
+// A Docker engine that accepts connections and never answers is reported
+// as not answering within --docker-timeout, in status, metrics and a 503,
+// and static rules keep working meanwhile.
+func TestIntegrationDockerWedged(t *testing.T) {
+	l := newLab(t)
+	serve(t, l.server, "web", serverIP+":80")
+	wedged := filepath.Join(l.dir, "wedged.sock")
+	ln, err := net.Listen("unix", wedged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // read nothing, answer nothing
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	l.startDaemon("--docker-host", "unix://"+wedged, "--docker-timeout", "1s")
+	start := time.Now()
+	_, errOut, code := l.cli("docker", "add", "web", "8080:80")
+	if code != 1 || !strings.Contains(errOut, "Docker is not available") {
+		t.Errorf("docker add with a wedged engine: exit %d %s", code, errOut)
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("docker add with a wedged engine took %s", took)
+	}
+	if !waitFor(5*time.Second, func() bool { return strings.Contains(status(t, l).Docker, "did not answer within 1s") }) {
+		t.Errorf("status with a wedged engine: docker %q", status(t, l).Docker)
+	}
+	_, text := l.api("GET", "/metrics", "")
+	if !strings.Contains(text, "natmap_docker_connected 0") {
+		t.Errorf("metrics with a wedged engine:\n%s", text)
+	}
+	// Static rules are not held up.
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "8081:80")
+	expectReach(t, l.client, "tcp", extIP+":8081", "web")
 }

@@ -38,6 +38,7 @@ type DaemonCmd struct {
 	CheckInterval time.Duration `default:"300ms" help:"How often to check that nobody removed natmap's rules (they are restored at once); 0 turns the check off."`
 	SavePath      string        `default:"" type:"path" help:"Where save writes the ruleset: default /etc/natmap/natmap.nft (nftables), /etc/iptables/rules.v4 and rules.v6 (iptables)." placeholder:"PATH"`
 	DockerHost    string        `default:"unix:///var/run/docker.sock" env:"DOCKER_HOST" help:"Docker engine to follow; the daemon runs without it until it answers." placeholder:"URL"`
+	DockerTimeout time.Duration `default:"10s" help:"The most one call to Docker may take: an engine that hangs is reported as not answering, and static rules are not held up by it."`
 	Config        string        `type:"existingfile" help:"Apply this configuration file at start, after restoring the state (as apply without --prune); a file that does not apply stops the daemon." placeholder:"FILE"`
 	MetricsListen string        `help:"Also serve GET /metrics (Prometheus) on this TCP address, such as 127.0.0.1:9187; off by default (the socket always serves it)." placeholder:"ADDR"`
 	GroupExt      []string      `name:"group-ext" help:"Addresses or networks (CIDR) the socket group may forward although no interface of this host holds them, such as public addresses routed to the host; repeatable (root may forward any address)." placeholder:"CIDR"`
@@ -79,7 +80,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	backend, reason := be.backend, be.reason
 	log.Info("backend chosen", "backend", backend.Name(), "reason", reason)
 
-	docker := dockermap.New(d.DockerHost, log)
+	docker := dockermap.New(d.DockerHost, d.DockerTimeout, log)
 	if file.Migrated() {
 		n, err := compat.RemoveEarlier()
 		if err != nil {
