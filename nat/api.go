@@ -354,7 +354,7 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 // classify the error.
 func errorText(err error) string {
 	msg := err.Error()
-	for _, s := range []error{ErrInvalid, ErrNotFound, ErrConflict, ErrPortInUse, ErrUnavailable} {
+	for _, s := range []error{ErrInvalid, ErrNotFound, ErrConflict, ErrPortInUse, ErrUnavailable, ErrTooLarge} {
 		msg = strings.TrimSuffix(msg, ": "+s.Error())
 	}
 	return msg

@@ -189,6 +189,29 @@ func parseConfig(c Config) parsed {
 	return p
 }
 
+// MaxApplyForwards is the most forwards one configuration may ask for:
+// every forward is a reserved port (one file descriptor) and an element in
+// the kernel, and the whole configuration is built under the service
+// lock, so a body of ranges that would expand to millions is refused
+// before anything is built.
+const MaxApplyForwards = 1 << 18
+
+// checkSize counts, without expanding them, the forwards the parsed
+// configuration asks for.
+func (p parsed) checkSize() error {
+	n := len(p.mappings)
+	for _, d := range p.dnats {
+		n += d.v.Ports.Count()
+	}
+	for _, h := range p.hairpins {
+		n += h.v.Ports.Count()
+	}
+	if n > MaxApplyForwards {
+		return fmt.Errorf("the configuration asks for %d forwards, more than natmap takes in one request (%d): %w", n, MaxApplyForwards, ErrTooLarge)
+	}
+	return nil
+}
+
 // parseSection parses (and validates) each entry of a section, keeping its
 // index; an entry that does not parse is one of p's problems.
 func parseSection[C, R any](p *parsed, section string, entries []C, parse func(C) (R, error)) []at[R] {
@@ -233,6 +256,9 @@ func (mc MappingConfig) toRequest() (MappingRequest, error) {
 // changes nothing.
 func (s *Service) Apply(ctx context.Context, c Config, prune, dryRun bool) (ApplyResponse, error) {
 	p := parseConfig(c)
+	if err := p.checkSize(); err != nil {
+		return ApplyResponse{}, err
+	}
 	// Containers are looked up before taking the lock (Docker may be slow).
 	mappings := make([]at[Mapping], 0, len(p.mappings))
 	for _, e := range p.mappings {

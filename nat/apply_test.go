@@ -2,6 +2,7 @@ package nat
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -127,5 +128,23 @@ func TestApplyWaitsForDocker(t *testing.T) {
 	}
 	if strings.Contains(r.fake.Dump(), "8080") {
 		t.Errorf("a parked mapping is in the kernel:\n%s", r.fake.Dump())
+	}
+}
+
+// A configuration whose ranges would expand to millions of forwards is
+// refused with 413 before anything is built, and changes nothing.
+func TestApplyTooLarge(t *testing.T) {
+	r := newRig(t, State{})
+	before := r.snapshot()
+	c := Config{Version: ConfigVersion}
+	for i := 0; i < 20; i++ {
+		c.Dnat = append(c.Dnat, DnatConfig{ExtIP: fmt.Sprintf("203.0.113.%d", i+1), IntIP: "10.0.0.101", Ports: "1-65535", Proto: "tcp"})
+	}
+	_, err := r.svc.Apply(ctx, c, false, false)
+	if ErrStatus(err) != 413 || !strings.Contains(err.Error(), "asks for 1310700 forwards") {
+		t.Errorf("apply of 1.3 million forwards: %v (status %d)", err, ErrStatus(err))
+	}
+	if after := r.snapshot(); after != before {
+		t.Errorf("a refused apply changed things:\n%s\nwant\n%s", after, before)
 	}
 }

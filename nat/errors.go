@@ -18,6 +18,8 @@ var (
 	ErrPortInUse = errors.New("port in use")
 	// ErrUnavailable marks a capability the daemon cannot reach now: 503.
 	ErrUnavailable = errors.New("unavailable")
+	// ErrTooLarge marks a request for more than natmap takes at once: 413.
+	ErrTooLarge = errors.New("too large")
 )
 
 // FieldError is bad input in one named field of a request.
@@ -50,6 +52,8 @@ func ErrStatus(err error) int {
 		return 409
 	case errors.Is(err, ErrUnavailable):
 		return 503
+	case errors.Is(err, ErrTooLarge):
+		return 413
 	}
 	return 500
 }
