@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -28,6 +29,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if sock := os.Getenv("NATMAP_TEST_HOLD"); sock != "" {
+		os.Exit(holdConnections(sock))
+	}
 	dir, err := os.MkdirTemp("", "natmap-it-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -44,6 +48,31 @@ func TestMain(m *testing.M) {
 	stopEngine()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// holdConnections is a helper process (the test binary run again, as
+// another user): it opens 200 connections to sock, prints how many the
+// daemon kept open, and holds them until its standard input closes.
+func holdConnections(sock string) int {
+	var conns []net.Conn
+	for i := 0; i < 200; i++ {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			break
+		}
+		conns = append(conns, c)
+	}
+	time.Sleep(200 * time.Millisecond)
+	kept := 0
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+			kept++
+		}
+	}
+	fmt.Printf("held %d\n", kept)
+	io.Copy(io.Discard, os.Stdin)
+	return 0
 }
 
 // lab is the test network, all inside namespaces of its own:

@@ -157,7 +157,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		ConnContext:       peerContext,
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(&limitListener{Listener: ln, max: maxConns}) }()
+	go func() { served <- srv.Serve(&limitListener{Listener: ln, max: maxConns, root: rootConns}) }()
 	go every(ctx, d.RetryInterval, func() { svc.RetryInactive(ctx) })
 	go every(ctx, time.Second, func() { svc.RefreshInterfaces(ctx) })
 	go healLoop(ctx, svc, d.CheckInterval)

@@ -10,15 +10,21 @@ import (
 	"github.com/lab-ops/natmap/nat"
 )
 
-// maxConns bounds the API's concurrent connections.
-const maxConns = 128
+// maxConns bounds the API's concurrent connections, of which rootConns are
+// kept for root: a member of the socket group who holds every other slot
+// cannot lock root's CLI out.
+const (
+	maxConns  = 128
+	rootConns = 8
+)
 
-// limitListener refuses (closes at once) connections beyond max, so a flood
-// of clients cannot starve the daemon; the others are served as usual.
+// limitListener refuses (closes at once) connections beyond max, and
+// beyond max-root unless the peer is root, so a flood of clients cannot
+// starve the daemon or root; the others are served as usual.
 type limitListener struct {
 	net.Listener
-	max    int64
-	active atomic.Int64
+	max, root int64
+	active    atomic.Int64
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -27,7 +33,8 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if l.active.Add(1) > l.max {
+		n := l.active.Add(1)
+		if n > l.max || (n > l.max-l.root && !isRoot(peerCred(c))) {
 			l.active.Add(-1)
 			c.Close()
 			continue
@@ -35,6 +42,30 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		return &countedConn{Conn: c, l: l}, nil
 	}
 }
+
+// peerCred is the connecting process's credentials (SO_PEERCRED), or nil
+// when they cannot be read.
+func peerCred(c net.Conn) *unix.Ucred {
+	if cc, ok := c.(*countedConn); ok {
+		c = cc.Conn
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return nil
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var cred *unix.Ucred
+	raw.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	if err != nil {
+		return nil
+	}
+	return cred
+}
+
+func isRoot(cred *unix.Ucred) bool { return cred != nil && cred.Uid == 0 }
 
 type countedConn struct {
 	net.Conn
@@ -53,23 +84,9 @@ func (c *countedConn) Close() error {
 // the request context, for the audit log and the group's policy. A peer
 // whose credentials cannot be read counts as a member, not as root.
 func peerContext(ctx context.Context, c net.Conn) context.Context {
-	unknown := nat.WithPeer(ctx, nat.Peer{UID: -1})
-	cc, ok := c.(*countedConn)
-	if !ok {
-		return unknown
-	}
-	uc, ok := cc.Conn.(*net.UnixConn)
-	if !ok {
-		return unknown
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return unknown
-	}
-	var cred *unix.Ucred
-	raw.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
-	if err != nil || cred == nil {
-		return unknown
+	cred := peerCred(c)
+	if cred == nil {
+		return nat.WithPeer(ctx, nat.Peer{UID: -1})
 	}
 	return nat.WithPeer(ctx, nat.Peer{UID: int(cred.Uid), PID: int(cred.Pid)})
 }
