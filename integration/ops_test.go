@@ -239,6 +239,32 @@ func TestMetrics(t *testing.T) {
 	if got := value(scrape(t, text), "natmap_rules", "kind", "dnat", "status", "active"); got != 1 {
 		t.Errorf("over TCP natmap_rules{dnat,active} = %v, want 1", got)
 	}
+
+	// The TCP port takes a few connections only: idle ones beyond 16 are
+	// closed at once, and the socket still answers.
+	var idle []net.Conn
+	for i := 0; i < 24; i++ {
+		var c net.Conn
+		if err := l.router.Do(func() (err error) { c, err = net.Dial("tcp", "127.0.0.1:9187"); return err }); err != nil {
+			break
+		}
+		idle = append(idle, c)
+	}
+	time.Sleep(100 * time.Millisecond)
+	closed := 0
+	for _, c := range idle {
+		c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); err == io.EOF {
+			closed++
+		}
+		defer c.Close()
+	}
+	if closed < 24-16 {
+		t.Errorf("%d of 24 idle scraper connections were closed, want at least 8", closed)
+	}
+	if code, _ := l.api("GET", "/metrics", ""); code != 200 {
+		t.Errorf("GET /metrics on the socket while the TCP port is full: %d", code)
+	}
 }
 
 // TestLsCounters: ls --counters shows the packets and bytes each forward's

@@ -130,8 +130,11 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", met.handler())
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go metricsSrv.Serve(mln)
+		// A scraper gets a few connections and tight timeouts: the port is
+		// reachable from the network, the socket is not.
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second}
+		go metricsSrv.Serve(&limitListener{Listener: mln, max: metricsConns})
 		defer metricsSrv.Close()
 		log.Info("serving metrics", "address", mln.Addr().String())
 	}

@@ -16,6 +16,8 @@ import (
 const (
 	maxConns  = 128
 	rootConns = 8
+	// metricsConns bounds the --metrics-listen TCP port's connections.
+	metricsConns = 16
 )
 
 // limitListener refuses (closes at once) connections beyond max, and
