@@ -293,3 +293,44 @@ func TestIntegrationIPv6LocalServiceMapping(t *testing.T) {
 	l.mustCLI("docker", "rm", "--name", "v6svc", "8080")
 	expectNoReach(t, l.client, "tcp", "["+extIP6+"]:8080")
 }
+
+// Policy routes are desired state: start-up removes natmap's routes and
+// rules that no policy route owns (a crash between a route and its rule),
+// and a route whose gateway is not reachable yet waits, inactive with the
+// reason, and is installed once it is.
+func TestIntegrationPolicyRoutesRecover(t *testing.T) {
+	l := newLab(t)
+	// What a crash left: natmap's route and rule for a route never saved.
+	l.server.MustRun(t, "ip", "route", "add", "default", "via", "10.0.0.1", "table", "300", "proto", "212")
+	l.server.MustRun(t, "ip", "rule", "add", "from", "10.0.0.99", "lookup", "300", "pref", "1000", "proto", "212")
+	// Somebody else's table.
+	l.server.MustRun(t, "ip", "route", "add", "default", "via", "10.0.0.1", "table", "301")
+	svc := &lab{t: t, dir: t.TempDir(), router: l.server}
+	svc.socket, svc.state, svc.saved = filepath.Join(svc.dir, "s.sock"), filepath.Join(svc.dir, "s.json"), filepath.Join(svc.dir, "s.nft")
+	state := `{"version": 1, "policy_routes": [{"src_ip": "10.0.0.101", "via": "10.0.7.1", "table": 100}]}`
+	if err := os.WriteFile(svc.state, []byte(state), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.stopDaemon)
+	svc.startDaemon()
+	if rules := l.server.MustRun(t, "ip", "rule"); strings.Contains(rules, "lookup 300") {
+		t.Errorf("the orphan rule stayed:\n%s", rules)
+	}
+	if out := l.server.MustRun(t, "ip", "route", "show", "table", "300"); strings.TrimSpace(out) != "" {
+		t.Errorf("the orphan route stayed:\n%s", out)
+	}
+	if out := l.server.MustRun(t, "ip", "route", "show", "table", "301"); !strings.Contains(out, "default via 10.0.0.1") {
+		t.Errorf("somebody else's table was touched:\n%s", out)
+	}
+	if ls := svc.mustCLI("ls"); !strings.Contains(ls, "inactive") || !strings.Contains(ls, "10.0.7.1") {
+		t.Errorf("a policy route whose gateway is not reachable:\n%s", ls)
+	}
+	// The gateway's network comes up.
+	l.server.AddAddr(t, "s0", "10.0.7.2/24")
+	if !waitFor(5*time.Second, func() bool { return strings.Contains(l.server.MustRun(t, "ip", "rule"), "from 10.0.0.101 lookup 100") }) {
+		t.Errorf("the policy route was not installed once its gateway was reachable:\n%s", svc.daemonLog)
+	}
+	if ls := svc.mustCLI("ls"); strings.Contains(ls, "inactive") {
+		t.Errorf("ls after the gateway came up:\n%s", ls)
+	}
+}

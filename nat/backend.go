@@ -95,6 +95,10 @@ type Router interface {
 	// InterfaceAddrs lists the addresses an interface has now, link-local
 	// ones left out (none when it does not exist).
 	InterfaceAddrs(ifname string) ([]netip.Addr, error)
+	// PrunePolicyRoutes removes natmap's own rules and routes (its
+	// protocol number) that belong to none of keep: what a crash between
+	// a route and its rule left.
+	PrunePolicyRoutes(keep []PolicyRoute) error
 }
 
 // Rules are the SNAT and masquerade rules, in the order they must be

@@ -166,6 +166,12 @@ func (s *Service) Start(ctx context.Context, st State) error {
 	}
 	s.countLoopbackTargets()
 	s.settle(ctx, true)
+	// A crash between a policy route's route and its rule, or before it
+	// was saved, leaves natmap's routes or rules that no policy route
+	// owns: they go first.
+	if err := s.router.PrunePolicyRoutes(st.PolicyRoutes); err != nil {
+		s.log.Warn("removing policy routes of natmap's that the state does not hold", "err", err)
+	}
 	for _, p := range st.PolicyRoutes {
 		s.routes[p] = ""
 		if err := s.router.AddPolicyRoute(p); err != nil {
@@ -372,6 +378,7 @@ func (s *Service) EnableForwarding(ipv6 bool) ([]string, error) {
 // installs those it gets, in one transaction. It returns how many came back.
 func (s *Service) RetryInactive(ctx context.Context) int {
 	defer s.lock()()
+	s.retryRoutes()
 	var back []Forward
 	for ep := range s.inactive {
 		if err := s.take(ep); err != nil {
@@ -400,6 +407,22 @@ func (s *Service) RetryInactive(ctx context.Context) int {
 		s.log.Info("forward active again: its port came free", "forward", f.String())
 	}
 	return len(back)
+}
+
+// retryRoutes installs the policy routes that could not be installed yet
+// (a gateway whose network was not up at boot).
+func (s *Service) retryRoutes() {
+	for p, reason := range s.routes {
+		if reason == "" {
+			continue
+		}
+		if err := s.router.AddPolicyRoute(p); err != nil {
+			s.routes[p] = err.Error()
+			continue
+		}
+		s.routes[p] = ""
+		s.log.Info("policy route installed: it could not be before", "route", p.String(), "was", reason)
+	}
 }
 
 // Close releases every reservation. Kernel rules stay in place so traffic

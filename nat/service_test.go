@@ -162,6 +162,15 @@ func (f *fakeRouter) InterfaceAddrs(ifname string) ([]netip.Addr, error) {
 	return f.ifaddrs[ifname], nil
 }
 
+func (f *fakeRouter) PrunePolicyRoutes(keep []PolicyRoute) error {
+	for p := range f.routes {
+		if !slices.Contains(keep, p) {
+			delete(f.routes, p)
+		}
+	}
+	return nil
+}
+
 func newFakeRouter() *fakeRouter {
 	return &fakeRouter{routes: map[PolicyRoute]bool{}, tables: map[uint32]bool{}}
 }

@@ -102,6 +102,59 @@ func onLink(a netip.Addr) (netlink.Route, netip.Prefix, bool, error) {
 	return best, bestP, found, nil
 }
 
+// PrunePolicyRoutes implements nat.Router: natmap's rules (protocol
+// Proto, priority RulePriority) of no kept policy route go, and so do
+// natmap's routes in tables no kept policy route uses.
+func (Netlink) PrunePolicyRoutes(keep []nat.PolicyRoute) error {
+	tables := map[int]bool{}
+	for _, p := range keep {
+		tables[int(p.Table)] = true
+	}
+	var errs []error
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rules, err := netlink.RuleListFiltered(fam, &netlink.Rule{Priority: RulePriority}, netlink.RT_FILTER_PRIORITY)
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return fmt.Errorf("listing rules: %w", err)
+		}
+		for _, r := range rules {
+			if r.Protocol != Proto || kept(r, keep) {
+				continue
+			}
+			if err := netlink.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("deleting an orphan rule lookup %d: %w", r.Table, err))
+			}
+		}
+		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: Proto},
+			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return fmt.Errorf("listing routes: %w", err)
+		}
+		for _, r := range routes {
+			if tables[r.Table] || r.Protocol != Proto {
+				continue
+			}
+			if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("deleting an orphan route %s from table %d: %w", describe(r), r.Table, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// kept reports whether r is the rule of one of keep.
+func kept(r netlink.Rule, keep []nat.PolicyRoute) bool {
+	src, ok := prefixOf(r.Src)
+	if !ok {
+		return false
+	}
+	for _, p := range keep {
+		if int(p.Table) == r.Table && src == netip.PrefixFrom(p.SrcIP, p.SrcIP.BitLen()) {
+			return true
+		}
+	}
+	return false
+}
+
 // InterfaceAddrs implements nat.Router.
 func (Netlink) InterfaceAddrs(ifname string) ([]netip.Addr, error) {
 	link, err := netlink.LinkByName(ifname)
