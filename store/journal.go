@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -133,13 +134,22 @@ func (f *File) closeJournal() {
 // saveWithJournal writes b as the state file and starts a new journal for
 // it: new journal written (not yet in place), state file replaced and its
 // directory synced, journal renamed into place and the directory synced.
-func (f *File) saveWithJournal(b []byte, rename func(oldpath, newpath string) error) error {
+//
+// Once the state file is replaced the save has happened, whatever follows:
+// memory, the file and the kernel agree on the new state. A directory that
+// will not sync then only means it might not survive a power loss, which
+// is logged; the save is not reported as failed (a caller that rolled its
+// memory back would disagree with the file, and a "failed" clear would
+// empty the kernel at the next start).
+func (f *File) saveWithJournal(b []byte, rename func(oldpath, newpath string) error, sync func(string) error) error {
 	head := header(b)
 	next, err := writeTemp(f.JournalPath(), head, 0o600)
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(f.Path, b, 0o600, rename); err != nil {
+	if err := writeAtomic(f.Path, b, 0o600, rename, sync); errors.Is(err, ErrNotSynced) {
+		f.logger().Warn("the state file was replaced, but its directory could not be synced: the change may not survive a power loss", "state", f.Path, "err", err)
+	} else if err != nil {
 		next.Close()
 		os.Remove(next.Name())
 		return err
@@ -150,7 +160,7 @@ func (f *File) saveWithJournal(b []byte, rename func(oldpath, newpath string) er
 	f.closeJournal()
 	err = os.Rename(next.Name(), f.JournalPath())
 	if err == nil {
-		err = syncDir(filepath.Dir(f.Path))
+		err = sync(filepath.Dir(f.Path))
 	}
 	if err != nil {
 		next.Close()

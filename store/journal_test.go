@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -398,4 +399,35 @@ func FuzzJournal(f *testing.F) {
 			t.Fatalf("loaded an invalid state: %v", err)
 		}
 	})
+}
+
+// A directory that will not sync after the state file was replaced does
+// not make the save a failure: the new content is in place, and a caller
+// that rolled back would disagree with the file (a "failed" clear would
+// empty the kernel at the next start).
+func TestSaveDirectorySyncFails(t *testing.T) {
+	dir := t.TempDir()
+	var log strings.Builder
+	f := &File{Path: filepath.Join(dir, "state.json"), Log: slog.New(slog.NewTextHandler(&log, nil)),
+		syncDir: func(string) error { return errors.New("input/output error") }}
+	st := nat.State{Dnats: []nat.DNAT{dnat(7)}}
+	if err := f.Save(st); err != nil {
+		t.Fatalf("save with a failing directory sync: %v", err)
+	}
+	got, err := (&File{Path: f.Path}).Load()
+	if err != nil || !reflect.DeepEqual(got, st) {
+		t.Errorf("the file after the save: %+v %v, want %+v", got, err, st)
+	}
+	if !strings.Contains(log.String(), "may not survive a power loss") {
+		t.Errorf("the save did not say it may not be durable:\n%s", log.String())
+	}
+	// The same for a file written whole by WriteFile's callers: the error
+	// says the content is in place.
+	err = writeAtomic(filepath.Join(dir, "x"), []byte("new"), 0o600, os.Rename, func(string) error { return errors.New("eio") })
+	if !errors.Is(err, ErrNotSynced) {
+		t.Errorf("writeAtomic with a failing directory sync: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "x")); string(b) != "new" {
+		t.Errorf("content after a failing directory sync: %q", b)
+	}
 }

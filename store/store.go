@@ -51,9 +51,18 @@ type File struct {
 	// rename replaces the file; os.Rename unless a test stands in for a
 	// crash before it.
 	rename func(oldpath, newpath string) error
+	// syncDir syncs a directory; syncDir (the function) unless a test
+	// stands in for a disk that fails it.
+	syncDir func(dir string) error
 
 	journal journal // the open journal, after a Save; see journal.go
 }
+
+// ErrNotSynced marks a file that was replaced (readers see the new
+// content) but whose directory could not be synced: the replacement may
+// not survive a power loss. It is not a failure to roll back: the old
+// content is gone either way.
+var ErrNotSynced = errors.New("replaced, but its directory could not be synced")
 
 // Load reads the state. A missing file is an empty state; anything else that
 // is not a valid state file is an error naming the file.
@@ -144,7 +153,7 @@ func (f *File) FinishMigration(st nat.State) error {
 	if f.earlier == nil {
 		return nil
 	}
-	if err := writeAtomic(f.BackupPath(), f.earlier, 0o600, os.Rename); err != nil {
+	if err := writeAtomic(f.BackupPath(), f.earlier, 0o600, os.Rename, syncDir); err != nil {
 		return fmt.Errorf("keeping the earlier state file: %w", err)
 	}
 	if err := f.Save(st); err != nil {
@@ -216,21 +225,26 @@ func (f *File) Save(st nat.State) error {
 	if err != nil {
 		return fmt.Errorf("encoding state: %w", err)
 	}
-	rename := f.rename
+	rename, sync := f.rename, f.syncDir
 	if rename == nil {
 		rename = os.Rename
 	}
-	return f.saveWithJournal(b, rename)
+	if sync == nil {
+		sync = syncDir
+	}
+	return f.saveWithJournal(b, rename, sync)
 }
 
 // WriteFile replaces path atomically with b (mode perm): a reader sees the
 // old content or the new, never a mix, even across a crash.
 func WriteFile(path string, b []byte, perm os.FileMode) error {
-	return writeAtomic(path, b, perm, os.Rename)
+	return writeAtomic(path, b, perm, os.Rename, syncDir)
 }
 
-// writeAtomic is: temp file, write, fsync, rename, fsync the directory.
-func writeAtomic(path string, b []byte, perm os.FileMode, rename func(oldpath, newpath string) error) error {
+// writeAtomic is: temp file, write, fsync, rename, fsync the directory. A
+// failure to sync the directory after the rename wraps ErrNotSynced: the
+// new content is in place.
+func writeAtomic(path string, b []byte, perm os.FileMode, rename func(oldpath, newpath string) error, sync func(string) error) error {
 	tmp, err := writeTemp(path, b, perm)
 	if err != nil {
 		return err
@@ -240,7 +254,10 @@ func writeAtomic(path string, b []byte, perm os.FileMode, rename func(oldpath, n
 		os.Remove(tmp.Name())
 		return fmt.Errorf("replacing %s: %w", path, err)
 	}
-	return syncDir(filepath.Dir(path))
+	if err := sync(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("%s %w: %v", path, ErrNotSynced, err)
+	}
+	return nil
 }
 
 // writeTemp writes b (mode perm) to a new synced file beside path, still
