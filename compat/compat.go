@@ -77,10 +77,18 @@ type Backend struct {
 
 	mu     sync.Mutex
 	groups map[groupKey][]nat.Forward // sorted by external port
+	rules  nat.Rules                  // the SNAT and hairpin rules written last
+	// run loads a restore script into one family's tables; b.restore
+	// unless a test stands in for a family that fails.
+	run func(ctx context.Context, f family, text string) error
 }
 
 // New returns a backend for the iptables variant mode.
-func New(mode Mode) *Backend { return &Backend{mode: mode, groups: map[groupKey][]nat.Forward{}} }
+func New(mode Mode) *Backend {
+	b := &Backend{mode: mode, groups: map[groupKey][]nat.Forward{}}
+	b.run = b.restore
+	return b
+}
 
 // Name implements nat.Backend.
 func (b *Backend) Name() string { return "iptables-" + string(b.mode) }
@@ -115,7 +123,8 @@ func famOf(a netip.Addr) family {
 
 // Replace implements nat.Backend: natmap's chains are declared (so
 // flushed) and refilled in one restore per family, then the jumps are made
-// sure of.
+// sure of. When the IPv6 half fails, the IPv4 half is put back as it was:
+// both families change, or neither.
 func (b *Backend) Replace(ctx context.Context, rs nat.Ruleset) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -123,16 +132,44 @@ func (b *Backend) Replace(ctx context.Context, rs nat.Ruleset) error {
 	if err != nil {
 		return err
 	}
+	err = b.bothFamilies(ctx, func(f family) (string, bool) { return fullScript(f, groups, rs.Rules), true },
+		func(f family) (string, bool) { return fullScript(f, b.groups, b.rules), true })
+	if err != nil {
+		return err
+	}
 	for _, f := range []family{v4, v6} {
-		if err := b.restore(ctx, f, fullScript(f, groups, rs.Rules)); err != nil {
-			return err
-		}
 		if err := b.ensureJumps(f); err != nil {
 			return err
 		}
 	}
-	b.groups = groups
+	b.groups, b.rules = groups, rs.Rules
 	return nil
+}
+
+// bothFamilies runs the IPv4 script, then the IPv6 one (a family whose
+// script says nothing to do is skipped). When the IPv6 half fails, the
+// IPv4 half is undone with its undo script, whatever the context says: a
+// change reaches both families or neither.
+func (b *Backend) bothFamilies(ctx context.Context, do, undo func(family) (string, bool)) error {
+	text4, change4 := do(v4)
+	if change4 {
+		if err := b.run(ctx, v4, text4); err != nil {
+			return err
+		}
+	}
+	text6, change6 := do(v6)
+	if !change6 {
+		return nil
+	}
+	err := b.run(ctx, v6, text6)
+	if err == nil || !change4 {
+		return err
+	}
+	back, _ := undo(v4)
+	if uerr := b.run(context.WithoutCancel(ctx), v4, back); uerr != nil {
+		return fmt.Errorf("%w; and putting the IPv4 half back failed too: %v", err, uerr)
+	}
+	return fmt.Errorf("%w (the IPv4 half was put back: nothing changed)", err)
 }
 
 // fullScript declares (so flushes) natmap's chains of family f and fills
@@ -258,7 +295,8 @@ func countRules(text string) (counts map[string]int, chains map[string]bool) {
 }
 
 // Apply implements nat.Backend: one restore per family that rewrites the
-// groups the change touches (-D of their old rules, -A of the new).
+// groups the change touches (-D of their old rules, -A of the new); when
+// the IPv6 half fails the IPv4 half is put back, so nothing changes.
 func (b *Backend) Apply(ctx context.Context, ch nat.Change) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -270,42 +308,60 @@ func (b *Backend) Apply(ctx context.Context, ch nat.Change) error {
 	for _, f := range append(append([]nat.Forward{}, ch.Del...), ch.Add...) {
 		touched[keyOf(f)] = true
 	}
-	for _, f := range []family{v4, v6} {
-		var w script
-		w.table("nat")
-		n := 0
-		for _, k := range sortedKeys(touched) {
-			if famOf(k.ext) != f {
-				continue
+	rules := b.rules
+	if ch.Rules != nil {
+		rules = *ch.Rules
+	}
+	err = b.bothFamilies(ctx, func(f family) (string, bool) { return changeScript(f, touched, b.groups, next, ch.Rules) },
+		func(f family) (string, bool) {
+			var back *nat.Rules
+			if ch.Rules != nil {
+				back = &b.rules
 			}
-			groupRules(&w, "-D", k, b.groups[k])
-			groupRules(&w, "-A", k, next[k])
-			n++
-		}
-		if ch.Rules != nil {
-			w.line("-F %s", ChainHairpin)
-			w.line("-F %s", ChainSNAT)
-			ruleLines(&w, f, *ch.Rules)
-			n++
-		}
-		if n == 0 {
+			return changeScript(f, touched, next, b.groups, back)
+		})
+	if err != nil {
+		return err
+	}
+	b.groups, b.rules = next, rules
+	return nil
+}
+
+// changeScript is the restore script of family f that moves the touched
+// groups from one set of forwards to another (-D of their rules, -A of the
+// new), and rewrites the SNAT and hairpin chains when rules is set; false
+// when the family has nothing to change.
+func changeScript(f family, touched map[groupKey]bool, from, to map[groupKey][]nat.Forward, rules *nat.Rules) (string, bool) {
+	var w script
+	w.table("nat")
+	n := 0
+	for _, k := range sortedKeys(touched) {
+		if famOf(k.ext) != f {
 			continue
 		}
-		w.commit()
-		w.table("mangle")
-		for _, k := range sortedKeys(touched) {
-			if famOf(k.ext) == f {
-				countingRules(&w, "-D", k, b.groups[k])
-				countingRules(&w, "-A", k, next[k])
-			}
-		}
-		w.commit()
-		if err := b.restore(ctx, f, w.String()); err != nil {
-			return err
+		groupRules(&w, "-D", k, from[k])
+		groupRules(&w, "-A", k, to[k])
+		n++
+	}
+	if rules != nil {
+		w.line("-F %s", ChainHairpin)
+		w.line("-F %s", ChainSNAT)
+		ruleLines(&w, f, *rules)
+		n++
+	}
+	if n == 0 {
+		return "", false
+	}
+	w.commit()
+	w.table("mangle")
+	for _, k := range sortedKeys(touched) {
+		if famOf(k.ext) == f {
+			countingRules(&w, "-D", k, from[k])
+			countingRules(&w, "-A", k, to[k])
 		}
 	}
-	b.groups = next
-	return nil
+	w.commit()
+	return w.String(), true
 }
 
 // regroup returns groups less del plus add, refusing to delete what is

@@ -148,3 +148,53 @@ COMMIT
 		t.Errorf("removal (%d):\n%s\nwant (4):\n%s", n, got, want)
 	}
 }
+
+// A change whose IPv6 half fails changes neither family: the IPv4 half is
+// put back (Apply and Replace alike).
+func TestIntegrationBothFamiliesOrNeither(t *testing.T) {
+	for _, mode := range []Mode{Legacy, NFT} {
+		t.Run(string(mode), func(t *testing.T) {
+			netnstest.RequirePrivileges(t, "iptables-"+string(mode)+"-restore")
+			ns := netnstest.New(t, "nmfam")
+			ctx := context.Background()
+			b := New(mode)
+			smtp := fwd("", "tcp", "203.0.113.43:25", "10.0.0.101:25")
+			rules := nat.Rules{SNATs: []nat.SNAT{{IntNet: netip.MustParsePrefix("10.0.0.0/24"), ExtIP: netip.MustParseAddr("203.0.113.43"), ExtIf: "vmbr0"}}}
+			if err := ns.Do(func() error { return b.Replace(ctx, nat.Ruleset{Forwards: []nat.Forward{smtp}, Rules: rules}) }); err != nil {
+				t.Fatal(err)
+			}
+			before := save(t, ns, mode, false) + save(t, ns, mode, true)
+			real := b.run
+			b.run = func(ctx context.Context, f family, text string) error {
+				if f.v6 {
+					return fmt.Errorf("ip6tables-restore: simulated failure")
+				}
+				return real(ctx, f, text)
+			}
+			web := fwd("", "tcp", "203.0.113.43:443", "10.0.0.102:443")
+			web6 := fwd("", "tcp", "[2001:db8::43]:443", "[fd00::102]:443")
+			other := nat.Rules{SNATs: []nat.SNAT{{IntNet: netip.MustParsePrefix("10.0.1.0/24"), ExtIP: netip.MustParseAddr("203.0.113.44"), ExtIf: "vmbr0"}}}
+			err := ns.Do(func() error {
+				return b.Apply(ctx, nat.Change{Del: []nat.Forward{smtp}, Add: []nat.Forward{web, web6}, Rules: &other})
+			})
+			if err == nil || !strings.Contains(err.Error(), "the IPv4 half was put back") {
+				t.Fatalf("apply with a failing IPv6 half: %v", err)
+			}
+			if after := save(t, ns, mode, false) + save(t, ns, mode, true); after != before {
+				t.Errorf("a change whose IPv6 half failed left:\n%s\nwant\n%s", after, before)
+			}
+			err = ns.Do(func() error { return b.Replace(ctx, nat.Ruleset{Forwards: []nat.Forward{web, web6}, Rules: other}) })
+			if err == nil {
+				t.Fatal("replace with a failing IPv6 half succeeded")
+			}
+			if after := save(t, ns, mode, false) + save(t, ns, mode, true); after != before {
+				t.Errorf("a replace whose IPv6 half failed left:\n%s\nwant\n%s", after, before)
+			}
+			// With IPv6 back, the backend's model still matches the kernel.
+			b.run = real
+			if err := ns.Do(func() error { return b.Apply(ctx, nat.Change{Del: []nat.Forward{smtp}, Add: []nat.Forward{web}}) }); err != nil {
+				t.Errorf("the next change: %v", err)
+			}
+		})
+	}
+}
