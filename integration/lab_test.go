@@ -62,6 +62,14 @@ func holdConnections(sock string) int {
 		}
 		conns = append(conns, c)
 	}
+	fmt.Printf("held %d\n", keptOpen(conns))
+	io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// keptOpen waits a moment, then counts the connections the server has not
+// closed (a read that ends in EOF is a closed one).
+func keptOpen(conns []net.Conn) int {
 	time.Sleep(200 * time.Millisecond)
 	kept := 0
 	for _, c := range conns {
@@ -70,9 +78,7 @@ func holdConnections(sock string) int {
 			kept++
 		}
 	}
-	fmt.Printf("held %d\n", kept)
-	io.Copy(io.Discard, os.Stdin)
-	return 0
+	return kept
 }
 
 // lab is the test network, all inside namespaces of its own:

@@ -13,11 +13,7 @@ import (
 // As at start, a forward whose port another program holds is kept inactive
 // and retried. On any failure nothing changes.
 func (s *Service) Reload(ctx context.Context, st State) error {
-	if err := s.replaceAll(ctx, st, false); err != nil {
-		return err
-	}
-	s.log.Info("configuration reloaded", s.counts()...)
-	return nil
+	return s.ReloadWith(ctx, func() (State, error) { return st, nil })
 }
 
 // ReloadWith is Reload of the state load returns, read under the service
@@ -39,15 +35,9 @@ func (s *Service) ReloadWith(ctx context.Context, load func() (State, error)) er
 	return nil
 }
 
-// replaceAll is Reload; strict refuses the whole change, listing every
-// port it could not reserve, instead of keeping those forwards inactive.
-func (s *Service) replaceAll(ctx context.Context, st State, strict bool) error {
-	defer s.lock()()
-	return s.replaceLocked(ctx, st, strict)
-}
-
-// replaceLocked is replaceAll under the lock; a strict failure to reserve
-// is a reserveErrors.
+// replaceLocked makes the model st under the lock (Reload, Apply);
+// strict refuses the whole change, listing every port it could not
+// reserve, instead of keeping those forwards inactive (a reserveErrors).
 func (s *Service) replaceLocked(ctx context.Context, st State, strict bool) error {
 	if err := st.Validate(); err != nil {
 		return err

@@ -80,7 +80,9 @@ func TestReloadKeepsBusyPortsInactive(t *testing.T) {
 	r2 := newRig(t, before)
 	r2.res.busy[busy] = true
 	snap := r2.snapshot()
-	err := r2.svc.replaceAll(ctx, after, true)
+	unlock := r2.svc.lock()
+	err := r2.svc.replaceLocked(ctx, after, true)
+	unlock()
 	if err == nil || !strings.Contains(err.Error(), "203.0.113.43:587") {
 		t.Fatalf("strict replace with a busy port: %v, want an error naming it", err)
 	}
