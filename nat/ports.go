@@ -208,6 +208,16 @@ func (l PortList) String() string {
 	return strings.Join(parts, ",")
 }
 
+// first is the list's first external port, 0 for an empty list (which
+// Validate refuses, but which sorting must survive: a journal line may
+// hold one before the replayed state is validated).
+func (l PortList) first() uint16 {
+	if len(l) == 0 {
+		return 0
+	}
+	return l[0].From
+}
+
 // Pairs lists every external port with its internal port, in order.
 func (l PortList) Pairs() []PortPair {
 	out := make([]PortPair, 0, l.Count())

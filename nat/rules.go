@@ -201,7 +201,7 @@ func compareDNAT(a, b DNAT) int {
 	if c := int(a.Proto) - int(b.Proto); c != 0 {
 		return c
 	}
-	if c := int(a.Ports[0].From) - int(b.Ports[0].From); c != 0 {
+	if c := int(a.Ports.first()) - int(b.Ports.first()); c != 0 {
 		return c
 	}
 	if c := a.IntIP.Compare(b.IntIP); c != 0 {
