@@ -260,14 +260,15 @@ func (s *Service) Apply(ctx context.Context, c Config, prune, dryRun bool) (Appl
 		return ApplyResponse{}, err
 	}
 	// Containers are looked up before taking the lock (Docker may be slow).
+	known := s.mappingIndex()
 	mappings := make([]at[Mapping], 0, len(p.mappings))
 	for _, e := range p.mappings {
 		i, req := e.i, e.v
 		m := Mapping{Container: req.Container, HostIP: req.HostIP, HostPort: req.HostPort,
 			ContainerPort: req.ContainerPort, Proto: req.Proto, TargetIP: req.TargetIP}
 		if !m.Local() {
-			if known, ok := s.knownMapping(m); ok {
-				m = known
+			if old, ok := known[m.key()]; ok {
+				m = old
 			} else if ct, err := s.findContainer(ctx, req.Container); errors.Is(err, ErrUnavailable) {
 				// Docker is not up (yet: the daemon may start first at
 				// boot). The mapping waits, reserved, and follows the
@@ -318,22 +319,33 @@ func (s *Service) Apply(ctx context.Context, c Config, prune, dryRun bool) (Appl
 	return resp, nil
 }
 
-// knownMapping finds the mapping m already is (same container name and
-// addresses), so an apply neither asks Docker nor renumbers it.
-func (s *Service) knownMapping(m Mapping) (Mapping, bool) {
+// mappingIndex is every mapping by what it is (container name and
+// addresses), so an apply neither asks Docker for a mapping it has nor
+// renumbers it.
+func (s *Service) mappingIndex() map[mappingKey]Mapping {
 	defer s.lock()()
-	for _, old := range s.mappings {
-		if sameMapping(old, m) {
-			return old, true
-		}
+	index := make(map[mappingKey]Mapping, len(s.mappings))
+	for _, m := range s.mappings {
+		index[m.key()] = m
 	}
-	return Mapping{}, false
+	return index
 }
 
-func sameMapping(a, b Mapping) bool {
-	return a.Container == b.Container && a.HostIP == b.HostIP && a.HostPort == b.HostPort &&
-		a.Proto == b.Proto && a.ContainerPort == b.ContainerPort && a.TargetIP == b.TargetIP
+// mappingKey is what makes two mappings the same: the container (or
+// local service) and the addresses, not the ID or the container's
+// current address.
+type mappingKey struct {
+	container               string
+	hostIP, targetIP        netip.Addr
+	hostPort, containerPort uint16
+	proto                   Proto
 }
+
+func (m Mapping) key() mappingKey {
+	return mappingKey{m.Container, m.HostIP, m.TargetIP, m.HostPort, m.ContainerPort, m.Proto}
+}
+
+func sameMapping(a, b Mapping) bool { return a.key() == b.key() }
 
 // source is where a forward comes from in the configuration.
 type source struct {
@@ -380,7 +392,9 @@ func (s *Service) desired(before State, p parsed, mappings []at[Mapping], fwd *F
 	hairpins := map[HairpinID]Hairpin{}
 	snats := map[SNATID]SNAT{}
 	routes := map[PolicyRoute]bool{}
+	tables := map[uint32]PolicyRoute{} // a route of each table, for its gateway
 	var kept []Mapping
+	keptKeys := map[mappingKey]bool{}
 	if !prune {
 		for _, d := range before.Dnats {
 			claim(source{}, d.Forwards())
@@ -395,10 +409,12 @@ func (s *Service) desired(before State, p parsed, mappings []at[Mapping], fwd *F
 		}
 		for _, r := range before.PolicyRoutes {
 			routes[r] = true
+			tables[r.Table] = r
 		}
 		for _, m := range before.Mappings {
 			claim(source{}, []Forward{m.forward()})
 			kept = append(kept, m)
+			keptKeys[m.key()] = true
 		}
 	}
 	for _, e := range p.dnats {
@@ -434,11 +450,10 @@ func (s *Service) desired(before State, p parsed, mappings []at[Mapping], fwd *F
 	}
 	for _, e := range p.routes {
 		i, r := e.i, e.v
-		for q := range routes {
-			if q.Table == r.Table && q.Via != r.Via {
-				problems = append(problems, Problem{Section: "policy_routes", Index: i,
-					Error: fmt.Sprintf("table %d already routes via %s (%s)", r.Table, q.Via, q)})
-			}
+		if q, ok := tables[r.Table]; ok && q.Via != r.Via {
+			problems = append(problems, Problem{Section: "policy_routes", Index: i,
+				Error: fmt.Sprintf("table %d already routes via %s (%s)", r.Table, q.Via, q)})
+			continue
 		}
 		if _, installed := s.routes[r]; !installed {
 			if err := s.router.CheckGateway(r.Via); err != nil {
@@ -447,10 +462,11 @@ func (s *Service) desired(before State, p parsed, mappings []at[Mapping], fwd *F
 			}
 		}
 		routes[r] = true
+		tables[r.Table] = r
 	}
 	for _, e := range mappings {
 		i, m := e.i, e.v
-		if slices.ContainsFunc(kept, func(k Mapping) bool { return sameMapping(k, m) }) {
+		if keptKeys[m.key()] {
 			continue
 		}
 		if !claim(source{"docker", i}, []Forward{m.forward()}) {
@@ -461,6 +477,7 @@ func (s *Service) desired(before State, p parsed, mappings []at[Mapping], fwd *F
 			want.NextMappingID++
 		}
 		kept = append(kept, m)
+		keptKeys[m.key()] = true
 	}
 	want.Dnats = slices.SortedFunc(maps.Values(dnats), compareDNAT)
 	want.Hairpins = slices.SortedFunc(maps.Values(hairpins), compareHairpin)
@@ -505,17 +522,25 @@ func diffStates(before, after State) ApplyResponse {
 		}
 		return out
 	}
+	set := func(ls []string) map[string]bool {
+		in := make(map[string]bool, len(ls))
+		for _, l := range ls {
+			in[l] = true
+		}
+		return in
+	}
 	old, now := lines(before), lines(after)
+	inOld, inNow := set(old), set(now)
 	resp := ApplyResponse{Add: []string{}, Remove: []string{}, Keep: []string{}}
 	for _, l := range now {
-		if slices.Contains(old, l) {
+		if inOld[l] {
 			resp.Keep = append(resp.Keep, l)
 		} else {
 			resp.Add = append(resp.Add, l)
 		}
 	}
 	for _, l := range old {
-		if !slices.Contains(now, l) {
+		if !inNow[l] {
 			resp.Remove = append(resp.Remove, l)
 		}
 	}

@@ -148,3 +148,36 @@ func TestApplyTooLarge(t *testing.T) {
 		t.Errorf("a refused apply changed things:\n%s\nwant\n%s", after, before)
 	}
 }
+
+// BenchmarkApplyUnchanged: applying the running configuration again (what
+// `apply` of an unchanged file and `diff` do) costs the same per rule at
+// 1,000 and at 10,000 rules: the comparison is indexed, not rule against
+// rule. Compare ns/rule between the two sizes.
+func BenchmarkApplyUnchanged(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			var st State
+			for i := range n {
+				in := netip.AddrFrom4([4]byte{10, 1, byte(i / 250), byte(1 + i%250)})
+				c := DnatConfig{ExtIP: "203.0.113.43", IntIP: in.String(), Ports: fmt.Sprint(1000 + i)}
+				d, err := c.toDNAT()
+				if err != nil {
+					b.Fatal(err)
+				}
+				st.Dnats = append(st.Dnats, d)
+				st.Mappings = append(st.Mappings, Mapping{ID: i + 1, Container: fmt.Sprint("svc", i), HostIP: netip.IPv4Unspecified(),
+					HostPort: uint16(20000 + i), ContainerPort: 80, Proto: ProtoTCP, TargetIP: netip.MustParseAddr("127.0.0.1")})
+			}
+			st.NextMappingID = n + 1
+			r := newRig(b, st)
+			c := r.svc.Config()
+			b.ResetTimer()
+			for range b.N {
+				if resp, err := r.svc.Apply(ctx, c, true, true); err != nil || resp.Changed {
+					b.Fatalf("apply of the running configuration: changed %v, %v", resp.Changed, err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(2*n), "ns/rule")
+		})
+	}
+}

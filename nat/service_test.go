@@ -224,7 +224,7 @@ func (f *fakeRouter) dump() string {
 	return strings.Join(out, "; ")
 }
 
-func newRig(t *testing.T, st State) *rig {
+func newRig(t testing.TB, st State) *rig {
 	t.Helper()
 	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
 	r.svc = NewService(r.deps())
