@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -58,6 +59,11 @@ type Service struct {
 
 	flushMu sync.Mutex
 	toFlush []Forward // UDP forwards removed, whose conntrack entries go when the lock is released
+
+	// published are the counts PublishedStats serves without the lock;
+	// counted is signalled at each unlock (PublishStats counts anew).
+	published atomic.Pointer[Stats]
+	counted   chan struct{}
 }
 
 // lock takes the service lock and returns what releases it: unlock, then
@@ -68,6 +74,10 @@ func (s *Service) lock() (unlock func()) {
 	s.mu.Lock()
 	return func() {
 		s.mu.Unlock()
+		select {
+		case s.counted <- struct{}{}:
+		default:
+		}
 		s.flushMu.Lock()
 		fs := s.toFlush
 		s.toFlush = nil
@@ -129,6 +139,7 @@ func NewService(d Deps) *Service {
 		mappings: map[int]Mapping{},
 		nextID:   1,
 		docker:   d.Docker,
+		counted:  make(chan struct{}, 1),
 
 		hairpinElements: keepsHairpinElements(d.Backend),
 	}

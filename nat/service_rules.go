@@ -482,6 +482,42 @@ type Stats struct {
 // Stats returns counts of what the service holds.
 func (s *Service) Stats() Stats {
 	defer s.lock()()
+	return s.stats()
+}
+
+// PublishStats keeps what PublishedStats returns up to date until ctx
+// ends: after a change it counts once under the lock, then waits at
+// least interval before counting again, however many changes come.
+func (s *Service) PublishStats(ctx context.Context, interval time.Duration) {
+	for {
+		s.mu.Lock() // not s.lock: counting is no change to count again
+		st := s.stats()
+		s.mu.Unlock()
+		s.published.Store(&st)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.counted:
+		}
+	}
+}
+
+// PublishedStats are the counts PublishStats last made, read without the
+// service lock (for a metrics scrape, which must never hold up a change);
+// before PublishStats ran they are counted now.
+func (s *Service) PublishedStats() Stats {
+	if st := s.published.Load(); st != nil {
+		return *st
+	}
+	return s.Stats()
+}
+
+func (s *Service) stats() Stats {
 	var lastRepair *time.Time
 	if s.repairs > 0 {
 		t := s.lastRepair

@@ -1,11 +1,13 @@
 package nat
 
 import (
+	"context"
 	"errors"
 	"maps"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 )
 
 func hairpin(t *testing.T, ext, in, ports, proto, lan string) Hairpin {
@@ -263,4 +265,37 @@ func TestHairpinKeeperGetsElementsOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	same("after the last of a LAN")
+}
+
+// TestPublishedStatsNeverWaitForTheLock: the counts a metrics scrape reads
+// come without the service lock, even while a change holds it, and follow
+// the changes made.
+func TestPublishedStatsNeverWaitForTheLock(t *testing.T) {
+	r := newRig(t, State{})
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go r.svc.PublishStats(pctx, 10*time.Millisecond)
+	if _, _, err := r.svc.AddDNAT(ctx, dnat(t, "203.0.113.43", "10.0.0.101", "25,465", "tcp", "")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for st := r.svc.published.Load(); st == nil || st.Forwards != 2; st = r.svc.published.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("published stats after a change: %+v, want 2 forwards", st)
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	unlock := r.svc.lock() // a change in progress
+	got := make(chan Stats, 1)
+	go func() { got <- r.svc.PublishedStats() }()
+	select {
+	case st := <-got:
+		if st.Dnats != 1 || st.Changes != 1 {
+			t.Errorf("published stats: %+v, want 1 dnat, 1 change", st)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("reading the published stats waited for the service lock")
+	}
+	unlock()
 }

@@ -107,6 +107,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	}
 
 	met.watch(svc, docker.State, docker.Reconnects)
+	go svc.PublishStats(ctx, statsInterval)
 	// Restoring thousands of forwards builds a few times the memory it
 	// keeps (the decoded file, the netlink batch); give it back now rather
 	// than leave it to the background scavenger.
@@ -198,6 +199,10 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	}
 	return nil
 }
+
+// statsInterval is the least time between two countings of the rules for
+// the metrics (each takes the service lock for a pass over every rule).
+const statsInterval = 250 * time.Millisecond
 
 // checkpointQuiet is how long the daemon waits after a change before it
 // writes the state file whole, folding in the journal.

@@ -31,7 +31,8 @@ var (
 	reconnDesc   = prometheus.NewDesc("natmap_docker_reconnects_total", "Times natmap connected to Docker again after losing it.", nil, nil)
 )
 
-// statsCollector reads the service's counts at each scrape.
+// statsCollector serves the counts the service last published: a scrape
+// never takes the service lock.
 type statsCollector struct {
 	svc        *nat.Service
 	docker     func() (bool, error)
@@ -45,7 +46,7 @@ func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
-	st := c.svc.Stats()
+	st := c.svc.PublishedStats()
 	for _, kind := range []string{"dnat", "hairpin", "snat", "policy_route", "mapping"} {
 		for _, status := range []string{"active", "partial", "inactive"} {
 			ch <- prometheus.MustNewConstMetric(rulesDesc, prometheus.GaugeValue, float64(st.ByState[kind][status]), kind, status)
