@@ -21,6 +21,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -81,13 +82,36 @@ type Backend struct {
 	// run loads a restore script into one family's tables; b.restore
 	// unless a test stands in for a family that fails.
 	run func(ctx context.Context, f family, text string) error
+	// noIPv6: the kernel has no IPv6 (booted with ipv6.disable=1), so
+	// ip6tables has no tables; the backend runs IPv4 alone.
+	noIPv6 bool
 }
 
 // New returns a backend for the iptables variant mode.
 func New(mode Mode) *Backend {
-	b := &Backend{mode: mode, groups: map[groupKey][]nat.Forward{}}
+	b := &Backend{mode: mode, groups: map[groupKey][]nat.Forward{}, noIPv6: !KernelHasIPv6()}
 	b.run = b.restore
 	return b
+}
+
+// KernelHasIPv6 reports whether the kernel runs IPv6: a kernel booted with
+// ipv6.disable=1 has no net.ipv6 sysctls (and ip6tables no tables, "Address
+// family not supported by protocol"). An interface's disable_ipv6 is not
+// that: the tables are there.
+func KernelHasIPv6() bool {
+	_, err := os.Stat("/proc/sys/net/ipv6/conf")
+	return err == nil
+}
+
+// errNoIPv6 refuses an IPv6 rule on a kernel without IPv6.
+var errNoIPv6 = fmt.Errorf("IPv6 is disabled in this kernel (booted with ipv6.disable=1): ip6tables has no tables for IPv6 rules: %w", nat.ErrInvalid)
+
+// families are the address families the backend writes.
+func (b *Backend) families() []family {
+	if b.noIPv6 {
+		return []family{v4}
+	}
+	return []family{v4, v6}
 }
 
 // Name implements nat.Backend.
@@ -137,7 +161,7 @@ func (b *Backend) Replace(ctx context.Context, rs nat.Ruleset) error {
 	if err != nil {
 		return err
 	}
-	for _, f := range []family{v4, v6} {
+	for _, f := range b.families() {
 		if err := b.ensureJumps(ctx, f); err != nil {
 			return err
 		}
@@ -147,7 +171,7 @@ func (b *Backend) Replace(ctx context.Context, rs nat.Ruleset) error {
 }
 
 // bothFamilies runs the IPv4 script, then the IPv6 one (a family whose
-// script says nothing to do is skipped). When the IPv6 half fails, the
+// script says nothing to do is skipped, and IPv6 on a kernel without it). When the IPv6 half fails, the
 // IPv4 half is undone with its undo script, whatever the context says: a
 // change reaches both families or neither.
 func (b *Backend) bothFamilies(ctx context.Context, do, undo func(family) (string, bool)) error {
@@ -158,7 +182,7 @@ func (b *Backend) bothFamilies(ctx context.Context, do, undo func(family) (strin
 		}
 	}
 	text6, change6 := do(v6)
-	if !change6 {
+	if !change6 || b.noIPv6 {
 		return nil
 	}
 	err := b.run(ctx, v6, text6)
@@ -243,7 +267,7 @@ func (b *Backend) Check(ctx context.Context, r nat.Rules) error {
 	b.mu.Lock()
 	groups := b.groups
 	b.mu.Unlock()
-	for _, f := range []family{v4, v6} {
+	for _, f := range b.families() {
 		out, err := exec.CommandContext(ctx, f.binary(b.mode, "-save")).Output()
 		if err != nil {
 			if f.v6 {
@@ -300,6 +324,9 @@ func countRules(text string) (counts map[string]int, chains map[string]bool) {
 func (b *Backend) Apply(ctx context.Context, ch nat.Change) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if err := b.refuseIPv6(ch); err != nil {
+		return err
+	}
 	next, err := regroup(b.groups, ch.Del, ch.Add)
 	if err != nil {
 		return err
@@ -324,6 +351,36 @@ func (b *Backend) Apply(ctx context.Context, ch nat.Change) error {
 		return err
 	}
 	b.groups, b.rules = next, rules
+	return nil
+}
+
+// refuseIPv6 refuses, on a kernel without IPv6, a change that adds an IPv6
+// forward or rule. (Those a state file already holds are kept, not
+// installed: a host booted without IPv6 still starts.)
+func (b *Backend) refuseIPv6(ch nat.Change) error {
+	if !b.noIPv6 {
+		return nil
+	}
+	for _, f := range ch.Add {
+		if famOf(f.Ext.Addr()) == v6 {
+			return fmt.Errorf("forward %s: %w", f, errNoIPv6)
+		}
+	}
+	if ch.Rules == nil {
+		return nil
+	}
+	var was, now script
+	ruleLines(&was, v6, b.rules)
+	ruleLines(&now, v6, *ch.Rules)
+	had := map[string]bool{}
+	for _, l := range strings.Split(was.String(), "\n") {
+		had[l] = true
+	}
+	for _, l := range strings.Split(now.String(), "\n") {
+		if !had[l] {
+			return fmt.Errorf("%s: %w", strings.TrimPrefix(l, "-A "), errNoIPv6)
+		}
+	}
 	return nil
 }
 
@@ -408,7 +465,7 @@ func sortedKeys[V any](m map[groupKey]V) []groupKey {
 
 // Remove deletes natmap's jumps and chains, in both families.
 func (b *Backend) Remove() error {
-	for _, f := range []family{v4, v6} {
+	for _, f := range b.families() {
 		// One listing tells whether there is anything to remove: the
 		// daemon calls Remove at every start for the backends it does not
 		// use, and a host without natmap's chains should not pay for a
@@ -561,7 +618,7 @@ func (b *Backend) Counters(ctx context.Context, fs []nat.Forward) (map[nat.Endpo
 	groups := b.groups
 	b.mu.Unlock()
 	byComment := map[string]nat.Counter{}
-	for _, f := range []family{v4, v6} {
+	for _, f := range b.families() {
 		for _, table := range []string{"nat", "mangle"} {
 			out, err := exec.CommandContext(ctx, f.binary(b.mode, "-save"), "-c", "-t", table).Output()
 			if err != nil {

@@ -2,10 +2,14 @@ package compat
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -194,6 +198,92 @@ func TestIntegrationBothFamiliesOrNeither(t *testing.T) {
 			b.run = real
 			if err := ns.Do(func() error { return b.Apply(ctx, nat.Change{Del: []nat.Forward{smtp}, Add: []nat.Forward{web}}) }); err != nil {
 				t.Errorf("the next change: %v", err)
+			}
+		})
+	}
+}
+
+// noIPv6Tools puts ip6tables tools first on PATH that fail as they do on a
+// kernel booted with ipv6.disable=1.
+func noIPv6Tools(t *testing.T, mode Mode) {
+	t.Helper()
+	dir := t.TempDir()
+	for _, tool := range []string{"", "-save", "-restore"} {
+		name := v6.binary(mode, tool)
+		script := fmt.Sprintf("#!/bin/sh\necho \"%s v1.8.9 (%s): can't initialize ip6tables table \\`nat': Address family not supported by protocol\" >&2\nexit 3\n", name, mode)
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+}
+
+// On a kernel without IPv6 (ipv6.disable=1: no ip6tables tables) the
+// backend starts with a state that holds IPv6 rules, installs and checks
+// the IPv4 half, refuses a new IPv6 rule with a clear error, and goes on
+// working for IPv4.
+func TestIntegrationNoIPv6Kernel(t *testing.T) {
+	for _, mode := range []Mode{Legacy, NFT} {
+		t.Run(string(mode), func(t *testing.T) {
+			netnstest.RequirePrivileges(t, "iptables-"+string(mode)+"-restore")
+			ns := netnstest.New(t, "nmno6")
+			noIPv6Tools(t, mode)
+			ctx := context.Background()
+			b := New(mode)
+			b.noIPv6 = true // what KernelHasIPv6 says on such a kernel
+			smtp := fwd("", "tcp", "203.0.113.43:25", "10.0.0.101:25")
+			smtp6 := fwd("", "tcp", "[2001:db8::43]:25", "[fd00::101]:25")
+			rules := nat.Rules{SNATs: []nat.SNAT{
+				{IntNet: netip.MustParsePrefix("10.0.0.0/24"), ExtIP: netip.MustParseAddr("203.0.113.43"), ExtIf: "vmbr0"},
+				{IntNet: netip.MustParsePrefix("fd00::/64"), ExtIP: netip.MustParseAddr("2001:db8::43"), ExtIf: "vmbr0"},
+			}}
+			if err := ns.Do(func() error {
+				return b.Replace(ctx, nat.Ruleset{Forwards: []nat.Forward{smtp, smtp6}, Rules: rules})
+			}); err != nil {
+				t.Fatalf("starting with a state that holds IPv6 rules: %v", err)
+			}
+			if err := ns.Do(func() error { return b.Check(ctx, rules) }); err != nil {
+				t.Errorf("check: %v", err)
+			}
+			v4 := save(t, ns, mode, false)
+			if !strings.Contains(v4, "port 25 -> 10.0.0.101\" -j DNAT") || !strings.Contains(v4, "--to-source 203.0.113.43") {
+				t.Fatalf("the IPv4 half is not installed:\n%s", v4)
+			}
+
+			web6 := fwd("", "tcp", "[2001:db8::43]:443", "[fd00::102]:443")
+			err := ns.Do(func() error { return b.Apply(ctx, nat.Change{Add: []nat.Forward{web6}}) })
+			if !errors.Is(err, nat.ErrInvalid) || !strings.Contains(err.Error(), "ipv6.disable=1") {
+				t.Errorf("adding an IPv6 forward: %v, want a refusal naming ipv6.disable=1", err)
+			}
+			more := rules
+			more.SNATs = append(slices.Clone(rules.SNATs), nat.SNAT{IntNet: netip.MustParsePrefix("fd00:1::/64"), ExtIP: netip.MustParseAddr("2001:db8::44"), ExtIf: "vmbr0"})
+			err = ns.Do(func() error { return b.Apply(ctx, nat.Change{Rules: &more}) })
+			if !errors.Is(err, nat.ErrInvalid) || !strings.Contains(err.Error(), "fd00:1::/64") {
+				t.Errorf("adding an IPv6 SNAT: %v, want a refusal naming it", err)
+			}
+			if got := save(t, ns, mode, false); got != v4 {
+				t.Errorf("a refused change changed the kernel:\n%s\nwant\n%s", got, v4)
+			}
+
+			// IPv4 changes go on, the IPv6 rules kept beside them.
+			web := fwd("", "tcp", "203.0.113.43:443", "10.0.0.102:443")
+			rules.SNATs = append(rules.SNATs, nat.SNAT{IntNet: netip.MustParsePrefix("10.0.1.0/24"), ExtIP: netip.MustParseAddr("203.0.113.44"), ExtIf: "vmbr0"})
+			if err := ns.Do(func() error {
+				return b.Apply(ctx, nat.Change{Del: []nat.Forward{smtp}, Add: []nat.Forward{web}, Rules: &rules})
+			}); err != nil {
+				t.Fatalf("an IPv4 change: %v", err)
+			}
+			if err := ns.Do(func() error { return b.Check(ctx, rules) }); err != nil {
+				t.Errorf("check after an IPv4 change: %v", err)
+			}
+			if _, err := b.Counters(ctx, []nat.Forward{web}); err != nil {
+				t.Errorf("counters: %v", err)
+			}
+			if err := ns.Do(b.Remove); err != nil {
+				t.Errorf("remove: %v", err)
+			}
+			if got := save(t, ns, mode, false); strings.Contains(got, "NATMAP") {
+				t.Errorf("remove left:\n%s", got)
 			}
 		})
 	}

@@ -533,3 +533,48 @@ func TestIntegrationDockerIPv6Mappings(t *testing.T) {
 	d.mustCLI("docker", "rm", "web6", "9090")
 	expectNoReach(t, d.client, "tcp", "[2001:db8:1::1]:9090")
 }
+
+// TestIntegrationNoIPv6Kernel: a host rebooted with ipv6.disable=1 (no
+// net.ipv6 sysctls, no ip6tables tables) still starts natmap from a state
+// that holds IPv6 forwards, and IPv4 keeps working. Such a kernel cannot be
+// booted here, so the daemon runs where it looks like one: an empty
+// /proc/sys/net/ipv6 (in a mount namespace of its own) and ip6tables tools
+// that fail as they fail there.
+func TestIntegrationNoIPv6Kernel(t *testing.T) {
+	l := newLab(t)
+	serve(t, l.server, "svc", serverIP+":25")
+	l.startDaemon()
+	l.mustCLI("fwd")
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25")
+	l.mustCLI("dnat", "--ext-ip", extIP6, "--int-ip", "fd00::101", "--ports", "25")
+	l.stopDaemon()
+
+	fake := t.TempDir()
+	for _, mode := range []string{"legacy", "nft"} {
+		for _, tool := range []string{"", "-save", "-restore"} {
+			name := "ip6tables-" + mode + tool
+			script := "#!/bin/sh\necho \"" + name + " v1.8.9 (" + mode + "): can't initialize ip6tables table \\`nat': Address family not supported by protocol\" >&2\nexit 3\n"
+			if err := os.WriteFile(filepath.Join(fake, name), []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	l.wrap = []string{"unshare", "--mount", "--propagation", "private", "sh", "-c",
+		`mount -t tmpfs natmap-no-ipv6 /proc/sys/net/ipv6 && PATH=` + fake + `:$PATH exec "$@"`, "sh"}
+	l.startDaemon()
+	expectReach(t, l.client, "tcp", extIP+":25", "svc")
+	out := l.mustCLI("fwd")
+	if !strings.Contains(out, "ipv6.disable=1") {
+		t.Errorf("fwd on a kernel without IPv6 printed:\n%s\nwant it to say IPv6 is not there", out)
+	}
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "26")
+	if strings.HasPrefix(testBackend(), "iptables") {
+		_, stderr, code := l.cli("dnat", "--ext-ip", extIP6, "--int-ip", "fd00::101", "--ports", "26")
+		if code != 1 || !strings.Contains(stderr, "ipv6.disable=1") {
+			t.Errorf("a new IPv6 dnat on the iptables backend: exit %d, %s; want a refusal naming ipv6.disable=1", code, stderr)
+		}
+	}
+	if out := l.mustCLI("ls"); !strings.Contains(out, extIP6) {
+		t.Errorf("ls after the restart:\n%s\nwant the IPv6 forward kept", out)
+	}
+}

@@ -98,6 +98,9 @@ type lab struct {
 	// spawned, when set, is called with the daemon's process as soon as
 	// it started, before it is ready.
 	spawned func(*os.Process)
+	// wrap, when set, runs the daemon: the command and its first
+	// arguments, the daemon's command line after them.
+	wrap []string
 }
 
 const (
@@ -192,6 +195,9 @@ func (l *lab) tryStartDaemon(extra ...string) error {
 		args = append(args, "--docker-host", "unix://"+filepath.Join(l.dir, "no-docker.sock"))
 	}
 	cmd := l.router.Cmd(binary, args...)
+	if l.wrap != nil {
+		cmd = l.router.Cmd(l.wrap[0], append(append(l.wrap[1:len(l.wrap):len(l.wrap)], binary), args...)...)
+	}
 	l.daemonLog = &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = l.daemonLog, l.daemonLog
 	if err := cmd.Start(); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/lab-ops/natmap/compat"
 	"github.com/lab-ops/natmap/dockermap"
 	"github.com/lab-ops/natmap/nat"
 	"github.com/lab-ops/natmap/store"
@@ -168,6 +169,11 @@ func (h *hostSettings) forwarding(ipv6 bool) ([]string, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	names := []string{"net/ipv4/ip_forward"}
+	var changed []string
+	if ipv6 && !compat.KernelHasIPv6() {
+		ipv6 = false
+		changed = append(changed, "net.ipv6: this kernel has no IPv6 (booted with ipv6.disable=1): IPv4 forwarding only")
+	}
 	if ipv6 {
 		ras, _ := filepath.Glob("/proc/sys/net/ipv6/conf/*/accept_ra")
 		for _, path := range ras {
@@ -178,7 +184,6 @@ func (h *hostSettings) forwarding(ipv6 bool) ([]string, error) {
 		}
 		names = append(names, "net/ipv6/conf/all/forwarding")
 	}
-	var changed []string
 	for _, name := range names {
 		value := "1"
 		if strings.HasSuffix(name, "/accept_ra") {
