@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -241,21 +242,29 @@ func TestIntegrationConcurrentClients(t *testing.T) {
 }
 
 // TestIntegrationZeroGapRestart sends a stream of TCP connections and UDP
-// datagrams through a forward while the daemon is restarted 20 times
-// (SIGTERM and SIGKILL in turn), and counts what was lost.
+// datagrams, over IPv4 and IPv6 (the iptables backend's two families),
+// through forwards while the daemon is restarted 20 times (SIGTERM and
+// SIGKILL in turn), and counts what was lost; meanwhile a policy route's
+// rule and route are watched for a moment without them.
 func TestIntegrationZeroGapRestart(t *testing.T) {
 	l := newLab(t)
-	serve(t, l.server, "svc", serverIP+":5000")
+	serve(t, l.server, "svc", serverIP+":5000", "[fd00::101]:5000")
 	l.startDaemon()
 	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "5000")
 	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "5000", "--proto", "udp")
+	l.mustCLI("dnat", "--ext-ip", extIP6, "--int-ip", "fd00::101", "--ports", "5000")
+	l.mustCLI("policy-route", "--src-ip", "10.0.2.1", "--via", serverIP, "--table", "200")
+	routed := policyRouting(t, l)
+	if !strings.Contains(routed, "from 10.0.2.1 lookup 200") || !strings.Contains(routed, "table 200: default via "+serverIP) {
+		t.Fatalf("the policy route is not installed:\n%s", routed)
+	}
 
 	stop := make(chan struct{})
-	var sent, lost atomic.Int32
+	var sent, lost, looks, gaps atomic.Int32
 	var wg sync.WaitGroup
-	for _, proto := range []string{"tcp", "udp"} {
+	for _, target := range []struct{ proto, addr string }{{"tcp", extIP + ":5000"}, {"udp", extIP + ":5000"}, {"tcp", "[" + extIP6 + "]:5000"}} {
 		wg.Add(1)
-		go func(proto string) {
+		go func() {
 			defer wg.Done()
 			for {
 				select {
@@ -267,13 +276,29 @@ func TestIntegrationZeroGapRestart(t *testing.T) {
 				// Lost means no answer within 5 s: a loaded CI machine (the
 				// race detector, builds alongside) can stall a reply for
 				// seconds without anything being dropped.
-				if got, err := dialWithin(l.client, proto, extIP+":5000", 5*time.Second); err != nil || !strings.HasPrefix(got, "svc ") {
+				if got, err := dialWithin(l.client, target.proto, target.addr, 5*time.Second); err != nil || !strings.HasPrefix(got, "svc ") {
 					lost.Add(1)
-					t.Logf("%s lost: %q %v", proto, got, err)
+					t.Logf("%s %s lost: %q %v", target.proto, target.addr, got, err)
 				}
 			}
-		}(proto)
+		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default: // look as often as the tools allow
+			}
+			looks.Add(1)
+			if now := policyRouting(t, l); now != routed {
+				gaps.Add(1)
+				t.Logf("policy routing during the restarts:\n%s", now)
+			}
+		}
+	}()
 	for i := 0; i < 20; i++ {
 		sig := syscall.SIGTERM
 		if i%2 == 1 {
@@ -284,9 +309,13 @@ func TestIntegrationZeroGapRestart(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	t.Logf("20 restarts: %d connections and datagrams sent, %d lost", sent.Load(), lost.Load())
+	t.Logf("20 restarts: %d connections and datagrams sent, %d lost; policy routing looked at %d times, %d times not as installed",
+		sent.Load(), lost.Load(), looks.Load(), gaps.Load())
 	if lost.Load() != 0 {
 		t.Errorf("%d of %d lost across restarts", lost.Load(), sent.Load())
+	}
+	if gaps.Load() != 0 {
+		t.Errorf("the policy route was not as installed %d of %d times across restarts", gaps.Load(), looks.Load())
 	}
 }
 
@@ -330,13 +359,20 @@ func TestIntegrationCrashTorture(t *testing.T) {
 		add := rng.IntN(2) == 0
 		method := map[bool]string{true: "POST", false: "DELETE"}[add]
 		var key, path, body string
-		switch kind := rng.IntN(3); kind {
+		switch kind := rng.IntN(5); kind {
 		case 0:
 			port := 20000 + rng.IntN(40)
 			key, path, body = fmt.Sprint("dnat ", port), "/dnat", fmt.Sprintf(`{"ext_ip":%q,"int_ip":%q,"ports":"%d"}`, extIP, serverIP, port)
 		case 1:
 			port := 20000 + rng.IntN(40)
 			key, path, body = fmt.Sprint("hairpin ", port), "/hairpin", fmt.Sprintf(`{"ext_ip":%q,"int_ip":%q,"ports":"%d","lan_cidr":"10.0.0.0/24"}`, extIP, serverIP, port)
+		case 2:
+			// IPv6: the iptables backend's second family.
+			port := 20000 + rng.IntN(40)
+			key, path, body = fmt.Sprint("dnat6 ", port), "/dnat", fmt.Sprintf(`{"ext_ip":%q,"int_ip":"fd00::101","ports":"%d"}`, extIP6, port)
+		case 3:
+			host := 1 + rng.IntN(12)
+			key, path, body = fmt.Sprint("route ", host), "/policy-route", fmt.Sprintf(`{"src_ip":"10.0.2.%d","via":%q,"table":%d}`, host, serverIP, routeTable(host))
 		default:
 			host := 1 + rng.IntN(20)
 			key, path, body = fmt.Sprint("snat ", host), "/snat", fmt.Sprintf(`{"int_ip":"10.0.1.%d","ext_if":"ext0","ext_ip":%q}`, host, extIP)
@@ -378,21 +414,28 @@ func TestIntegrationCrashTorture(t *testing.T) {
 		t.Fatal(err)
 	}
 	have := map[string]bool{}
-	ports := map[int]bool{}
+	forwards := map[string]bool{} // family and port: a dnat and a hairpin share one
 	for _, d := range list.Dnats {
 		pl, _ := nat.ParsePorts(d.Ports)
+		kind := map[bool]string{false: "dnat", true: "dnat6"}[strings.Contains(d.ExtIP, ":")]
 		for _, p := range pl.Pairs() {
-			have[fmt.Sprint("dnat ", p.Ext)], ports[int(p.Ext)] = true, true
+			have[fmt.Sprint(kind, " ", p.Ext)], forwards[fmt.Sprint(kind, p.Ext)] = true, true
 		}
 	}
 	for _, h := range list.Hairpins {
 		pl, _ := nat.ParsePorts(h.Ports)
 		for _, p := range pl.Pairs() {
-			have[fmt.Sprint("hairpin ", p.Ext)], ports[int(p.Ext)] = true, true
+			have[fmt.Sprint("hairpin ", p.Ext)], forwards[fmt.Sprint("dnat", p.Ext)] = true, true
 		}
 	}
 	for _, s := range list.Snats {
 		have["snat "+strings.TrimPrefix(s.IntIP, "10.0.1.")] = true
+	}
+	for _, r := range list.PolicyRoutes {
+		have["route "+strings.TrimPrefix(r.SrcIP, "10.0.2.")] = true
+		if r.Status != "active" {
+			t.Errorf("policy route %+v is not active", r)
+		}
 	}
 	lost := 0
 	for key, present := range known {
@@ -401,11 +444,17 @@ func TestIntegrationCrashTorture(t *testing.T) {
 			t.Errorf("%s: present %v, the last acknowledged request says %v", key, have[key], present)
 		}
 	}
-	if n := countForwards(t, l); n != len(ports) {
-		t.Errorf("the kernel holds %d forwards, the state %d", n, len(ports))
+	if n := countForwards(t, l); n != len(forwards) {
+		t.Errorf("the kernel holds %d forwards, the state %d", n, len(forwards))
 	}
-	if st := status(t, l); st.Rules.Reservations != len(ports) {
-		t.Errorf("%d reservations for %d forwards", st.Rules.Reservations, len(ports))
+	if st := status(t, l); st.Rules.Reservations != len(forwards) {
+		t.Errorf("%d reservations for %d forwards", st.Rules.Reservations, len(forwards))
+	}
+	// Each listed policy route is in the kernel, a rule and its table's
+	// route, and nothing else of natmap's is: no orphan a kill between
+	// a route and its rule left.
+	if got, want := policyRouting(t, l), listedRouting(list.PolicyRoutes); got != want {
+		t.Errorf("policy routing in the kernel:\n%s\nthe daemon lists:\n%s", got, want)
 	}
 	kernel := l.kernelRules()
 	if testBackend() == "nftables" && strings.Count(kernel, "snat ip to") != len(list.Snats) {
@@ -418,8 +467,9 @@ func TestIntegrationCrashTorture(t *testing.T) {
 	}
 	inFile := map[string]bool{}
 	for _, d := range stored.Dnats {
+		kind := map[bool]string{false: "dnat", true: "dnat6"}[d.ExtIP.Is6()]
 		for _, p := range d.Ports.Pairs() {
-			inFile[fmt.Sprint("dnat ", p.Ext)] = true
+			inFile[fmt.Sprint(kind, " ", p.Ext)] = true
 		}
 	}
 	for _, h := range stored.Hairpins {
@@ -430,6 +480,9 @@ func TestIntegrationCrashTorture(t *testing.T) {
 	for _, s := range stored.Snats {
 		inFile["snat "+strings.TrimPrefix(s.IntNet.Addr().String(), "10.0.1.")] = true
 	}
+	for _, r := range stored.PolicyRoutes {
+		inFile["route "+strings.TrimPrefix(r.SrcIP.String(), "10.0.2.")] = true
+	}
 	if len(inFile) != len(have) {
 		t.Errorf("the state file holds %d rules, the daemon listed %d", len(inFile), len(have))
 	}
@@ -438,8 +491,53 @@ func TestIntegrationCrashTorture(t *testing.T) {
 			t.Errorf("%s is listed but not in the state file", k)
 		}
 	}
-	t.Logf("1000 changes: %d acknowledged, %d unanswered, %d SIGKILLs; %d keys checked, %d lost; %d forwards, %d snats at the end; slowest reap of a killed daemon %v",
-		acked, unanswered, kills, len(known), lost, len(ports), len(list.Snats), slowestReap.Round(time.Millisecond))
+	t.Logf("1000 changes: %d acknowledged, %d unanswered, %d SIGKILLs; %d keys checked, %d lost; %d forwards, %d snats, %d policy routes at the end; slowest reap of a killed daemon %v",
+		acked, unanswered, kills, len(known), lost, len(forwards), len(list.Snats), len(list.PolicyRoutes), slowestReap.Round(time.Millisecond))
+}
+
+// routeTable is the table of the torture's policy route for 10.0.2.host:
+// three tables, each shared by several sources.
+func routeTable(host int) int { return 200 + host%3 }
+
+// policyRouting is natmap's policy routing in the router: its rules
+// (protocol 212) and the default route of each of the torture's tables
+// (which also hold copies of the connected routes), one line each, sorted.
+func policyRouting(t *testing.T, l *lab) string {
+	t.Helper()
+	var lines []string
+	for _, r := range strings.Split(l.router.MustRun(t, "ip", "rule", "show"), "\n") {
+		if _, rule, ok := strings.Cut(r, ":"); ok && strings.Contains(rule, "proto 212") {
+			lines = append(lines, strings.Join(strings.Fields(rule), " "))
+		}
+	}
+	for table := 200; table < 203; table++ {
+		out, _ := l.router.Run("ip", "route", "show", "table", fmt.Sprint(table))
+		switch routes := strings.Split(strings.TrimSpace(out), "\n"); {
+		case strings.TrimSpace(out) == "":
+		case !strings.HasPrefix(routes[0], "default"):
+			lines = append(lines, fmt.Sprintf("table %d: routes but no default:\n%s", table, out))
+		default:
+			lines = append(lines, fmt.Sprintf("table %d: %s", table, strings.Join(strings.Fields(routes[0]), " ")))
+		}
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+// listedRouting is what policyRouting shows for the routes the daemon
+// lists.
+func listedRouting(routes []nat.PolicyRouteEntry) string {
+	var lines []string
+	tables := map[uint32]string{}
+	for _, r := range routes {
+		lines = append(lines, fmt.Sprintf("from %s lookup %d proto 212", r.SrcIP, r.Table))
+		tables[r.Table] = r.Via
+	}
+	for table, via := range tables {
+		lines = append(lines, fmt.Sprintf("table %d: default via %s dev int0 proto 212", table, via))
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
 }
 
 // TestIntegrationDiskFull: when the state cannot be written, a change is
