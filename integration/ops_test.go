@@ -169,7 +169,7 @@ next:
 // as Prometheus text, and its numbers move with what the daemon does.
 func TestMetrics(t *testing.T) {
 	l := newLab(t)
-	l.startDaemon("--metrics-listen", "127.0.0.1:9187", "--check-interval", "100ms")
+	l.startDaemon("--metrics-listen", "127.0.0.1:19187", "--check-interval", "100ms")
 	metrics := func() map[string]*dto.MetricFamily {
 		code, text := l.api("GET", "/metrics", "")
 		if code != 200 {
@@ -211,6 +211,7 @@ func TestMetrics(t *testing.T) {
 		{"natmap_reserved_ports", nil, 2},
 		{"natmap_docker_connected", nil, 0},
 		{"natmap_docker_reconnects_total", nil, 0},
+		{"natmap_build_info", []string{"backend", status(t, l).Backend, "version", status(t, l).Version}, 1},
 	} {
 		if got := value(m, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -222,7 +223,7 @@ func TestMetrics(t *testing.T) {
 
 	// The same over TCP, for a scraper.
 	var conn net.Conn
-	if err := l.router.Do(func() (err error) { conn, err = net.Dial("tcp", "127.0.0.1:9187"); return err }); err != nil {
+	if err := l.router.Do(func() (err error) { conn, err = net.Dial("tcp", "127.0.0.1:19187"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
@@ -245,7 +246,7 @@ func TestMetrics(t *testing.T) {
 	var idle []net.Conn
 	for i := 0; i < 24; i++ {
 		var c net.Conn
-		if err := l.router.Do(func() (err error) { c, err = net.Dial("tcp", "127.0.0.1:9187"); return err }); err != nil {
+		if err := l.router.Do(func() (err error) { c, err = net.Dial("tcp", "127.0.0.1:19187"); return err }); err != nil {
 			break
 		}
 		idle = append(idle, c)

@@ -30,18 +30,18 @@ import (
 
 // DaemonCmd runs the daemon.
 type DaemonCmd struct {
-	State         string        `default:"/var/lib/natmap/state.json" type:"path" help:"State file." placeholder:"PATH"`
-	SocketGroup   string        `default:"natmap" help:"Group that may use the socket (mode 0660)." placeholder:"NAME"`
-	Backend       string        `default:"auto" enum:"auto,nftables,iptables" help:"Kernel backend: ${enum} (auto: iptables when the host's iptables-legacy tables hold rules, else nftables)."`
-	IptablesMode  string        `default:"auto" enum:"auto,legacy,nft" help:"iptables variant for the iptables backend: ${enum}."`
-	RetryInterval time.Duration `default:"30s" help:"How often to retry forwards whose port another program holds."`
-	CheckInterval time.Duration `default:"300ms" help:"How often to check that nobody removed natmap's rules (they are restored at once); 0 turns the check off."`
-	SavePath      string        `default:"" type:"path" help:"Where save writes the ruleset: default /etc/natmap/natmap.nft (nftables), /etc/iptables/rules.v4 and rules.v6 (iptables)." placeholder:"PATH"`
-	DockerHost    string        `default:"unix:///var/run/docker.sock" env:"DOCKER_HOST" help:"Docker engine to follow; the daemon runs without it until it answers." placeholder:"URL"`
-	DockerTimeout time.Duration `default:"10s" help:"The most one call to Docker may take: an engine that hangs is reported as not answering, and static rules are not held up by it."`
-	Config        string        `type:"existingfile" help:"Apply this configuration file at start, after restoring the state (as apply without --prune); a file that does not apply stops the daemon." placeholder:"FILE"`
-	MetricsListen string        `help:"Also serve GET /metrics (Prometheus) on this TCP address, such as 127.0.0.1:9187; off by default (the socket always serves it)." placeholder:"ADDR"`
-	GroupExt      []string      `name:"group-ext" help:"Addresses or networks (CIDR) the socket group may forward although no interface of this host holds them, such as public addresses routed to the host; repeatable (root may forward any address)." placeholder:"CIDR"`
+	State         string        `default:"/var/lib/natmap/state.json" type:"path" help:"State file." placeholder:"PATH" env:"NATMAP_STATE"`
+	SocketGroup   string        `default:"natmap" help:"Group that may use the socket (mode 0660)." placeholder:"NAME" env:"NATMAP_SOCKET_GROUP"`
+	Backend       string        `default:"auto" enum:"auto,nftables,iptables" help:"Kernel backend: ${enum} (auto: iptables when the host's iptables-legacy tables hold rules, else nftables)." env:"NATMAP_BACKEND"`
+	IptablesMode  string        `default:"auto" enum:"auto,legacy,nft" help:"iptables variant for the iptables backend: ${enum}." env:"NATMAP_IPTABLES_MODE"`
+	RetryInterval time.Duration `default:"30s" help:"How often to retry forwards whose port another program holds." env:"NATMAP_RETRY_INTERVAL"`
+	CheckInterval time.Duration `default:"300ms" help:"How often to check that nobody removed natmap's rules (they are restored at once); 0 turns the check off." env:"NATMAP_CHECK_INTERVAL"`
+	SavePath      string        `default:"" type:"path" help:"Where save writes the ruleset: default /etc/natmap/natmap.nft (nftables), /etc/iptables/rules.v4 and rules.v6 (iptables)." placeholder:"PATH" env:"NATMAP_SAVE_PATH"`
+	DockerHost    string        `default:"unix:///var/run/docker.sock" env:"NATMAP_DOCKER_HOST,DOCKER_HOST" help:"Docker engine to follow; the daemon runs without it until it answers." placeholder:"URL"`
+	DockerTimeout time.Duration `default:"10s" help:"The most one call to Docker may take: an engine that hangs is reported as not answering, and static rules are not held up by it." env:"NATMAP_DOCKER_TIMEOUT"`
+	Config        string        `type:"existingfile" help:"Apply this configuration file at start, after restoring the state (as apply without --prune); a file that does not apply stops the daemon." placeholder:"FILE" env:"NATMAP_CONFIG"`
+	MetricsListen string        `help:"Also serve GET /metrics (Prometheus) on this TCP address, such as 127.0.0.1:19187 (outside 9100-9999, where Prometheus exporters have their registered ports); off by default (the socket always serves it)." placeholder:"ADDR" env:"NATMAP_METRICS_LISTEN"`
+	GroupExt      []string      `name:"group-ext" help:"Addresses or networks (CIDR) the socket group may forward although no interface of this host holds them, such as public addresses routed to the host; repeatable (root may forward any address)." placeholder:"CIDR" env:"NATMAP_GROUP_EXT"`
 }
 
 // Run starts the daemon and serves until SIGTERM or SIGINT. On exit the
@@ -92,7 +92,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	if err != nil {
 		return err
 	}
-	met := newMetrics()
+	met := newMetrics(version(), backend.Name())
 	svc := nat.NewService(nat.Deps{Backend: timed{backend, met.apply}, Reserver: reserve.New(), Store: file, System: hostSystem{settings},
 		Router: route.Netlink{}, Docker: docker, Log: log})
 	if err := svc.Start(ctx, st); err != nil {

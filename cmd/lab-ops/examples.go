@@ -12,7 +12,7 @@ Examples:
   sudo lab-ops natmap daemon
   lab-ops natmap --socket /tmp/natmap.sock daemon --state /tmp/natmap_state.json --socket-group root
   sudo lab-ops natmap daemon --backend iptables --iptables-mode legacy
-  sudo lab-ops natmap daemon --metrics-listen 127.0.0.1:9187`
+  sudo lab-ops natmap daemon --metrics-listen 127.0.0.1:19187`
 }
 
 func (*InstallCmd) Help() string {

@@ -150,7 +150,8 @@ func (c *InstallCmd) Run(g *Globals, out *output, app *kong.Kong) error {
 		user = ""
 	}
 	h := newHost(c.Root)
-	unit := []byte(unitFile())
+	unit := []byte(installedUnit())
+	defaults := []byte(defaultsFile(app.Model))
 	pages := manPages(app.Model)
 	changed := false // the binary or the unit: a running service restarts
 	joined := false  // user joined the group
@@ -204,6 +205,13 @@ func (c *InstallCmd) Run(g *Globals, out *output, app *kong.Kong) error {
 		})
 	}
 	steps = append(steps, step{
+		what: "write the daemon's options, all commented out, to " + defaultsPath + " (kept if it exists: it is yours)",
+		done: func() (bool, error) { ok, err := h.absent(defaultsPath)(); return !ok, err },
+		do: func() error {
+			changed = true
+			return store.WriteFile(h.path(defaultsPath), defaults, 0o644)
+		},
+	}, step{
 		what: "write " + unitPath,
 		done: func() (bool, error) { return h.sameFile(unitPath, unit, 0o644) },
 		do: func() error {
@@ -342,7 +350,7 @@ func (c *UninstallCmd) Run(g *Globals, out *output) error {
 				},
 			})
 		}
-		steps = append(steps, removeStep(h, stateDir), removeStep(h, configDir))
+		steps = append(steps, removeStep(h, stateDir), removeStep(h, configDir), removeStep(h, defaultsPath))
 	} else {
 		fmt.Fprintf(out.stdout, "The state (%s) stays: install again to carry on where natmap left off, or uninstall --purge to remove it.\n", stateDir)
 	}

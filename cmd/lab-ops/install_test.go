@@ -63,7 +63,7 @@ func TestInstallIntoRoot(t *testing.T) {
 	before := listFiles(t, root)
 
 	out, code := runCLI(t, "natmap", "install", "--root", root, "--dry-run")
-	if code != 0 || !strings.Contains(out, unitFile()) || !strings.Contains(out, "would      write "+unitPath) {
+	if code != 0 || !strings.Contains(out, installedUnit()) || !strings.Contains(out, "would      write "+unitPath) {
 		t.Fatalf("install --dry-run: exit %d, want the unit and the actions:\n%s", code, out)
 	}
 	if after := listFiles(t, root); len(after) != len(before) {

@@ -30,6 +30,7 @@ type CLI struct {
 	Natmap     NatmapCmd     `cmd:"" help:"Manage the host's NAT: DNAT, port reservations, the natmap daemon."`
 	Completion CompletionCmd `cmd:"" help:"Print a shell completion script: source <(lab-ops completion bash)."`
 	Man        ManCmd        `cmd:"" hidden:"" help:"Write man pages generated from the command line (just man)."`
+	Dist       DistCmd       `cmd:"" hidden:"" help:"Write the files a package ships beside the binary (scripts/package)."`
 }
 
 // NatmapCmd groups natmap's commands.
@@ -112,8 +113,16 @@ type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg }
 
-// version is the module version, or the VCS revision of a development build.
+// buildVersion is the release's version, set at build time by
+// scripts/package and scripts/release (-ldflags -X main.buildVersion=...).
+var buildVersion string
+
+// version is the release's version, the module version (go install), or
+// the VCS revision of a development build.
 func version() string {
+	if buildVersion != "" {
+		return buildVersion
+	}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "unknown"

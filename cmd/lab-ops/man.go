@@ -38,7 +38,7 @@ func manPages(app *kong.Application) map[string]string {
 		if n.Hidden {
 			return
 		}
-		if n.Type == kong.CommandNode {
+		if n.Type == kong.CommandNode || n.Type == kong.ApplicationNode {
 			pages[pageName(n)+".8"] = manPage(app, n)
 		}
 		for _, child := range n.Children {
@@ -100,7 +100,19 @@ func manPage(app *kong.Application, n *kong.Node) string {
 			}
 		}
 	}
-	b.WriteString(".SH FILES\n.TP\n/var/lib/natmap/state.json\nThe daemon's state.\n.TP\n/run/natmap.sock\nThe daemon's socket (mode 0660, group natmap).\n")
+	var env []string
+	for _, group := range n.AllFlags(true) {
+		for _, f := range group {
+			if !f.Hidden && len(f.Envs) > 0 {
+				env = append(env, fmt.Sprintf(".TP\n.B %s\nSets %s.\n", roff(strings.Join(f.Envs, ", ")), roff("--"+f.Name)))
+			}
+		}
+	}
+	if len(env) > 0 {
+		b.WriteString(".SH ENVIRONMENT\n" + strings.Join(env, ""))
+	}
+	b.WriteString(".SH FILES\n.TP\n/var/lib/natmap/state.json\nThe daemon's state.\n.TP\n/run/natmap.sock\nThe daemon's socket (mode 0660, group natmap).\n" +
+		".TP\n/etc/default/natmap\nThe service's daemon options (NATMAP_*=value lines).\n")
 	if n.Parent != nil && n.Parent.Type == kong.CommandNode {
 		fmt.Fprintf(&b, ".SH SEE ALSO\n\\fB%s\\fR(8)\n", roff(pageName(n.Parent)))
 	}

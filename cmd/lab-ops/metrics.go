@@ -66,7 +66,9 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(reconnDesc, prometheus.CounterValue, float64(c.reconnects()))
 }
 
-func newMetrics() *metrics {
+// newMetrics makes the registry, with natmap_build_info for the version and
+// backend.
+func newMetrics(version, backend string) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		apply: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -75,7 +77,13 @@ func newMetrics() *metrics {
 			Buckets: []float64{.0002, .0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5},
 		}, []string{"op"}),
 	}
-	m.reg.MustRegister(m.apply, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "natmap_build_info",
+		Help:        "Always 1: the daemon's version and kernel backend, as labels.",
+		ConstLabels: prometheus.Labels{"version": version, "backend": backend},
+	})
+	info.Set(1)
+	m.reg.MustRegister(m.apply, info, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
 

@@ -20,7 +20,7 @@ type Globals struct {
 	Socket  string           `help:"Path to the natmap daemon's Unix socket." default:"/run/natmap.sock" env:"NATMAP_SOCKET" type:"path" placeholder:"PATH"`
 	JSON    bool             `help:"Output in JSON format instead of tables and sentences."`
 	Color   string           `help:"Output coloring: ${enum}. Table headers are colorized when enabled; NO_COLOR turns auto off." enum:"auto,always,never" default:"auto"`
-	Verbose int              `help:"Increase verbosity (repeatable: -v, -vv, -vvv)." short:"v" type:"counter"`
+	Verbose int              `help:"Increase verbosity (repeatable: -v, -vv, -vvv)." short:"v" type:"counter" env:"NATMAP_VERBOSE"`
 	Version kong.VersionFlag `help:"Print the version and exit."`
 }
 

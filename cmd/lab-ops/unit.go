@@ -2,9 +2,12 @@ package main
 
 import "strings"
 
-// Where install puts things (under --root).
+// Where install puts things (under --root). The Debian package puts the
+// binary in /usr/bin (packagedBin) and the unit in /lib/systemd/system.
 const (
 	binPath      = "/usr/local/bin/lab-ops"
+	packagedBin  = "/usr/bin/lab-ops"
+	defaultsPath = "/etc/default/natmap" // the daemon's options, NATMAP_*=value
 	manDir       = "/usr/local/share/man/man8"
 	unitPath     = "/etc/systemd/system/natmap.service"
 	unitName     = "natmap.service"
@@ -17,6 +20,11 @@ const (
 	runtimeSocket = "/run/natmap/natmap.sock"
 	socketLink    = "/run/natmap.sock"
 )
+
+// installedUnit is the unit install writes.
+func installedUnit() string {
+	return unitFile("Written by lab-ops natmap install; lab-ops natmap uninstall removes it.", binPath)
+}
 
 // unitFile is natmap.service. docs/systemd.md says why each hardening
 // line is safe; TestUnitSandbox runs the daemon under the same limits.
@@ -31,14 +39,21 @@ const (
 // socket) and the places `save` writes. Writing /proc/sys/net
 // (forwarding, route_localnet) needs /proc/sys writable, so
 // ProtectKernelTunables is off.
-func unitFile() string {
-	return strings.NewReplacer("@BIN@", binPath, "@SOCK@", runtimeSocket, "@LINK@", socketLink,
-		"@STATE@", stateDir, "@CONF@", configDir, "@GROUP@", serviceGroup).Replace(`# Written by lab-ops natmap install; lab-ops natmap uninstall removes it.
+//
+// The daemon's options come from defaultsPath (EnvironmentFile), so
+// turning on metrics or a configuration file is one line there and a
+// restart, never a copy of ExecStart in a drop-in; ExecStart names only the
+// socket, which the unit's runtime directory and link decide.
+//
+// header is the first line (who wrote the file); bin is the binary's path.
+func unitFile(header, bin string) string {
+	return strings.NewReplacer("@HEADER@", header, "@BIN@", bin, "@SOCK@", runtimeSocket, "@LINK@", socketLink,
+		"@STATE@", stateDir, "@CONF@", configDir, "@GROUP@", serviceGroup, "@DEFAULTS@", defaultsPath).Replace(`# @HEADER@
 [Unit]
 Description=natmap: the host's NAT (port forwards, SNAT, hairpin, Docker port mappings)
-Documentation=man:lab-ops-natmap(8)
+Documentation=man:lab-ops-natmap(8) man:lab-ops-natmap-daemon(8)
+# network.target is for ordering only (systemd.special(7)).
 After=network.target
-Wants=network.target
 
 [Service]
 Type=notify
@@ -48,12 +63,18 @@ NotifyAccess=main
 # which must exist because /run is read-only to the daemon.
 ExecStartPre=+/bin/ln -sfn natmap/natmap.sock @LINK@
 ExecStartPre=+/bin/touch /run/xtables.lock
-ExecStart=@BIN@ natmap --socket @SOCK@ daemon --state @STATE@/state.json --socket-group @GROUP@
+# NATMAP_*=value lines: lab-ops natmap daemon --help names each option's
+# variable. The file is the admin's (a conffile in the package).
+EnvironmentFile=-@DEFAULTS@
+ExecStart=@BIN@ natmap --socket @SOCK@ daemon
 # Membership lets the daemon give its socket to the group without CAP_CHOWN.
 SupplementaryGroups=@GROUP@
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=1s
+# The daemon proves it is alive (its lock taken, its socket answering)
+# every WatchdogSec/2; a hung daemon is killed and restarted.
+WatchdogSec=30s
 # Kernel rules outlive the daemon: stopping it leaves traffic flowing.
 KillMode=mixed
 TimeoutStopSec=10s
