@@ -80,6 +80,7 @@ func TestReadinessAndReload(t *testing.T) {
 
 	msgs := l.notifySocket(t)
 	l.startDaemon()
+	nextMessage(t, msgs, "STATUS=restoring 1 rules from "+l.state)
 	rules := nextMessage(t, msgs, "READY=1")
 	if !strings.Contains(rules, "2525") {
 		t.Fatalf("READY=1 came before the forward was in the kernel:\n%s", rules)

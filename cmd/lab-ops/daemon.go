@@ -48,7 +48,7 @@ type DaemonCmd struct {
 // kernel rules stay in place, so traffic keeps flowing across a restart or
 // an upgrade; `clear` is how rules are removed.
 func (d *DaemonCmd) Run(g *Globals, out *output) error {
-	log := slog.New(slog.NewTextHandler(out.stderr, &slog.HandlerOptions{Level: logLevel(g.Verbose), AddSource: g.Verbose >= 2}))
+	log := newLogger(out.stderr, g.Verbose)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// SIGHUP is caught from the first moment: one that arrives during
@@ -95,7 +95,13 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	met := newMetrics(version(), backend.Name())
 	svc := nat.NewService(nat.Deps{Backend: timed{backend, met.apply}, Reserver: reserve.New(), Store: file, System: hostSystem{settings},
 		Router: route.Netlink{}, Docker: docker, Log: log})
-	if err := svc.Start(ctx, st); err != nil {
+	restoring := fmt.Sprintf("restoring %d rules from %s", len(st.Dnats)+len(st.Hairpins)+len(st.Snats)+len(st.PolicyRoutes)+len(st.Mappings), d.State)
+	_ = notify("STATUS=" + restoring)
+	started := make(chan struct{})
+	go starting(restoring, started, 5*time.Second, 10*time.Minute)
+	err = svc.Start(ctx, st)
+	close(started)
+	if err != nil {
 		return err
 	}
 	defer svc.Close()
@@ -171,6 +177,9 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		}
 	})
 	go docker.Watch(ctx, svc, time.Second)
+	if every := watchdogInterval(); every > 0 {
+		go watchdog(ctx, every, func(ctx context.Context) error { return alive(ctx, svc, g.Socket) }, log)
+	}
 	log.Info("serving", "socket", g.Socket, "state", d.State, "version", version())
 	if err := notify("READY=1", "STATUS="+svc.Stats().Summary()); err != nil {
 		log.Warn("readiness not sent", "err", err)
@@ -196,6 +205,35 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	os.Remove(g.Socket)
 	if err := svc.Checkpoint(0); err != nil {
 		log.Warn("writing the state file whole failed; changes stay in its journal", "state", d.State, "err", err)
+	}
+	return nil
+}
+
+// alive proves the daemon works for the watchdog: its service lock is
+// free within the deadline, and its socket answers GET /status.
+func alive(ctx context.Context, svc *nat.Service, socket string) error {
+	locked := make(chan struct{})
+	go func() { svc.Stats(); close(locked) }()
+	select {
+	case <-locked:
+	case <-ctx.Done():
+		return fmt.Errorf("the service lock was not free within the watchdog's time")
+	}
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://natmap/status", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("the socket does not answer: %w", err)
+	}
+	resp.Body.Close()
+	client.CloseIdleConnections()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("the socket answers %s", resp.Status)
 	}
 	return nil
 }
