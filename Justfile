@@ -24,3 +24,12 @@ bench:
 # Man pages generated from the command line, into man/ (man -l man/lab-ops-natmap.8).
 man:
     go run ./cmd/lab-ops man --dir man
+
+# The Debian package, checked by lintian: dist/natmap_VERSION_ARCH.deb.
+package:
+    bash scripts/package
+
+# Release artifacts (static linux/amd64 and arm64 binaries, packages,
+# SHA256SUMS) in dist/release/, built twice to prove them reproducible.
+release:
+    bash scripts/release --check
