@@ -10,9 +10,11 @@
 // Every change is one `iptables-restore --noflush` per address family
 // (with the lock wait): deletions by rule specification and additions in
 // one atomic commit, never one process per rule, never deletion by rule
-// number. IPv6 goes through ip6tables-restore. Unlike the nftables backend,
-// each forward is two rules (mark, then DNAT), so a packet's cost grows with
-// the number of forwards.
+// number. IPv6 goes through ip6tables-restore. Each forward is two rules
+// (mark, then DNAT), and the chains that hold them (NATMAP-PRE, NATMAP-OUT,
+// NATMAP-COUNT, NATMAP-HAIRPIN) dispatch through a tree of chains
+// (NATMAP-T*: tree.go), so a packet passes about 2·log2(n) rules, not n,
+// and a change rewrites only the chains of the tree it touches.
 package compat
 
 import (
@@ -66,10 +68,6 @@ var jumps = [][3]string{
 	{"raw", "PREROUTING", ChainLocalnet},
 }
 
-// ownChains are natmap's chains: table, chain.
-var ownChains = [][2]string{{"nat", ChainPre}, {"nat", ChainOut}, {"nat", ChainPost}, {"nat", ChainHairpin}, {"nat", ChainSNAT},
-	{"filter", ChainForward}, {"mangle", ChainCount}, {"raw", ChainLocalnet}}
-
 // Backend implements nat.Backend with iptables. It keeps the forwards it
 // installed, grouped as they are written, so that a change rewrites only
 // the groups it touches.
@@ -79,6 +77,9 @@ type Backend struct {
 	mu     sync.Mutex
 	groups map[groupKey][]nat.Forward // sorted by external port
 	rules  nat.Rules                  // the SNAT and hairpin rules written last
+	eps    map[nat.Endpoint]nat.Forward // every forward installed, by endpoint
+	laid   map[family]*layout           // what was written last, by family
+	cache  *itemCache                   // each group's rendered rules (synced with groups)
 	// run loads a restore script into one family's tables; b.restore
 	// unless a test stands in for a family that fails.
 	run func(ctx context.Context, f family, text string) error
@@ -89,7 +90,7 @@ type Backend struct {
 
 // New returns a backend for the iptables variant mode.
 func New(mode Mode) *Backend {
-	b := &Backend{mode: mode, groups: map[groupKey][]nat.Forward{}, noIPv6: !KernelHasIPv6()}
+	b := &Backend{mode: mode, groups: map[groupKey][]nat.Forward{}, noIPv6: !KernelHasIPv6(), eps: map[nat.Endpoint]nat.Forward{}, laid: map[family]*layout{}, cache: syncedCache()}
 	b.run = b.restore
 	return b
 }
@@ -152,22 +153,40 @@ func famOf(a netip.Addr) family {
 func (b *Backend) Replace(ctx context.Context, rs nat.Ruleset) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	groups, err := regroup(nil, nil, rs.Forwards)
+	over, err := regroup(nil, nil, nil, rs.Forwards)
 	if err != nil {
 		return err
 	}
-	err = b.bothFamilies(ctx, func(f family) (string, bool) { return fullScript(f, groups, rs.Rules), true },
-		func(f family) (string, bool) { return fullScript(f, b.groups, b.rules), true })
+	next := map[family]*layout{}
+	cache := syncedCache() // of the new groups alone
+	for _, f := range []family{v4, v6} {
+		next[f] = buildLayout(f, nil, over, rs.Rules, sameAs{}, cache, b.laid[f])
+	}
+	err = b.bothFamilies(ctx, func(f family) (string, bool) { return next[f].full(), true },
+		func(f family) (string, bool) { return b.layoutOf(f).full(), true })
 	if err != nil {
 		return err
 	}
+	for _, l := range next {
+		l.from = nil
+	}
+	b.groups, b.eps, b.rules, b.laid, b.cache = groups{}, map[nat.Endpoint]nat.Forward{}, rs.Rules, next, cache
+	b.commit(over, nil, rs.Forwards)
 	for _, f := range b.families() {
 		if err := b.ensureJumps(ctx, f); err != nil {
 			return err
 		}
 	}
-	b.groups, b.rules = groups, rs.Rules
 	return nil
+}
+
+// layoutOf is what was written last in family f (an empty layout before
+// anything was).
+func (b *Backend) layoutOf(f family) *layout {
+	if l := b.laid[f]; l != nil {
+		return l
+	}
+	return buildLayout(f, nil, nil, nat.Rules{}, sameAs{}, newItemCache(), nil)
 }
 
 // bothFamilies runs the IPv4 script, then the IPv6 one (a family whose
@@ -196,76 +215,15 @@ func (b *Backend) bothFamilies(ctx context.Context, do, undo func(family) (strin
 	return fmt.Errorf("%w (the IPv4 half was put back: nothing changed)", err)
 }
 
-// fullScript declares (so flushes) natmap's chains of family f and fills
-// them.
-func fullScript(f family, groups map[groupKey][]nat.Forward, r nat.Rules) string {
-	var w script
-	w.table("nat")
-	for _, c := range []string{ChainPre, ChainOut, ChainPost, ChainHairpin, ChainSNAT} {
-		w.line(":%s - [0:0]", c)
-	}
-	natHead(&w)
-	for _, k := range sortedKeys(groups) {
-		if famOf(k.ext) == f {
-			groupRules(&w, "-A", k, groups[k])
-		}
-	}
-	ruleLines(&w, f, r)
-	w.commit()
-	w.table("filter")
-	w.line(":%s - [0:0]", ChainForward)
-	w.rule("-A", ChainForward, "-m", "connmark", "--mark", markMask(nat.MarkForwarded), "-j", "ACCEPT")
-	w.commit()
-	w.table("mangle")
-	w.line(":%s - [0:0]", ChainCount)
-	countGuard(&w)
-	for _, k := range sortedKeys(groups) {
-		if famOf(k.ext) == f {
-			countingRules(&w, "-A", k, groups[k])
-		}
-	}
-	w.commit()
-	localnetGuard(&w, f, false)
-	return w.String()
-}
-
-// natHead writes the nat table's fixed rules: the host's own connections
-// to a forward are DNATed only when it is for one of the host's own
-// addresses (a forward of an address that is not the host's never takes
-// over the host's own connections to that address) and are masqueraded;
-// then the hairpin and SNAT chains.
-func natHead(w *script) {
-	w.rule("-A", ChainOut, "-m", "addrtype", "!", "--dst-type", "LOCAL", "-j", "RETURN")
-	w.rule("-A", ChainPost, "-m", "connmark", "--mark", markMask(nat.MarkLocal), "-j", "MASQUERADE")
-	w.rule("-A", ChainPost, "-j", ChainHairpin)
-	w.rule("-A", ChainPost, "-j", ChainSNAT)
-}
-
-// localnetGuard writes the raw table's chain that drops packets from the
-// network to or from 127.0.0.0/8 (IPv4 only; the chain is empty for IPv6),
-// whatever route_localnet says: natmap turns it on for mappings to a
-// loopback service, and others do too (CVE-2020-8558). It runs before any
-// NAT, so a packet natmap DNATs to 127.0.0.1 still has the forward's own
-// address there and passes. With jump, the jump from PREROUTING too.
-func localnetGuard(w *script, f family, jump bool) {
-	w.table("raw")
-	w.line(":%s - [0:0]", ChainLocalnet)
-	if jump {
-		w.rule("-A", "PREROUTING", "-j", ChainLocalnet)
-	}
-	if !f.v6 {
-		w.rule("-A", ChainLocalnet, "!", "-i", "lo", "-d", "127.0.0.0/8", "-m", "comment", "--comment", "natmap: nothing from the network to 127.0.0.0/8", "-j", "DROP")
-		w.rule("-A", ChainLocalnet, "!", "-i", "lo", "-s", "127.0.0.0/8", "-m", "comment", "--comment", "natmap: nothing from the network from 127.0.0.0/8", "-j", "DROP")
-	}
-	w.commit()
-}
-
 // Check implements nat.Checker: every jump is there, and each of natmap's
 // chains holds as many rules as natmap wrote. It reads one iptables-save per
 // family.
 func (b *Backend) Check(ctx context.Context, r nat.Rules) error {
 	b.mu.Lock()
-	groups := b.groups
+	want := map[family]*layout{}
+	for _, f := range b.families() {
+		want[f] = buildLayout(f, b.groups, nil, r, sameAs{forwards: true}, b.cache, b.laid[f])
+	}
 	b.mu.Unlock()
 	for _, f := range b.families() {
 		out, err := exec.CommandContext(ctx, f.binary(b.mode, "-save")).Output()
@@ -276,19 +234,21 @@ func (b *Backend) Check(ctx context.Context, r nat.Rules) error {
 			return fmt.Errorf("%s: %w", f.binary(b.mode, "-save"), err)
 		}
 		have, chains := countRules(string(out))
-		want, _ := countRules(fullScript(f, groups, r))
 		for _, j := range jumps {
 			if chains[j[0]+" "+j[1]] && have[j[0]+" "+j[1]+" -> "+j[2]] == 0 {
 				return fmt.Errorf("the jump %s -> %s is missing", j[1], j[2])
 			}
 		}
-		for _, tc := range ownChains {
-			key := tc[0] + " " + tc[1]
-			if !chains[key] {
-				return fmt.Errorf("chain %s is missing", tc[1])
-			}
-			if have[key] != want[key] {
-				return fmt.Errorf("chain %s holds %d rules, natmap wrote %d", tc[1], have[key], want[key])
+		for _, table := range tables {
+			for _, name := range want[f].names(table) {
+				c, _ := want[f].chain(name)
+				key := table + " " + name
+				if !chains[key] {
+					return fmt.Errorf("chain %s is missing", name)
+				}
+				if have[key] != len(c.lines) {
+					return fmt.Errorf("chain %s holds %d rules, natmap wrote %d", name, have[key], len(c.lines))
+				}
 			}
 		}
 	}
@@ -319,39 +279,55 @@ func countRules(text string) (counts map[string]int, chains map[string]bool) {
 }
 
 // Apply implements nat.Backend: one restore per family that rewrites the
-// groups the change touches (-D of their old rules, -A of the new); when
-// the IPv6 half fails the IPv4 half is put back, so nothing changes.
+// chains whose rules the change alters (the base chains and the nodes of
+// the trees above the forwards it adds or deletes); when the IPv6 half
+// fails the IPv4 half is put back, so nothing changes.
 func (b *Backend) Apply(ctx context.Context, ch nat.Change) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.refuseIPv6(ch); err != nil {
 		return err
 	}
-	next, err := regroup(b.groups, ch.Del, ch.Add)
+	over, err := regroup(b.groups, b.eps, ch.Del, ch.Add)
 	if err != nil {
 		return err
-	}
-	touched := map[groupKey]bool{}
-	for _, f := range append(append([]nat.Forward{}, ch.Del...), ch.Add...) {
-		touched[keyOf(f)] = true
 	}
 	rules := b.rules
 	if ch.Rules != nil {
 		rules = *ch.Rules
 	}
-	err = b.bothFamilies(ctx, func(f family) (string, bool) { return changeScript(f, touched, b.groups, next, ch.Rules) },
-		func(f family) (string, bool) {
-			var back *nat.Rules
-			if ch.Rules != nil {
-				back = &b.rules
-			}
-			return changeScript(f, touched, next, b.groups, back)
-		})
+	laid := map[family]*layout{}
+	for _, f := range []family{v4, v6} {
+		if touches(f, ch) {
+			laid[f] = buildLayout(f, b.groups, over, rules, sameAs{forwards: len(over) == 0, rules: ch.Rules == nil}, b.cache, b.laid[f])
+		} else {
+			laid[f] = b.layoutOf(f)
+		}
+	}
+	err = b.bothFamilies(ctx, func(f family) (string, bool) { return diffScript(b.layoutOf(f), laid[f]) },
+		func(f family) (string, bool) { return diffScript(laid[f], b.layoutOf(f)) })
 	if err != nil {
 		return err
 	}
-	b.groups, b.rules = next, rules
+	for _, l := range laid {
+		l.from = nil // only the change's own undo needed it
+	}
+	b.rules, b.laid = rules, laid
+	b.commit(over, ch.Del, ch.Add)
 	return nil
+}
+
+// touches reports whether the change may alter family f's chains.
+func touches(f family, ch nat.Change) bool {
+	if ch.Rules != nil {
+		return true
+	}
+	for _, fw := range append(slices.Clone(ch.Del), ch.Add...) {
+		if famOf(fw.Ext.Addr()) == f {
+			return true
+		}
+	}
+	return false
 }
 
 // refuseIPv6 refuses, on a kernel without IPv6, a change that adds an IPv6
@@ -369,87 +345,121 @@ func (b *Backend) refuseIPv6(ch nat.Change) error {
 	if ch.Rules == nil {
 		return nil
 	}
-	var was, now script
-	ruleLines(&was, v6, b.rules)
-	ruleLines(&now, v6, *ch.Rules)
 	had := map[string]bool{}
-	for _, l := range strings.Split(was.String(), "\n") {
-		had[l] = true
+	for _, r := range ipv6Rules(b.rules) {
+		had[r] = true
 	}
-	for _, l := range strings.Split(now.String(), "\n") {
-		if !had[l] {
-			return fmt.Errorf("%s: %w", strings.TrimPrefix(l, "-A "), errNoIPv6)
+	for _, r := range ipv6Rules(*ch.Rules) {
+		if !had[r] {
+			return fmt.Errorf("%s: %w", r, errNoIPv6)
 		}
 	}
 	return nil
 }
 
-// changeScript is the restore script of family f that moves the touched
-// groups from one set of forwards to another (-D of their rules, -A of the
-// new), and rewrites the SNAT and hairpin chains when rules is set; false
-// when the family has nothing to change.
-func changeScript(f family, touched map[groupKey]bool, from, to map[groupKey][]nat.Forward, rules *nat.Rules) (string, bool) {
-	var w script
-	w.table("nat")
-	n := 0
-	for _, k := range sortedKeys(touched) {
-		if famOf(k.ext) != f {
-			continue
-		}
-		groupRules(&w, "-D", k, from[k])
-		groupRules(&w, "-A", k, to[k])
-		n++
-	}
-	if rules != nil {
-		w.line("-F %s", ChainHairpin)
-		w.line("-F %s", ChainSNAT)
-		ruleLines(&w, f, *rules)
-		n++
-	}
-	if n == 0 {
-		return "", false
-	}
-	w.commit()
-	w.table("mangle")
-	for _, k := range sortedKeys(touched) {
-		if famOf(k.ext) == f {
-			countingRules(&w, "-D", k, from[k])
-			countingRules(&w, "-A", k, to[k])
+// ipv6Rules names the IPv6 SNAT and hairpin rules of r.
+func ipv6Rules(r nat.Rules) []string {
+	var out []string
+	for _, sn := range r.SNATs {
+		if sn.IntNet.Addr().Is6() {
+			out = append(out, sn.String())
 		}
 	}
-	w.commit()
-	return w.String(), true
+	for _, m := range r.Masquerades {
+		if m.Dst.Is6() {
+			out = append(out, m.String())
+		}
+	}
+	for _, p := range r.SameNet {
+		if p.Addr().Is6() {
+			out = append(out, "masquerade within "+p.String())
+		}
+	}
+	return out
 }
 
-// regroup returns groups less del plus add, refusing to delete what is
-// absent or add what is present, as the kernel would.
-func regroup(groups map[groupKey][]nat.Forward, del, add []nat.Forward) (map[groupKey][]nat.Forward, error) {
-	byEP := map[nat.Endpoint]nat.Forward{}
-	for _, fs := range groups {
-		for _, f := range fs {
-			byEP[f.Endpoint()] = f
+// groups are forwards as they are written: by everything but the port,
+// each group sorted by external port.
+type groups = map[groupKey][]nat.Forward
+
+// regroup returns the groups del and add change, as they become (an
+// empty group: deleted), refusing to delete what is absent or add what is
+// present, as the kernel would. base and eps (every forward by endpoint)
+// are only read.
+func regroup(base groups, eps map[nat.Endpoint]nat.Forward, del, add []nat.Forward) (groups, error) {
+	over := groups{}
+	edit := func(k groupKey) []nat.Forward {
+		if fs, ok := over[k]; ok {
+			return fs
+		}
+		return slices.Clone(base[k])
+	}
+	gone := map[nat.Endpoint]bool{}
+	for _, f := range del {
+		ep := f.Endpoint()
+		if cur, ok := eps[ep]; !ok || cur != f || gone[ep] {
+			return nil, fmt.Errorf("deleting %s: not installed", f)
+		}
+		gone[ep] = true
+		k := keyOf(f)
+		fs := edit(k)
+		over[k] = slices.DeleteFunc(fs, func(g nat.Forward) bool { return g == f })
+	}
+	added := map[nat.Endpoint]bool{}
+	for _, f := range add {
+		ep := f.Endpoint()
+		if _, ok := eps[ep]; (ok && !gone[ep]) || added[ep] {
+			return nil, fmt.Errorf("adding %s: its endpoint is installed", f)
+		}
+		added[ep] = true
+		k := keyOf(f)
+		over[k] = append(edit(k), f)
+	}
+	for k, fs := range over {
+		slices.SortFunc(fs, func(a, b nat.Forward) int { return int(a.Ext.Port()) - int(b.Ext.Port()) })
+		over[k] = fs
+	}
+	return over, nil
+}
+
+// eachGroup calls fn with every group of base as over changes it.
+func eachGroup(base, over groups, fn func(groupKey, []nat.Forward)) {
+	for k, fs := range base {
+		if _, ok := over[k]; !ok {
+			fn(k, fs)
+		}
+	}
+	for k, fs := range over {
+		if len(fs) > 0 {
+			fn(k, fs)
+		}
+	}
+}
+
+// syncedCache is a cache that holds exactly the backend's groups.
+func syncedCache() *itemCache {
+	c := newItemCache()
+	c.synced = true
+	return c
+}
+
+// commit makes the change over (with its forwards del and add) part of
+// the backend's groups.
+func (b *Backend) commit(over groups, del, add []nat.Forward) {
+	b.cache.commit(over)
+	for k, fs := range over {
+		if len(fs) == 0 {
+			delete(b.groups, k)
+		} else {
+			b.groups[k] = fs
 		}
 	}
 	for _, f := range del {
-		if cur, ok := byEP[f.Endpoint()]; !ok || cur != f {
-			return nil, fmt.Errorf("deleting %s: not installed", f)
-		}
-		delete(byEP, f.Endpoint())
+		delete(b.eps, f.Endpoint())
 	}
 	for _, f := range add {
-		if _, ok := byEP[f.Endpoint()]; ok {
-			return nil, fmt.Errorf("adding %s: its endpoint is installed", f)
-		}
-		byEP[f.Endpoint()] = f
+		b.eps[f.Endpoint()] = f
 	}
-	next := map[groupKey][]nat.Forward{}
-	for _, f := range byEP {
-		next[keyOf(f)] = append(next[keyOf(f)], f)
-	}
-	for k := range next {
-		slices.SortFunc(next[k], func(a, b nat.Forward) int { return int(a.Ext.Port()) - int(b.Ext.Port()) })
-	}
-	return next, nil
 }
 
 func sortedKeys[V any](m map[groupKey]V) []groupKey {
@@ -463,41 +473,70 @@ func sortedKeys[V any](m map[groupKey]V) []groupKey {
 	return keys
 }
 
-// Remove deletes natmap's jumps and chains, in both families.
+// Remove deletes natmap's jumps and chains (the trees' too), in both
+// families: one iptables-save and one restore each.
 func (b *Backend) Remove() error {
 	for _, f := range b.families() {
 		// One listing tells whether there is anything to remove: the
 		// daemon calls Remove at every start for the backends it does not
-		// use, and a host without natmap's chains should not pay for a
-		// dozen iptables runs.
-		if out, err := exec.Command(f.binary(b.mode, "-save")).Output(); err == nil && !strings.Contains(string(out), ":NATMAP-") {
-			continue
-		}
-		ipt, err := b.iptables(f)
+		// use.
+		out, err := exec.Command(f.binary(b.mode, "-save")).Output()
 		if err != nil {
 			if f.v6 {
 				continue
 			}
-			return err
+			return fmt.Errorf("%s: %w", f.binary(b.mode, "-save"), err)
 		}
-		for _, j := range jumps {
-			from, _ := ipt.ChainExists(j[0], j[1])
-			to, _ := ipt.ChainExists(j[0], j[2])
-			if from && to {
-				if err := ipt.DeleteIfExists(j[0], j[1], "-j", j[2]); err != nil {
-					return fmt.Errorf("removing the jump %s -> %s: %w", j[1], j[2], err)
-				}
-			}
+		text, n := removal(string(out), func(string) bool { return true })
+		if n == 0 {
+			continue
 		}
-		for _, tc := range ownChains {
-			if ok, _ := ipt.ChainExists(tc[0], tc[1]); ok {
-				if err := ipt.ClearAndDeleteChain(tc[0], tc[1]); err != nil {
-					return fmt.Errorf("removing chain %s: %w", tc[1], err)
-				}
-			}
+		if err := b.run(context.Background(), f, text); err != nil {
+			return fmt.Errorf("removing natmap's chains: %w", err)
 		}
 	}
+	b.mu.Lock()
+	b.groups, b.eps, b.laid, b.cache = groups{}, map[nat.Endpoint]nat.Forward{}, map[family]*layout{}, syncedCache()
+	b.mu.Unlock()
 	return nil
+}
+
+// removal is the restore script that deletes the natmap chains (NATMAP-*)
+// of an iptables-save text for which gone says so, with the rules of other
+// chains that jump to them, and how many chains it deletes.
+func removal(save string, gone func(chain string) bool) (string, int) {
+	var w script
+	n := 0
+	_, blocks := parseSave(save)
+	for _, blk := range blocks {
+		var chains, jumpsTo []string
+		for _, line := range blk.lines {
+			f := strings.Fields(line)
+			switch {
+			case len(f) > 0 && strings.HasPrefix(f[0], ":") && strings.HasPrefix(f[0], ":NATMAP-") && gone(f[0][1:]):
+				chains = append(chains, f[0][1:])
+			case len(f) > 3 && f[0] == "-A" && !strings.HasPrefix(f[1], "NATMAP-") && f[len(f)-2] == "-j" &&
+				strings.HasPrefix(f[len(f)-1], "NATMAP-") && gone(f[len(f)-1]):
+				jumpsTo = append(jumpsTo, "-D"+strings.TrimPrefix(line, "-A"))
+			}
+		}
+		if len(chains) == 0 && len(jumpsTo) == 0 {
+			continue
+		}
+		w.table(blk.name)
+		for _, l := range jumpsTo {
+			w.line("%s", l)
+		}
+		for _, c := range chains {
+			w.line(":%s - [0:0]", c) // flushed, so nothing of natmap's refers to another
+		}
+		for _, c := range chains {
+			w.line("-X %s", c)
+		}
+		w.commit()
+		n += len(chains)
+	}
+	return w.String(), n
 }
 
 func (b *Backend) iptables(f family) (*iptables.IPTables, error) {
@@ -535,11 +574,18 @@ func (b *Backend) ensureJumps(ctx context.Context, f family) error {
 		w.commit()
 		missing += len(lines)
 	}
-	if missing == 0 {
+	// Chains of a tree that the layout written last has not (an earlier
+	// daemon's, of other forwards) go.
+	laid := b.layoutOf(f)
+	stale, n := removal(string(out), func(c string) bool {
+		_, ours := laid.chain(c)
+		return strings.HasPrefix(c, "NATMAP-T") && !ours
+	})
+	if missing == 0 && n == 0 {
 		return nil
 	}
-	if err := b.run(ctx, f, w.String()); err != nil {
-		return fmt.Errorf("adding %d jumps to natmap's chains: %w", missing, err)
+	if err := b.run(ctx, f, w.String()+stale); err != nil {
+		return fmt.Errorf("adding %d jumps to natmap's chains and removing %d chains of natmap's no longer used: %w", missing, n, err)
 	}
 	return nil
 }
@@ -561,51 +607,18 @@ func (b *Backend) restore(ctx context.Context, f family, text string) error {
 // host's own boot files (netfilter-persistent restores those without
 // natmap).
 func Render(rs nat.Ruleset) (v4text, v6text []byte) {
+	over, _ := regroup(nil, nil, nil, rs.Forwards)
 	out := [2][]byte{}
 	for i, f := range []family{v4, v6} {
+		l := buildLayout(f, nil, over, rs.Rules, sameAs{}, newItemCache(), nil)
 		var w script
 		w.line(savedHeader)
-		w.table("nat")
-		for _, c := range []string{ChainPre, ChainOut, ChainPost, ChainHairpin, ChainSNAT} {
-			w.line(":%s - [0:0]", c)
+		for _, table := range tables {
+			l.write(&w, table, true)
 		}
-		w.rule("-A", "PREROUTING", "-j", ChainPre)
-		w.rule("-A", "OUTPUT", "-j", ChainOut)
-		w.rule("-A", "POSTROUTING", "-j", ChainPost)
-		natHead(&w)
-		groups, _ := regroup(nil, nil, rs.Forwards)
-		for _, k := range sortedKeys(groups) {
-			if famOf(k.ext) == f {
-				groupRules(&w, "-A", k, groups[k])
-			}
-		}
-		ruleLines(&w, f, rs.Rules)
-		w.commit()
-		w.table("filter")
-		w.line(":%s - [0:0]", ChainForward)
-		w.rule("-A", "FORWARD", "-j", ChainForward)
-		w.rule("-A", ChainForward, "-m", "connmark", "--mark", markMask(nat.MarkForwarded), "-j", "ACCEPT")
-		w.commit()
-		w.table("mangle")
-		w.line(":%s - [0:0]", ChainCount)
-		w.rule("-A", "PREROUTING", "-j", ChainCount)
-		countGuard(&w)
-		for _, k := range sortedKeys(groups) {
-			if famOf(k.ext) == f {
-				countingRules(&w, "-A", k, groups[k])
-			}
-		}
-		w.commit()
-		localnetGuard(&w, f, true)
 		out[i] = []byte(w.String())
 	}
 	return out[0], out[1]
-}
-
-// countGuard sends every packet that is not of a flow natmap forwards
-// straight back, so only natmap's flows pay for the counting rules.
-func countGuard(w *script) {
-	w.rule("-A", ChainCount, "-m", "connmark", "!", "--mark", markMask(nat.MarkForwarded), "-j", "RETURN")
 }
 
 // Counters implements nat.Counting from the rules' counters
@@ -614,8 +627,19 @@ func countGuard(w *script) {
 // covers several ports (a range, a multiport list) reports its total on
 // the first of them, so sums over a rule's forwards are right.
 func (b *Backend) Counters(ctx context.Context, fs []nat.Forward) (map[nat.Endpoint]nat.Counter, error) {
+	want := map[nat.Endpoint]bool{}
+	for _, f := range fs {
+		want[f.Endpoint()] = true
+	}
 	b.mu.Lock()
-	groups := b.groups
+	firstOf := map[string]nat.Endpoint{} // each entry's comment: its first forward
+	for k, gfs := range b.groups {
+		for _, e := range entries(k, gfs) {
+			if want[e.first.Endpoint()] {
+				firstOf[e.comment(k)] = e.first.Endpoint()
+			}
+		}
+	}
 	b.mu.Unlock()
 	byComment := map[string]nat.Counter{}
 	for _, f := range b.families() {
@@ -628,8 +652,8 @@ func (b *Backend) Counters(ctx context.Context, fs []nat.Forward) (map[nat.Endpo
 				return nil, fmt.Errorf("%s -c: %w", f.binary(b.mode, "-save"), err)
 			}
 			for _, l := range strings.Split(string(out), "\n") {
-				counted := strings.Contains(l, " -A "+ChainCount+" ") ||
-					(strings.Contains(l, " -A "+ChainPre+" ") && strings.Contains(l, "-j CONNMARK"))
+				counted := strings.Contains(l, " -A "+ChainCount+" ") || strings.Contains(l, " -A "+treeTags[treeForwards][2]) ||
+					((strings.Contains(l, " -A "+ChainPre+" ") || strings.Contains(l, " -A "+treeTags[treeForwards][0])) && strings.Contains(l, "-j CONNMARK"))
 				if !counted {
 					continue
 				}
@@ -646,16 +670,10 @@ func (b *Backend) Counters(ctx context.Context, fs []nat.Forward) (map[nat.Endpo
 			}
 		}
 	}
-	want := map[nat.Endpoint]bool{}
-	for _, f := range fs {
-		want[f.Endpoint()] = true
-	}
 	out := map[nat.Endpoint]nat.Counter{}
-	for k, gfs := range groups {
-		for _, e := range entries(k, gfs) {
-			if c, ok := byComment[e.comment(k)]; ok && want[e.first.Endpoint()] {
-				out[e.first.Endpoint()] = c
-			}
+	for comment, ep := range firstOf {
+		if c, ok := byComment[comment]; ok {
+			out[ep] = c
 		}
 	}
 	return out, nil

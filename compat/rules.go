@@ -53,6 +53,7 @@ type entry struct {
 	multiport bool
 	to        string // the DNAT target: ADDR (ports kept) or ADDR:PORT
 	first     nat.Forward
+	lo, hi    uint16 // the lowest and highest port it matches
 }
 
 // entries packs a group's forwards (sorted by port) into as few matches as
@@ -72,7 +73,7 @@ func entries(key groupKey, fs []nat.Forward) []entry {
 	for _, f := range fs {
 		p, q := f.Ext.Port(), f.Int.Port()
 		if p != q {
-			out = append(out, entry{ports: fmt.Sprint(p), to: fmt.Sprintf("%s:%d", addr, q), first: f})
+			out = append(out, entry{ports: fmt.Sprint(p), to: fmt.Sprintf("%s:%d", addr, q), first: f, lo: p, hi: p})
 			continue
 		}
 		if n := len(spans); n > 0 && spans[n-1].to+1 == p {
@@ -90,7 +91,7 @@ func entries(key groupKey, fs []nat.Forward) []entry {
 	for len(spans) > 0 {
 		var items []string
 		slots := 0
-		first := spans[0].first
+		first, lo, hi := spans[0].first, spans[0].from, spans[0].to
 		for len(spans) > 0 {
 			cost := 1
 			if spans[0].from != spans[0].to {
@@ -99,9 +100,9 @@ func entries(key groupKey, fs []nat.Forward) []entry {
 			if slots+cost > maxMultiport {
 				break
 			}
-			items, slots, spans = append(items, text(spans[0])), slots+cost, spans[1:]
+			items, slots, hi, spans = append(items, text(spans[0])), slots+cost, spans[0].to, spans[1:]
 		}
-		out = append(out, entry{ports: strings.Join(items, ","), multiport: len(items) > 1, to: key.dst.String(), first: first})
+		out = append(out, entry{ports: strings.Join(items, ","), multiport: len(items) > 1, to: key.dst.String(), first: first, lo: lo, hi: hi})
 	}
 	return out
 }
@@ -145,67 +146,3 @@ func (e entry) comment(key groupKey) string {
 	return what
 }
 
-// groupRules writes a group's rules (op is -A or -D): for each entry a
-// mark rule and a DNAT rule in NATMAP-PRE, and, unless the group is
-// limited to an input interface, in NATMAP-OUT for the host's own
-// connections.
-func groupRules(s *script, op string, key groupKey, fs []nat.Forward) {
-	match, in := groupMatch(key)
-	for _, e := range entries(key, fs) {
-		comment := []string{"-m", "comment", "--comment", e.comment(key)}
-		write := func(chain string, m []string, mark uint32) {
-			base := append(append(append([]string{op, chain}, m...), e.portMatch(key)...), comment...)
-			s.rule(append(append([]string{}, base...), "-j", "CONNMARK", "--or-mark", fmt.Sprintf("%#x", mark))...)
-			s.rule(append(append([]string{}, base...), "-j", "DNAT", "--to-destination", e.to)...)
-		}
-		write(ChainPre, in, nat.MarkForwarded)
-		if key.iif == "" {
-			write(ChainOut, match, nat.MarkForwarded|nat.MarkLocal)
-		}
-	}
-}
-
-// countingRules writes a group's counting rules in NATMAP-COUNT (mangle
-// table; op is -A or -D): one per entry, without a target, matching the
-// established packets the client side sends (the mark rule in NATMAP-PRE
-// counts the first).
-func countingRules(s *script, op string, key groupKey, fs []nat.Forward) {
-	_, in := groupMatch(key)
-	for _, e := range entries(key, fs) {
-		args := append(append([]string{op, ChainCount}, in...), e.portMatch(key)...)
-		args = append(args, "-m", "conntrack", "--ctstate", "ESTABLISHED", "--ctdir", "ORIGINAL", "-m", "comment", "--comment", e.comment(key))
-		s.rule(args...)
-	}
-}
-
-// ruleLines writes the hairpin masquerades and SNATs of family f.
-func ruleLines(s *script, f family, r nat.Rules) {
-	for _, m := range r.Masquerades {
-		if famOf(m.Dst) != f {
-			continue
-		}
-		ports := fmt.Sprint(m.From)
-		if m.To != m.From {
-			ports = fmt.Sprintf("%d:%d", m.From, m.To)
-		}
-		s.rule("-A", ChainHairpin, "-m", "connmark", "--mark", markMask(nat.MarkForwarded), "-s", m.Src.String(),
-			"-d", hostAddr(m.Dst), "-p", m.Proto.String(), "-m", m.Proto.String(), "--dport", ports,
-			"-m", "comment", "--comment", "natmap:"+m.String(), "-j", "MASQUERADE")
-	}
-	for _, p := range r.SameNet {
-		if famOf(p.Addr()) != f {
-			continue
-		}
-		s.rule("-A", ChainHairpin, "-m", "connmark", "--mark", markMask(nat.MarkForwarded), "-s", p.String(), "-d", p.String(), "-j", "MASQUERADE")
-	}
-	for _, sn := range r.SNATs {
-		if famOf(sn.IntNet.Addr()) != f {
-			continue
-		}
-		target := []string{"-j", "SNAT", "--to-source", sn.ExtIP.String()}
-		if sn.Masquerade() {
-			target = []string{"-j", "MASQUERADE"}
-		}
-		s.rule(append([]string{"-A", ChainSNAT, "-s", sn.IntNet.String(), "-o", sn.ExtIf, "-m", "comment", "--comment", "natmap:" + sn.String()}, target...)...)
-	}
-}

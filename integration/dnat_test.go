@@ -418,12 +418,20 @@ func TestIntegrationFwdPersistsAndSocketGroup(t *testing.T) {
 func countForwards(t *testing.T, l *lab) int {
 	t.Helper()
 	if testBackend() != "nftables" {
-		// A DNAT rule matches a port, a range or a multiport list.
+		// A DNAT rule matches a port, a range or a multiport list; it is
+		// in NATMAP-PRE or a chain of its tree (NATMAP-TP-*), where a range
+		// split between two chains is written in both.
 		n := 0
+		seen := map[string]bool{}
 		for _, line := range strings.Split(l.kernelRules(), "\n") {
-			if !strings.HasPrefix(line, "-A NATMAP-PRE ") || !strings.Contains(line, "-j DNAT") {
+			if !(strings.HasPrefix(line, "-A NATMAP-PRE ") || strings.HasPrefix(line, "-A NATMAP-TP-")) || !strings.Contains(line, "-j DNAT") {
 				continue
 			}
+			_, rule, _ := strings.Cut(strings.TrimPrefix(line, "-A "), " ")
+			if seen[rule] {
+				continue
+			}
+			seen[rule] = true
 			fields := strings.Fields(line)
 			for i, f := range fields[:len(fields)-1] {
 				if f != "--dport" && f != "--dports" {

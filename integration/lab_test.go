@@ -503,11 +503,10 @@ func (s *syncBuffer) String() string {
 func (l *lab) dropNAT() {
 	l.t.Helper()
 	if b := testBackend(); b != "nftables" {
-		tool := "iptables" + strings.TrimPrefix(b, "iptables")
-		for _, table := range []string{"nat", "filter"} {
-			l.router.MustRun(l.t, tool, "-t", table, "-F")
-			l.router.MustRun(l.t, tool, "-t", table, "-X")
-		}
+		// One restore empties both tables at once (-F then -X, two runs,
+		// would race a daemon that repairs in between).
+		tool := "iptables" + strings.TrimPrefix(b, "iptables") + "-restore"
+		l.router.MustRun(l.t, "sh", "-c", "printf '*nat\\nCOMMIT\\n*filter\\nCOMMIT\\n' | "+tool)
 		return
 	}
 	l.router.MustRun(l.t, "nft", "delete", "table", "inet", "natmap")
