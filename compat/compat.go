@@ -75,8 +75,8 @@ type Backend struct {
 	mode Mode
 
 	mu     sync.Mutex
-	groups map[groupKey][]nat.Forward // sorted by external port
-	rules  nat.Rules                  // the SNAT and hairpin rules written last
+	groups map[groupKey][]nat.Forward   // sorted by external port
+	rules  nat.Rules                    // the SNAT and hairpin rules written last
 	eps    map[nat.Endpoint]nat.Forward // every forward installed, by endpoint
 	laid   map[family]*layout           // what was written last, by family
 	cache  *itemCache                   // each group's rendered rules (synced with groups)

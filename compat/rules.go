@@ -145,4 +145,3 @@ func (e entry) comment(key groupKey) string {
 	}
 	return what
 }
-
