@@ -22,10 +22,8 @@ import (
 	"sync"
 	"time"
 
-	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/events"
-	"github.com/moby/moby/client"
 
 	"github.com/lab-ops/natmap/nat"
 )
@@ -40,7 +38,7 @@ type Docker struct {
 	log     *slog.Logger
 
 	mu        sync.Mutex
-	cli       *client.Client
+	cli       *engine
 	connected bool
 	lastErr   error
 	connects  int // times the daemon (re)connected
@@ -74,7 +72,7 @@ func (d *Docker) unavailable(ctx context.Context, err error) (down bool, out err
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		err = fmt.Errorf("Docker did not answer within %s (the engine at %s hangs)", d.timeout, d.host)
-	case !client.IsErrConnectionFailed(err):
+	case !isConnFailure(err):
 		return false, err
 	}
 	d.lost(err)
@@ -90,9 +88,9 @@ func (d *Docker) State() (connected bool, err error) {
 
 // apiClient returns the Docker API client, made on first use (making it
 // does not connect). The caller holds d.mu.
-func (d *Docker) apiClient() (*client.Client, error) {
+func (d *Docker) apiClient() (*engine, error) {
 	if d.cli == nil {
-		cli, err := client.New(client.WithHost(d.host)) // negotiates the API version by itself
+		cli, err := newEngine(d.host)
 		if err != nil {
 			return nil, err
 		}
@@ -101,7 +99,7 @@ func (d *Docker) apiClient() (*client.Client, error) {
 	return d.cli, nil
 }
 
-func (d *Docker) client() (*client.Client, error) {
+func (d *Docker) client() (*engine, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if _, err := d.apiClient(); err != nil {
@@ -121,15 +119,15 @@ func (d *Docker) Container(ctx context.Context, ref string) (nat.Container, erro
 	}
 	ctx, cancel := d.bounded(ctx)
 	defer cancel()
-	res, err := cli.ContainerInspect(ctx, ref, client.ContainerInspectOptions{})
+	res, err := cli.inspect(ctx, ref)
 	if err == nil {
-		return containerOf(res.Container), nil
+		return containerOf(res), nil
 	}
 	if down, uerr := d.unavailable(ctx, err); down {
 		return nat.Container{}, uerr
 	}
 	switch {
-	case cerrdefs.IsNotFound(err):
+	case isNotFound(err):
 		return nat.Container{}, fmt.Errorf("no container named %q or with that ID: %w", ref, nat.ErrNotFound)
 	case strings.Contains(err.Error(), "ultiple IDs found"):
 		return nat.Container{}, d.ambiguous(ctx, cli, ref)
@@ -145,13 +143,13 @@ func (d *Docker) Names(ctx context.Context) ([]string, error) {
 	}
 	ctx, cancel := d.bounded(ctx)
 	defer cancel()
-	list, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true})
+	list, err := cli.list(ctx)
 	if err != nil {
 		_, err = d.unavailable(ctx, err)
 		return nil, fmt.Errorf("listing containers: %w", err)
 	}
 	var names []string
-	for _, c := range list.Items {
+	for _, c := range list {
 		for _, n := range c.Names {
 			names = append(names, strings.TrimPrefix(n, "/"))
 		}
@@ -161,13 +159,13 @@ func (d *Docker) Names(ctx context.Context) ([]string, error) {
 }
 
 // ambiguous names the containers whose ID starts with ref.
-func (d *Docker) ambiguous(ctx context.Context, cli *client.Client, ref string) error {
+func (d *Docker) ambiguous(ctx context.Context, cli *engine, ref string) error {
 	ctx, cancel := d.bounded(ctx)
 	defer cancel()
-	list, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true})
+	list, err := cli.list(ctx)
 	var names []string
 	if err == nil {
-		for _, c := range list.Items {
+		for _, c := range list {
 			if strings.HasPrefix(c.ID, ref) {
 				names = append(names, c.ID[:12]+" ("+strings.TrimPrefix(strings.Join(c.Names, ","), "/")+")")
 			}
@@ -248,7 +246,7 @@ func (d *Docker) session(ctx context.Context, svc *nat.Service) error {
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream := cli.Events(sctx, client.EventsListOptions{Filters: make(client.Filters).Add("type", "container")})
+	messages, streamErr := cli.events(sctx)
 	d.mu.Lock()
 	wasDown := !d.connected
 	d.connected, d.lastErr = true, nil
@@ -274,22 +272,22 @@ func (d *Docker) session(ctx context.Context, svc *nat.Service) error {
 			if err := d.ping(ctx, cli); err != nil {
 				return err
 			}
-		case err := <-stream.Err:
+		case err := <-streamErr:
 			if err == nil {
 				err = errors.New("event stream closed")
 			}
 			return err
-		case msg := <-stream.Messages:
+		case msg := <-messages:
 			d.handle(ctx, svc, msg)
 		}
 	}
 }
 
 // ping asks the engine whether it answers, within the call timeout.
-func (d *Docker) ping(ctx context.Context, cli *client.Client) error {
+func (d *Docker) ping(ctx context.Context, cli *engine) error {
 	ctx, cancel := d.bounded(ctx)
 	defer cancel()
-	if _, err := cli.Ping(ctx, client.PingOptions{}); err != nil {
+	if err := cli.ping(ctx); err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return fmt.Errorf("Docker did not answer within %s (the engine at %s hangs)", d.timeout, d.host)
 		}
