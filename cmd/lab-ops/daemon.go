@@ -93,7 +93,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		return err
 	}
 	met := newMetrics(version(), backend.Name())
-	svc := nat.NewService(nat.Deps{Backend: timed{backend, met.apply}, Reserver: reserve.New(), Store: file, System: hostSystem{settings},
+	svc := nat.NewService(nat.Deps{Backend: timed{backend, met}, Reserver: reserve.New(), Store: file, System: hostSystem{settings},
 		Router: route.Netlink{}, Docker: docker, Log: log})
 	restoring := fmt.Sprintf("restoring %d rules from %s", len(st.Dnats)+len(st.Hairpins)+len(st.Snats)+len(st.PolicyRoutes)+len(st.Mappings), d.State)
 	_ = notify("STATUS=" + restoring)
