@@ -13,7 +13,8 @@
 // number. IPv6 goes through ip6tables-restore. Each forward is two rules
 // (mark, then DNAT), and the chains that hold them (NATMAP-PRE, NATMAP-OUT,
 // NATMAP-COUNT, NATMAP-HAIRPIN) dispatch through a tree of chains
-// (NATMAP-T*: tree.go), so a packet passes about 2·log2(n) rules, not n,
+// (NATMAP-T*: tree.go), so a packet passes about 2·log2(n/32) jump rules
+// and a leaf of at most 32 entries, not n rules,
 // and a change rewrites only the chains of the tree it touches.
 package compat
 

@@ -128,8 +128,8 @@ func randomForwards(n int, six bool) []nat.Forward {
 }
 
 // Every forward of a large layout is reached by its own packets through
-// the tree, passing about 2·log2(n) rules, and no other forward's DNAT
-// comes first; a port no forward has reaches no DNAT.
+// the tree, passing about 2·log2(n/leafSize) jumps and a leaf, and no
+// other forward's DNAT comes first; a port no forward has reaches no DNAT.
 func TestTreeReachesEveryForward(t *testing.T) {
 	for _, six := range []bool{false, true} {
 		f := v4

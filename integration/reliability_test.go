@@ -259,30 +259,13 @@ func TestIntegrationZeroGapRestart(t *testing.T) {
 		t.Fatalf("the policy route is not installed:\n%s", routed)
 	}
 
-	stop := make(chan struct{})
-	var sent, lost, looks, gaps atomic.Int32
-	var wg sync.WaitGroup
+	var streams []*stream
 	for _, target := range []struct{ proto, addr string }{{"tcp", extIP + ":5000"}, {"udp", extIP + ":5000"}, {"tcp", "[" + extIP6 + "]:5000"}} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(10 * time.Millisecond):
-				}
-				sent.Add(1)
-				// Lost means no answer within 5 s: a loaded CI machine (the
-				// race detector, builds alongside) can stall a reply for
-				// seconds without anything being dropped.
-				if got, err := dialWithin(l.client, target.proto, target.addr, 5*time.Second); err != nil || !strings.HasPrefix(got, "svc ") {
-					lost.Add(1)
-					t.Logf("%s %s lost: %q %v", target.proto, target.addr, got, err)
-				}
-			}
-		}()
+		streams = append(streams, startStream(t, l.client, target.proto, target.addr, "svc", 10*time.Millisecond))
 	}
+	stop := make(chan struct{})
+	var looks, gaps atomic.Int32
+	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -309,10 +292,15 @@ func TestIntegrationZeroGapRestart(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+	var sent, lost int32
+	for _, s := range streams {
+		n, m := s.end()
+		sent, lost = sent+n, lost+m
+	}
 	t.Logf("20 restarts: %d connections and datagrams sent, %d lost; policy routing looked at %d times, %d times not as installed",
-		sent.Load(), lost.Load(), looks.Load(), gaps.Load())
-	if lost.Load() != 0 {
-		t.Errorf("%d of %d lost across restarts", lost.Load(), sent.Load())
+		sent, lost, looks.Load(), gaps.Load())
+	if lost != 0 {
+		t.Errorf("%d of %d lost across restarts", lost, sent)
 	}
 	if gaps.Load() != 0 {
 		t.Errorf("the policy route was not as installed %d of %d times across restarts", gaps.Load(), looks.Load())

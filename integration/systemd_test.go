@@ -174,15 +174,18 @@ func (m *machine) waitRestarted(old int, within time.Duration) int {
 	}
 }
 
-// stream sends a TCP connection through addr every 20 ms from ns until
-// stopped, and counts those not answered by want within 5 s.
+// stream sends a connection (TCP) or a datagram (UDP) to addr every
+// interval from ns until stopped, and counts those not answered by want
+// within 5 s (a loaded CI machine, the race detector and builds
+// alongside, can stall a reply for seconds without anything being
+// dropped).
 type stream struct {
 	stop       chan struct{}
 	wg         sync.WaitGroup
 	sent, lost atomic.Int32
 }
 
-func startStream(t *testing.T, ns *netnstest.NS, addr, want string) *stream {
+func startStream(t *testing.T, ns *netnstest.NS, proto, addr, want string, interval time.Duration) *stream {
 	s := &stream{stop: make(chan struct{})}
 	s.wg.Add(1)
 	go func() {
@@ -191,12 +194,12 @@ func startStream(t *testing.T, ns *netnstest.NS, addr, want string) *stream {
 			select {
 			case <-s.stop:
 				return
-			case <-time.After(20 * time.Millisecond):
+			case <-time.After(interval):
 			}
 			s.sent.Add(1)
-			if got, err := dialWithin(ns, "tcp", addr, 5*time.Second); err != nil || !strings.HasPrefix(got, want+" ") {
+			if got, err := dialWithin(ns, proto, addr, 5*time.Second); err != nil || !strings.HasPrefix(got, want+" ") {
 				s.lost.Add(1)
-				t.Logf("lost: %q %v", got, err)
+				t.Logf("%s %s lost: %q %v", proto, addr, got, err)
 			}
 		}
 	}()
@@ -299,7 +302,7 @@ func TestSystemdDebianPackage(t *testing.T) {
 	}
 	expectReach(t, l.client, "tcp", extIP+":25", "svc")
 
-	s := startStream(t, l.client, extIP+":25", "svc")
+	s := startStream(t, l.client, "tcp", extIP+":25", "svc", 20*time.Millisecond)
 	pid := m.mainPID()
 	m.must("systemctl", "reload", "natmap.service")
 	if now := m.mainPID(); now != pid {

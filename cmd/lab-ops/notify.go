@@ -116,25 +116,17 @@ func watchdogInterval() time.Duration {
 // (it takes the service lock and asks the socket): a daemon that hangs
 // stops sending, and the service manager restarts it.
 func watchdog(ctx context.Context, interval time.Duration, alive func(context.Context) error, log *slog.Logger) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, interval, func() {
 		check, cancel := context.WithTimeout(ctx, interval)
-		err := alive(check)
-		cancel()
-		if err != nil {
+		defer cancel()
+		if err := alive(check); err != nil {
 			log.Warn("not alive: no watchdog ping this time", "err", err)
-			continue
+			return
 		}
 		if err := notify("WATCHDOG=1"); err != nil {
 			log.Warn("watchdog ping not sent", "err", err)
 		}
-	}
+	})
 }
 
 // starting tells the service manager, while a long start-up runs, what it
