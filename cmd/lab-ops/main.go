@@ -60,12 +60,18 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	var cli CLI
 	exitCode := -1
-	parser, err := newParser(&cli, stdout, stderr, func(code int) { exitCode = code })
-	if err != nil {
-		fmt.Fprintln(stderr, "internal error:", err)
-		return exitUnknown
+	exit := func(code int) { exitCode = code }
+	line, bash, completing := completionRequest()
+	parser, globals, narrow := narrowParser(args, stdout, stderr, exit)
+	if completing || !narrow {
+		var err error
+		if parser, err = newParser(&cli, stdout, stderr, exit); err != nil {
+			fmt.Fprintln(stderr, "internal error:", err)
+			return exitUnknown
+		}
+		globals = &cli.Globals
 	}
-	if line, bash, ok := completionRequest(); ok {
+	if completing {
 		for _, c := range completions(parser.Model, line, bash, daemonContainers) {
 			fmt.Fprintln(stdout, c)
 		}
@@ -80,8 +86,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		out.fail(fmt.Errorf("%w (see lab-ops --help)", err))
 		return exitUsage
 	}
-	out = newOutput(&cli.Globals, stdout, stderr)
-	if err := ctx.Run(&cli.Globals, out, parser); err != nil {
+	out = newOutput(globals, stdout, stderr)
+	if err := ctx.Run(globals, out, parser); err != nil {
 		var status exitStatus
 		if errors.As(err, &status) {
 			return int(status)
@@ -98,6 +104,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // newParser builds the command line's model.
 func newParser(cli *CLI, stdout, stderr io.Writer, exit func(int)) (*kong.Kong, error) {
+	return newParserOf(cli, stdout, stderr, exit)
+}
+
+// newParserOf builds the model of cli (a *CLI, or narrowParser's part of
+// it).
+func newParserOf(cli any, stdout, stderr io.Writer, exit func(int)) (*kong.Kong, error) {
 	return kong.New(cli,
 		kong.Name("lab-ops"),
 		kong.Description("natmap: the single authority for this host's NAT."),
