@@ -374,6 +374,9 @@ func (l *layout) full() string {
 // False when nothing differs. When one layout was built from the other,
 // only the chains the build touched are compared.
 func diffScript(old, now *layout) (string, bool) {
+	if old == now {
+		return "", false
+	}
 	var candidates []string
 	switch {
 	case now.from == old:
