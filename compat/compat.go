@@ -26,6 +26,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -223,7 +224,7 @@ func (b *Backend) Check(ctx context.Context, r nat.Rules) error {
 	b.mu.Lock()
 	want := map[family]*layout{}
 	for _, f := range b.families() {
-		want[f] = buildLayout(f, b.groups, nil, r, sameAs{forwards: true}, b.cache, b.laid[f])
+		want[f] = buildLayout(f, b.groups, nil, r, sameAs{forwards: true, rules: reflect.DeepEqual(r, b.rules)}, b.cache, b.laid[f])
 	}
 	b.mu.Unlock()
 	for _, f := range b.families() {
