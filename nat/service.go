@@ -64,6 +64,20 @@ type Service struct {
 	// counted is signalled at each unlock (PublishStats counts anew).
 	published atomic.Pointer[Stats]
 	counted   chan struct{}
+	countedFP [13]int // fingerprint's value at the last unlock
+}
+
+// fingerprint is what the published counts follow, cheap to take under
+// the lock.
+func (s *Service) fingerprint() [13]int {
+	waiting := 0 // policy routes not installed (there are few)
+	for _, why := range s.routes {
+		if why != "" {
+			waiting++
+		}
+	}
+	return [13]int{s.changes, s.repairs, s.reserveFailures, len(s.forwards), len(s.inactive), len(s.parked),
+		len(s.holds), len(s.routes), waiting, len(s.mappings), len(s.dnats), len(s.hairpins), len(s.snats)}
 }
 
 // lock takes the service lock and returns what releases it: unlock, then
@@ -73,10 +87,17 @@ type Service struct {
 func (s *Service) lock() (unlock func()) {
 	s.mu.Lock()
 	return func() {
+		// Only what changes the counts has them counted again: the
+		// integrity check and listings take the lock too, often.
+		fp := s.fingerprint()
+		changed := fp != s.countedFP
+		s.countedFP = fp
 		s.mu.Unlock()
-		select {
-		case s.counted <- struct{}{}:
-		default:
+		if changed {
+			select {
+			case s.counted <- struct{}{}:
+			default:
+			}
 		}
 		s.flushMu.Lock()
 		fs := s.toFlush
