@@ -22,9 +22,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/moby/moby/api/types/container"
-	"github.com/moby/moby/api/types/events"
-
 	"github.com/lab-ops/natmap/nat"
 )
 
@@ -175,7 +172,7 @@ func (d *Docker) ambiguous(ctx context.Context, cli *engine, ref string) error {
 	return &nat.FieldError{Field: "container", Msg: fmt.Sprintf("ID prefix %q matches several containers: %s", ref, strings.Join(names, ", "))}
 }
 
-func containerOf(c container.InspectResponse) nat.Container {
+func containerOf(c inspected) nat.Container {
 	out := nat.Container{ID: c.ID, Name: strings.TrimPrefix(c.Name, "/")}
 	if c.State != nil {
 		out.Running = c.State.Running
@@ -191,11 +188,11 @@ func containerOf(c container.InspectResponse) nat.Container {
 			if ep == nil {
 				continue
 			}
-			if !out.IP.IsValid() && ep.IPAddress.Is4() {
-				out.IP = ep.IPAddress
+			if ip, err := netip.ParseAddr(ep.IPAddress); err == nil && !out.IP.IsValid() && ip.Is4() {
+				out.IP = ip
 			}
-			if !out.IP6.IsValid() && ep.GlobalIPv6Address.Is6() {
-				out.IP6 = ep.GlobalIPv6Address
+			if ip, err := netip.ParseAddr(ep.GlobalIPv6Address); err == nil && !out.IP6.IsValid() && ip.Is6() {
+				out.IP6 = ip
 			}
 		}
 	}
@@ -299,10 +296,9 @@ func (d *Docker) ping(ctx context.Context, cli *engine) error {
 // handle reacts to the events that change where a container's traffic
 // must go. A kill (any signal) changes nothing by itself: a kill that ends
 // the container is followed by die.
-func (d *Docker) handle(ctx context.Context, svc *nat.Service, msg events.Message) {
+func (d *Docker) handle(ctx context.Context, svc *nat.Service, msg event) {
 	switch msg.Action {
-	case events.ActionStart, events.ActionRestart, events.ActionDie, events.ActionDestroy,
-		events.ActionRename, events.ActionConnect, events.ActionDisconnect, events.ActionUnPause:
+	case "start", "restart", "die", "destroy", "rename", "connect", "disconnect", "unpause":
 	default:
 		return
 	}

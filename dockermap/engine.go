@@ -11,17 +11,44 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-
-	"github.com/moby/moby/api/types/container"
-	"github.com/moby/moby/api/types/events"
 )
 
+// inspected is what natmap reads of GET /containers/{id}/json.
+type inspected struct {
+	ID    string `json:"Id"`
+	Name  string `json:"Name"`
+	State *struct {
+		Running bool `json:"Running"`
+	} `json:"State"`
+	NetworkSettings *struct {
+		Networks map[string]*struct {
+			IPAddress         string `json:"IPAddress"`
+			GlobalIPv6Address string `json:"GlobalIPv6Address"`
+		} `json:"Networks"`
+	} `json:"NetworkSettings"`
+}
+
+// summary is what natmap reads of an entry of GET /containers/json.
+type summary struct {
+	ID    string   `json:"Id"`
+	Names []string `json:"Names"`
+}
+
+// event is what natmap reads of an event of GET /events.
+type event struct {
+	Action string `json:"Action"`
+	Actor  struct {
+		Attributes map[string]string `json:"Attributes"`
+	} `json:"Actor"`
+}
+
 // engine speaks the Docker Engine API (the few calls natmap makes) over
-// its socket, with moby's own API types. natmap does not link moby's
-// client module: its package initialization (image reference grammars,
-// tracing) ran at every start of the CLI, which never talks to Docker.
-// Unversioned paths get the engine's own API version, whose answers keep
-// the fields natmap reads.
+// its socket. natmap does not link moby's client module: its package
+// initialization (image reference grammars, tracing) ran at every start
+// of the CLI, which never talks to Docker. Unversioned paths get the
+// engine's own API version; natmap decodes only the fields it reads, which
+// every API version since 1.24 has, so a newer or older engine's other
+// fields never fail a decode.
 type engine struct {
 	base string // http://docker for a Unix socket, http://HOST:PORT for tcp://
 	hc   *http.Client
@@ -120,23 +147,23 @@ func (e *engine) ping(ctx context.Context) error {
 
 // inspect is GET /containers/{ref}/json: ref is a name, an ID or a
 // unique ID prefix.
-func (e *engine) inspect(ctx context.Context, ref string) (container.InspectResponse, error) {
-	var c container.InspectResponse
+func (e *engine) inspect(ctx context.Context, ref string) (inspected, error) {
+	var c inspected
 	err := e.getJSON(ctx, "/containers/"+url.PathEscape(ref)+"/json", &c)
 	return c, err
 }
 
 // list is GET /containers/json?all=1: every container, running or not.
-func (e *engine) list(ctx context.Context) ([]container.Summary, error) {
-	var out []container.Summary
+func (e *engine) list(ctx context.Context) ([]summary, error) {
+	var out []summary
 	err := e.getJSON(ctx, "/containers/json?all=1", &out)
 	return out, err
 }
 
 // events follows the engine's container events until ctx ends or the
 // stream breaks (an error, or nil when the engine closed it, on errs).
-func (e *engine) events(ctx context.Context) (<-chan events.Message, <-chan error) {
-	msgs, errs := make(chan events.Message), make(chan error, 1)
+func (e *engine) events(ctx context.Context) (<-chan event, <-chan error) {
+	msgs, errs := make(chan event), make(chan error, 1)
 	go func() {
 		filters := url.QueryEscape(`{"type":["container"]}`)
 		resp, err := e.get(ctx, "/events?filters="+filters)
@@ -147,7 +174,7 @@ func (e *engine) events(ctx context.Context) (<-chan events.Message, <-chan erro
 		defer resp.Body.Close()
 		dec := json.NewDecoder(bufio.NewReader(resp.Body))
 		for {
-			var m events.Message
+			var m event
 			if err := dec.Decode(&m); err != nil {
 				if errors.Is(err, io.EOF) {
 					err = nil
