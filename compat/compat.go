@@ -31,8 +31,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/coreos/go-iptables/iptables"
-
 	"github.com/lab-ops/natmap/nat"
 )
 
@@ -539,10 +537,6 @@ func removal(save string, gone func(chain string) bool) (string, int) {
 		n += len(chains)
 	}
 	return w.String(), n
-}
-
-func (b *Backend) iptables(f family) (*iptables.IPTables, error) {
-	return iptables.New(iptables.Path(f.binary(b.mode, "")), iptables.Timeout(5))
 }
 
 // ensureJumps inserts each missing jump at the top of its built-in chain:

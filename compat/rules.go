@@ -16,16 +16,6 @@ func (s *script) table(name string)               { s.line("*%s", name) }
 func (s *script) commit()                         { s.line("COMMIT") }
 func (s *script) String() string                  { return s.b.String() }
 
-// rule writes one rule; arguments with spaces are quoted.
-func (s *script) rule(args ...string) {
-	for i, a := range args {
-		if strings.ContainsAny(a, " \"") {
-			args[i] = fmt.Sprintf("%q", a)
-		}
-	}
-	s.line("%s", strings.Join(args, " "))
-}
-
 func markMask(m uint32) string { return fmt.Sprintf("%#x/%#x", m, m) }
 
 func hostAddr(a netip.Addr) string { return netip.PrefixFrom(a, a.BitLen()).String() }
