@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -399,4 +400,64 @@ func TestIntegrationDockerWedged(t *testing.T) {
 	// Static rules are not held up.
 	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "8081:80")
 	expectReach(t, l.client, "tcp", extIP+":8081", "web")
+}
+
+// Scripts can tell outcomes apart: a delete of what is absent with
+// --if-exists is exit 0 (a set -e script deletes and re-adds on every
+// run); JSON errors carry a code; a daemon that is not there is exit 4
+// and code daemon_unreachable, a wrong command line exit 2 and code usage.
+func TestScriptsExitCodesAndErrorCodes(t *testing.T) {
+	l := newLab(t)
+	serve(t, l.server, "mail", serverIP+":25")
+	l.startDaemon()
+	rule := []string{"dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25"}
+	for run := 0; run < 2; run++ {
+		if _, errOut, code := l.cli(append(slices.Clone(rule), "--delete", "--if-exists")...); code != 0 {
+			t.Fatalf("run %d: delete --if-exists: exit %d: %s", run, code, errOut)
+		}
+		l.mustCLI(rule...)
+	}
+	expectReach(t, l.client, "tcp", extIP+":25", "mail")
+	if _, errOut, code := l.cli(append(slices.Clone(rule), "--if-exists")...); code != 2 || !strings.Contains(errOut, "--if-exists goes with --delete") {
+		t.Errorf("--if-exists without --delete: exit %d: %s", code, errOut)
+	}
+	errorOf := func(args ...string) (nat.ErrorResponse, int) {
+		out, _, code := l.cli(append([]string{"--json"}, args...)...)
+		var e nat.ErrorResponse
+		if err := json.Unmarshal([]byte(out), &e); err != nil {
+			t.Fatalf("%v: not a JSON error: %v\n%s", args, err, out)
+		}
+		return e, code
+	}
+	// Absent, without --if-exists: not_found, exit 1.
+	if e, code := errorOf("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "26", "--delete"); code != 1 || e.Code != "not_found" {
+		t.Errorf("deleting an absent rule: exit %d, %+v", code, e)
+	}
+	// Another program holds the port: port_in_use.
+	var held net.Listener
+	if err := l.router.Do(func() (err error) { held, err = net.Listen("tcp", extIP+":587"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if e, code := errorOf("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "587"); code != 1 || e.Code != "port_in_use" {
+		t.Errorf("a held port: exit %d, %+v", code, e)
+	}
+	// The same endpoint to another target: conflict.
+	if e, code := errorOf("dnat", "--ext-ip", extIP, "--int-ip", "10.0.0.102", "--ports", "25"); code != 1 || e.Code != "conflict" {
+		t.Errorf("a forward to two targets: exit %d, %+v", code, e)
+	}
+	// Bad input the daemon refuses: invalid; the CLI's own: usage, exit 2.
+	if e, code := errorOf("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "0"); code != 1 || e.Code != "invalid" {
+		t.Errorf("port 0: exit %d, %+v", code, e)
+	}
+	if e, code := errorOf("dnat", "--int-ip", serverIP); code != 2 || e.Code != "usage" {
+		t.Errorf("missing --ports: exit %d, %+v", code, e)
+	}
+	// No daemon.
+	if e, code := errorOf("--socket", filepath.Join(l.dir, "none.sock"), "ls"); code != 4 || e.Code != "daemon_unreachable" {
+		t.Errorf("no daemon: exit %d, %+v", code, e)
+	}
+	if _, errOut, code := l.cli("--socket", filepath.Join(l.dir, "none.sock"), "ls"); code != 4 || !strings.Contains(errOut, "cannot reach the natmap daemon") {
+		t.Errorf("no daemon, text: exit %d: %s", code, errOut)
+	}
 }

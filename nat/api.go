@@ -334,7 +334,7 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var pe *ProblemsError
 	if errors.As(err, &pe) {
 		a.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "status", code, "problems", len(pe.Problems))
-		reply(w, code, ErrorResponse{Error: errorText(err), Problems: pe.Problems})
+		reply(w, code, ErrorResponse{Error: errorText(err), Problems: pe.Problems, Code: ErrCode(err)})
 		return
 	}
 	level := slog.LevelInfo
@@ -342,10 +342,10 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		level = slog.LevelError
 	}
 	a.log.Log(r.Context(), level, "request refused", "method", r.Method, "path", r.URL.Path, "status", code, "err", err)
-	resp := ErrorResponse{Error: errorText(err)}
+	resp := ErrorResponse{Error: errorText(err), Code: ErrCode(err)}
 	var fb *Forbidden
 	if errors.As(err, &fb) {
-		resp.Code, resp.Rule = "forbidden", fb.Rule
+		resp.Rule = fb.Rule
 	}
 	reply(w, code, resp)
 }

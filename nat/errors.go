@@ -40,6 +40,29 @@ func fieldErr(field, format string, args ...any) error {
 }
 
 // ErrStatus is how the API reports err: the HTTP status of its kind.
+// ErrCode is the stable name of err's kind in an ErrorResponse, for
+// scripts: invalid, forbidden, not_found, conflict, port_in_use,
+// docker_unavailable, too_large, or internal.
+func ErrCode(err error) string {
+	switch {
+	case errors.Is(err, ErrInvalid):
+		return "invalid"
+	case errors.Is(err, ErrForbidden):
+		return "forbidden"
+	case errors.Is(err, ErrNotFound):
+		return "not_found"
+	case errors.Is(err, ErrPortInUse):
+		return "port_in_use"
+	case errors.Is(err, ErrConflict):
+		return "conflict"
+	case errors.Is(err, ErrUnavailable):
+		return "docker_unavailable"
+	case errors.Is(err, ErrTooLarge):
+		return "too_large"
+	}
+	return "internal"
+}
+
 func ErrStatus(err error) int {
 	switch {
 	case errors.Is(err, ErrInvalid):

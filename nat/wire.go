@@ -202,7 +202,9 @@ type ErrorResponse struct {
 	Error string `json:"error"`
 	// Problems lists each problem of a refused configuration (POST /apply).
 	Problems []Problem `json:"problems,omitempty"`
-	// Code is "forbidden" for a request only root may make (403).
+	// Code names the kind of error, for scripts: invalid, forbidden (only
+	// root may), not_found, conflict, port_in_use, docker_unavailable,
+	// too_large, internal; the CLI adds daemon_unreachable and usage.
 	Code string `json:"code,omitempty"`
 	// Rule names the part of the policy that refused a forbidden request.
 	Rule string `json:"rule,omitempty"`

@@ -44,6 +44,12 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.msg }
 
+// unreachableError is a daemon the CLI could not reach: not running, or
+// its socket not open to this user (exit status 4).
+type unreachableError struct{ code, msg string }
+
+func (e *unreachableError) Error() string { return e.msg }
+
 // text returns a plain-text reply.
 func (c *client) text(method, path string) ([]byte, error) {
 	var raw rawReply
@@ -93,7 +99,11 @@ func (c *client) call(method, path string, body, reply any) (http.Header, error)
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("the daemon answered %s: %s", resp.Status, bytes.TrimSpace(b))
 		}
-		return nil, &apiError{status: resp.StatusCode, msg: e.Error, problems: e.Problems, code: e.Code, rule: e.Rule}
+		code := e.Code
+		if code == "" { // a daemon from before codes: what its status says
+			code = map[int]string{400: "invalid", 403: "forbidden", 404: "not_found", 409: "conflict", 413: "too_large", 503: "docker_unavailable"}[resp.StatusCode]
+		}
+		return nil, &apiError{status: resp.StatusCode, msg: e.Error, problems: e.Problems, code: code, rule: e.Rule}
 	}
 	if raw, ok := reply.(*rawReply); ok {
 		*raw = b
@@ -112,11 +122,11 @@ func (c *client) explain(err error) error {
 	const advice = "is it running? start it with `sudo lab-ops natmap daemon` or `sudo systemctl start natmap`"
 	switch {
 	case errors.Is(err, syscall.ENOENT):
-		return fmt.Errorf("cannot reach the natmap daemon: no socket at %s (%s)", c.socket, advice)
+		return &unreachableError{"daemon_unreachable", fmt.Sprintf("cannot reach the natmap daemon: no socket at %s (%s)", c.socket, advice)}
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return fmt.Errorf("cannot reach the natmap daemon: nothing listens on %s (%s)", c.socket, advice)
+		return &unreachableError{"daemon_unreachable", fmt.Sprintf("cannot reach the natmap daemon: nothing listens on %s (%s)", c.socket, advice)}
 	case errors.Is(err, syscall.EACCES):
-		return fmt.Errorf("permission denied on %s: join the natmap group (then log in again) or use sudo", c.socket)
+		return &unreachableError{"permission_denied", fmt.Sprintf("permission denied on %s: join the natmap group (then log in again) or use sudo", c.socket)}
 	}
 	return fmt.Errorf("talking to the natmap daemon at %s: %w", c.socket, err)
 }

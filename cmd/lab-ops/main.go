@@ -15,12 +15,13 @@ import (
 	"github.com/alecthomas/kong"
 )
 
-// Exit codes.
+// Exit codes (README and the man pages' EXIT STATUS say the same).
 const (
-	exitOK      = 0
-	exitFailed  = 1 // the request was refused or failed
-	exitUsage   = 2 // the command line is wrong
-	exitUnknown = 1
+	exitOK          = 0
+	exitFailed      = 1 // the request was refused or failed
+	exitUsage       = 2 // the command line is wrong
+	exitUnreachable = 4 // the daemon could not be reached (not running, or no permission)
+	exitUnknown     = 1
 )
 
 // CLI is the whole command line.
@@ -83,7 +84,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	out := &output{stdout: stdout, stderr: stderr, json: slices.Contains(args, "--json")}
 	if err != nil {
-		out.fail(fmt.Errorf("%w (see lab-ops --help)", err))
+		out.fail(usageError{fmt.Sprintf("%v (see lab-ops --help)", err)})
 		return exitUsage
 	}
 	out = newOutput(globals, stdout, stderr)
@@ -94,8 +95,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		out.fail(err)
 		var ue usageError
-		if errors.As(err, &ue) {
+		var ur *unreachableError
+		switch {
+		case errors.As(err, &ue):
 			return exitUsage
+		case errors.As(err, &ur):
+			return exitUnreachable
 		}
 		return exitFailed
 	}

@@ -111,6 +111,9 @@ func manPage(app *kong.Application, n *kong.Node) string {
 	if len(env) > 0 {
 		b.WriteString(".SH ENVIRONMENT\n" + strings.Join(env, ""))
 	}
+	b.WriteString(".SH EXIT STATUS\n.TP\n0\nDone, or nothing to do.\n.TP\n1\nThe daemon refused the request, or it failed.\n" +
+		".TP\n2\nThe command line is wrong.\n.TP\n3\ndiff: applying the file would change something.\n" +
+		".TP\n4\nThe daemon could not be reached: not running, or its socket is not open to you.\n")
 	b.WriteString(".SH FILES\n.TP\n/var/lib/natmap/state.json\nThe daemon's state.\n.TP\n/run/natmap.sock\nThe daemon's socket (mode 0660, group natmap).\n" +
 		".TP\n/etc/default/natmap\nThe service's daemon options (NATMAP_*=value lines).\n")
 	if n.Parent != nil && n.Parent.Type == kong.CommandNode {

@@ -90,8 +90,15 @@ func (o *output) fail(err error) {
 	if o.json {
 		resp := nat.ErrorResponse{Error: err.Error()}
 		var ae *apiError
-		if errors.As(err, &ae) {
+		var ur *unreachableError
+		var ue usageError
+		switch {
+		case errors.As(err, &ae):
 			resp.Code, resp.Rule = ae.code, ae.rule
+		case errors.As(err, &ur):
+			resp.Code = ur.code
+		case errors.As(err, &ue):
+			resp.Code = "usage"
 		}
 		o.printJSON(resp)
 		return

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -11,10 +12,11 @@ import (
 
 // SnatCmd adds or deletes a SNAT rule.
 type SnatCmd struct {
-	IntIP  string `name:"int-ip" required:"" help:"Internal host or network (CIDR) whose outgoing traffic is rewritten." placeholder:"IP|CIDR"`
-	ExtIf  string `name:"ext-if" help:"Interface the traffic leaves by (required)." placeholder:"IF"`
-	ExtIP  string `name:"ext-ip" help:"Source address to give the traffic; without it, the traffic is masqueraded: it gets the address --ext-if has at the time, which follows a dynamic (DHCP, PPPoE) address." placeholder:"IP"`
-	Delete bool   `help:"Delete the rule instead of adding it."`
+	IntIP    string `name:"int-ip" required:"" help:"Internal host or network (CIDR) whose outgoing traffic is rewritten." placeholder:"IP|CIDR"`
+	ExtIf    string `name:"ext-if" help:"Interface the traffic leaves by (required)." placeholder:"IF"`
+	ExtIP    string `name:"ext-ip" help:"Source address to give the traffic; without it, the traffic is masqueraded: it gets the address --ext-if has at the time, which follows a dynamic (DHCP, PPPoE) address." placeholder:"IP"`
+	Delete   bool   `help:"Delete the rule instead of adding it."`
+	IfExists bool   `name:"if-exists" help:"With --delete: a rule that is not there is no error (exit 0, a note on stderr), so a script may delete what may be absent."`
 }
 
 // Run sends the rule to the daemon.
@@ -25,18 +27,19 @@ func (c *SnatCmd) Run(g *Globals, out *output) error {
 		to = "the address " + c.ExtIf + " has (masquerade)"
 	}
 	what := fmt.Sprintf("traffic from %s leaving %s gets source %s", c.IntIP, c.ExtIf, to)
-	return sendRule(g, out, "/snat", "snat", cfg, c.Delete, what)
+	return sendRule(g, out, "/snat", "snat", cfg, c.Delete, c.IfExists, what)
 }
 
 // HairpinCmd adds or deletes a hairpin rule.
 type HairpinCmd struct {
-	ExtIP   string `name:"ext-ip" help:"External address internal hosts connect to (required unless --ext-if is given)." placeholder:"IP"`
-	ExtIf   string `name:"ext-if" help:"Without --ext-ip: the hairpin of a dnat by interface, for whatever addresses this interface has, now or later (followed within a second)." placeholder:"IF"`
-	IntIP   string `name:"int-ip" required:"" help:"Internal host that serves the ports." placeholder:"IP"`
-	Ports   string `required:"" help:"Ports, as for dnat." placeholder:"LIST"`
-	Proto   string `default:"tcp" help:"Protocol: tcp or udp."`
-	LanCIDR string `name:"lan-cidr" help:"Internal network whose connections are masqueraded (default: the connected network of --int-ip)." placeholder:"CIDR"`
-	Delete  bool   `help:"Delete the rule (or these ports of it) instead of adding it."`
+	ExtIP    string `name:"ext-ip" help:"External address internal hosts connect to (required unless --ext-if is given)." placeholder:"IP"`
+	ExtIf    string `name:"ext-if" help:"Without --ext-ip: the hairpin of a dnat by interface, for whatever addresses this interface has, now or later (followed within a second)." placeholder:"IF"`
+	IntIP    string `name:"int-ip" required:"" help:"Internal host that serves the ports." placeholder:"IP"`
+	Ports    string `required:"" help:"Ports, as for dnat." placeholder:"LIST"`
+	Proto    string `default:"tcp" help:"Protocol: tcp or udp."`
+	LanCIDR  string `name:"lan-cidr" help:"Internal network whose connections are masqueraded (default: the connected network of --int-ip)." placeholder:"CIDR"`
+	Delete   bool   `help:"Delete the rule (or these ports of it) instead of adding it."`
+	IfExists bool   `name:"if-exists" help:"With --delete: a rule that is not there is no error (exit 0, a note on stderr), so a script may delete what may be absent."`
 }
 
 // Run sends the rule to the daemon.
@@ -53,29 +56,39 @@ func (c *HairpinCmd) Run(g *Globals, out *output) error {
 		ext = c.ExtIf + "'s addresses"
 	}
 	what := fmt.Sprintf("internal hosts reach %s %s ports %s at %s", orTCP(c.Proto), ext, c.Ports, c.IntIP)
-	return sendRule(g, out, "/hairpin", "hairpin", cfg, c.Delete, what)
+	return sendRule(g, out, "/hairpin", "hairpin", cfg, c.Delete, c.IfExists, what)
 }
 
 // PolicyRouteCmd adds or deletes a policy route.
 type PolicyRouteCmd struct {
-	SrcIP  string `name:"src-ip" required:"" help:"Source address whose traffic takes the gateway." placeholder:"IP"`
-	Via    string `required:"" help:"Gateway (on a directly connected network)." placeholder:"GW"`
-	Table  uint32 `required:"" help:"Routing table number (1-252, or 256 and above)." placeholder:"N"`
-	Delete bool   `help:"Delete the policy route instead of adding it."`
+	SrcIP    string `name:"src-ip" required:"" help:"Source address whose traffic takes the gateway." placeholder:"IP"`
+	Via      string `required:"" help:"Gateway (on a directly connected network)." placeholder:"GW"`
+	Table    uint32 `required:"" help:"Routing table number (1-252, or 256 and above)." placeholder:"N"`
+	Delete   bool   `help:"Delete the policy route instead of adding it."`
+	IfExists bool   `name:"if-exists" help:"With --delete: a rule that is not there is no error (exit 0, a note on stderr), so a script may delete what may be absent."`
 }
 
 // Run sends the route to the daemon.
 func (c *PolicyRouteCmd) Run(g *Globals, out *output) error {
 	cfg := nat.PolicyRouteConfig{SrcIP: c.SrcIP, Via: c.Via, Table: c.Table}
 	what := fmt.Sprintf("traffic from %s goes via %s (table %d)", c.SrcIP, c.Via, c.Table)
-	return sendRule(g, out, "/policy-route", "policy route", cfg, c.Delete, what)
+	return sendRule(g, out, "/policy-route", "policy route", cfg, c.Delete, c.IfExists, what)
 }
 
 // sendRule POSTs (or DELETEs) a rule and reports the outcome.
-func sendRule(g *Globals, out *output, path, kind string, cfg any, del bool, what string) error {
+func sendRule(g *Globals, out *output, path, kind string, cfg any, del, ifExists bool, what string) error {
+	if ifExists && !del {
+		return usageError{"--if-exists goes with --delete"}
+	}
 	cl := newClient(g, out)
 	if del {
 		if _, err := cl.call(http.MethodDelete, path, cfg, nil); err != nil {
+			var ae *apiError
+			if ifExists && errors.As(err, &ae) && ae.code == "not_found" {
+				fmt.Fprintf(out.stderr, "note: nothing to delete (%s)\n", err)
+				out.done(map[string]any{"deleted": nil, "absent": cfg}, "%s not there: %s", kind, what)
+				return nil
+			}
 			return err
 		}
 		out.done(map[string]any{"deleted": cfg}, "%s deleted: %s", kind, what)
