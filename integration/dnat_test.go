@@ -277,7 +277,7 @@ func TestIntegrationCLIBadInputChangesNothing(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--ext-ip", "203.0.113.999", "--int-ip", serverIP, "--ports", "80"}, "ext_ip"},
+		{[]string{"--ext-ip", "203.0.113.999", "--int-ip", serverIP, "--ports", "80"}, `--ext-ip: "203.0.113.999" is not an IP address`},
 		{[]string{"--ext-ip", extIP, "--int-ip", "fd00::1", "--ports", "80"}, "different IP versions"},
 		{[]string{"--ext-ip", extIP, "--int-ip", serverIP, "--ports", "0"}, "port 0 is out of range"},
 		{[]string{"--ext-ip", extIP, "--int-ip", serverIP, "--ports", "65536"}, "port 65536"},

@@ -166,15 +166,28 @@ func TestIntegrationDockerBadInput(t *testing.T) {
 	}
 	defer squat.Close()
 	before := d.kernelRules()
+	// A mapping spec the CLI itself cannot read is the command line's
+	// fault: exit 2, nothing sent.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"docker", "add", "bad1", "1:2:3:4:5"}, "5 parts"},
+		{[]string{"docker", "add", "bad1", "70000:80"}, "not a port number"},
+		{[]string{"docker", "add", "bad1", "8080:80/sctp"}, "unknown protocol"},
+		{[]string{"docker", "add", "bad1", ":"}, "not a port number"},
+		{[]string{"docker", "rm", "bad1", "abc"}, `"abc" is not a port number`},
+		{[]string{"docker", "remap", "bad1", "8080"}, "is not OLD_PORT:NEW_PORT"},
+	} {
+		if out, errOut, code := d.cli(c.args...); code != 2 || !strings.Contains(errOut, c.want) {
+			t.Errorf("%v: exit %d %q %q, want exit 2 saying %q", c.args, code, out, errOut, c.want)
+		}
+	}
 	for _, c := range []struct {
 		args []string
 		want string
 	}{
 		{[]string{"docker", "add", "no-such-container", "8080:80"}, `no container named "no-such-container"`},
-		{[]string{"docker", "add", "bad1", "1:2:3:4:5"}, "5 parts"},
-		{[]string{"docker", "add", "bad1", "70000:80"}, "not a port number"},
-		{[]string{"docker", "add", "bad1", "8080:80/sctp"}, "unknown protocol"},
-		{[]string{"docker", "add", "bad1", ":"}, "not a port number"},
 		{[]string{"docker", "add", "bad1", "8181:80"}, "0.0.0.0:8181/tcp is in use"},
 		{[]string{"docker", "add", "bad1", "8080:81"}, "already forwarded"},
 		{[]string{"docker", "remap", "bad1", "8080:8181"}, "0.0.0.0:8181/tcp is in use"},

@@ -450,6 +450,10 @@ func TestScriptsExitCodesAndErrorCodes(t *testing.T) {
 	if e, code := errorOf("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "0"); code != 1 || e.Code != "invalid" {
 		t.Errorf("port 0: exit %d, %+v", code, e)
 	}
+	if e, code := errorOf("dnat", "--ext-ip", "203.0.113.999", "--int-ip", serverIP, "--ports", "80"); code != 1 || e.Code != "invalid" ||
+		e.Field != "--ext-ip" || !strings.HasPrefix(e.Error, "--ext-ip: ") {
+		t.Errorf("a bad --ext-ip: exit %d, %+v; want the field named as typed", code, e)
+	}
 	if e, code := errorOf("dnat", "--int-ip", serverIP); code != 2 || e.Code != "usage" {
 		t.Errorf("missing --ports: exit %d, %+v", code, e)
 	}

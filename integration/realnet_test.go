@@ -235,7 +235,7 @@ func TestIntegrationDNATByInterface(t *testing.T) {
 		t.Error("port 443 (IPv4) still reserved after its rules went")
 	}
 	// Without an interface, no address is no rule.
-	if _, errOut, code := l.cli("dnat", "--int-ip", serverIP, "--ports", "80"); code == 0 || !strings.Contains(errOut, "ext_ip: missing address (or give ext_if alone") {
+	if _, errOut, code := l.cli("dnat", "--int-ip", serverIP, "--ports", "80"); code == 0 || !strings.Contains(errOut, "--ext-ip: missing address (or give --ext-if alone") {
 		t.Errorf("dnat without --ext-ip or --ext-if: exit %d %s", code, errOut)
 	}
 }

@@ -240,11 +240,10 @@ func TestIntegrationRuleBadInput(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"snat", "--int-ip", serverIP, "--ext-ip", extIP}, "ext_if: missing"},
 		{[]string{"snat", "--int-ip", "10.0.0.1/24", "--ext-if", "ext0", "--ext-ip", extIP}, "host bits set"},
 		{[]string{"snat", "--int-ip", serverIP, "--ext-if", "ext0", "--ext-ip", "2001:db8::1"}, "different IP versions"},
 		{[]string{"hairpin", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25", "--proto", "udp"}, "forwards port 25 over tcp, not udp"},
-		{[]string{"hairpin", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25", "--lan-cidr", "fd00::/64"}, "lan_cidr"},
+		{[]string{"hairpin", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25", "--lan-cidr", "fd00::/64"}, "--lan-cidr"},
 		{[]string{"policy-route", "--src-ip", serverIP, "--via", "192.0.2.1", "--table", "100"}, "not on any directly connected network"},
 		{[]string{"policy-route", "--src-ip", serverIP, "--via", "10.0.0.2", "--table", "0"}, "table: 0 is not a routing table"},
 		{[]string{"policy-route", "--src-ip", serverIP, "--via", "10.0.0.2", "--table", "253"}, "table: 253 is reserved"},
@@ -254,6 +253,10 @@ func TestIntegrationRuleBadInput(t *testing.T) {
 		if out, errOut, code := l.cli(c.args...); code != 1 || !strings.Contains(errOut, c.want) {
 			t.Errorf("%v: exit %d %q %q, want exit 1 saying %q", c.args, code, out, errOut, c.want)
 		}
+	}
+	// A flag the command needs is the command line's fault: exit 2.
+	if _, errOut, code := l.cli("snat", "--int-ip", serverIP, "--ext-ip", extIP); code != 2 || !strings.Contains(errOut, "--ext-if") {
+		t.Errorf("snat without --ext-if: exit %d %q, want exit 2 naming --ext-if", code, errOut)
 	}
 	for path, body := range map[string]string{
 		"/snat":         `{"int_ip":"10.0.0.101","ext_ip":"203.0.113.43"}`,

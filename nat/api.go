@@ -347,6 +347,10 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.As(err, &fb) {
 		resp.Rule = fb.Rule
 	}
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		resp.Field = fe.Field
+	}
 	reply(w, code, resp)
 }
 

@@ -208,6 +208,9 @@ type ErrorResponse struct {
 	Code string `json:"code,omitempty"`
 	// Rule names the part of the policy that refused a forbidden request.
 	Rule string `json:"rule,omitempty"`
+	// Field names the request's field that is wrong, by its key (such as
+	// "ext_if"); the CLI names it as the user typed it ("--ext-if").
+	Field string `json:"field,omitempty"`
 }
 
 // toDNAT parses and validates a request body.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"syscall"
 	"time"
 
@@ -37,9 +38,20 @@ type apiError struct {
 	status   int
 	msg      string
 	problems []nat.Problem // of a refused configuration
-	// code and rule say why a request was forbidden ("forbidden" and the
-	// policy's rule).
-	code, rule string
+	// code names the kind of error; rule the policy's rule that refused a
+	// forbidden request; field the flag (or argument) that is wrong.
+	code, rule, field string
+}
+
+// flagNames names, in a message of the daemon's, each request key that
+// can only be a key (it has an underscore) as the CLI's flag.
+var flagNames = strings.NewReplacer("ext_ip", "--ext-ip", "int_ip", "--int-ip", "ext_if", "--ext-if", "lan_cidr", "--lan-cidr", "src_ip", "--src-ip")
+
+// flagOf is the flag or argument of the CLI each request key comes from.
+var flagOf = map[string]string{
+	"ext_ip": "--ext-ip", "int_ip": "--int-ip", "ext_if": "--ext-if", "ports": "--ports", "proto": "--proto",
+	"lan_cidr": "--lan-cidr", "src_ip": "--src-ip", "via": "--via", "table": "--table",
+	"host_ip": "mapping", "host_port": "mapping", "container_port": "mapping", "target_ip": "mapping", "container": "container",
 }
 
 func (e *apiError) Error() string { return e.msg }
@@ -103,7 +115,13 @@ func (c *client) call(method, path string, body, reply any) (http.Header, error)
 		if code == "" { // a daemon from before codes: what its status says
 			code = map[int]string{400: "invalid", 403: "forbidden", 404: "not_found", 409: "conflict", 413: "too_large", 503: "docker_unavailable"}[resp.StatusCode]
 		}
-		return nil, &apiError{status: resp.StatusCode, msg: e.Error, problems: e.Problems, code: code, rule: e.Rule}
+		msg, field := e.Error, e.Field
+		if flag, ok := flagOf[field]; ok {
+			// The daemon names its request's key; the user typed a flag.
+			msg, field = strings.Replace(msg, field+":", flag+":", 1), flag
+		}
+		msg = flagNames.Replace(msg)
+		return nil, &apiError{status: resp.StatusCode, msg: msg, problems: e.Problems, code: code, rule: e.Rule, field: field}
 	}
 	if raw, ok := reply.(*rawReply); ok {
 		*raw = b

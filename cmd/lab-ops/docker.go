@@ -36,7 +36,7 @@ func (c *DockerAddCmd) Run(g *Globals, out *output) error {
 	}
 	req, err := nat.ParseMappingSpec(spec)
 	if err != nil {
-		return err
+		return usageError{err.Error()}
 	}
 	var pm nat.DockerPortMap
 	h, err := newClient(g, out).call(http.MethodPost, "/mapping/"+url.PathEscape(container), req, &pm)
@@ -85,7 +85,7 @@ func (c *DockerRmCmd) Run(g *Globals, out *output) error {
 	if path == "" {
 		num, proto, _ := strings.Cut(port, "/")
 		if _, err := strconv.Atoi(num); err != nil {
-			return fmt.Errorf("port: %q is not a port number", num)
+			return usageError{fmt.Sprintf("port: %q is not a port number", num)}
 		}
 		path = "/mapping/" + url.PathEscape(container) + "/port/" + num
 		if proto != "" {
@@ -113,7 +113,7 @@ func (c *DockerRemapCmd) Run(g *Globals, out *output) error {
 	oldP, err1 := strconv.Atoi(oldS)
 	newP, err2 := strconv.Atoi(newS)
 	if !ok || err1 != nil || err2 != nil {
-		return fmt.Errorf("ports: %q is not OLD_PORT:NEW_PORT[/PROTO]", c.Ports)
+		return usageError{fmt.Sprintf("ports: %q is not OLD_PORT:NEW_PORT[/PROTO]", c.Ports)}
 	}
 	req := nat.RemapRequest{HostPort: oldP, NewHostPort: newP, Proto: proto}
 	var maps []nat.DockerPortMap

@@ -94,7 +94,7 @@ func (o *output) fail(err error) {
 		var ue usageError
 		switch {
 		case errors.As(err, &ae):
-			resp.Code, resp.Rule = ae.code, ae.rule
+			resp.Code, resp.Rule, resp.Field = ae.code, ae.rule, ae.field
 		case errors.As(err, &ur):
 			resp.Code = ur.code
 		case errors.As(err, &ue):

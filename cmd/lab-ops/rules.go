@@ -13,7 +13,7 @@ import (
 // SnatCmd adds or deletes a SNAT rule.
 type SnatCmd struct {
 	IntIP    string `name:"int-ip" required:"" help:"Internal host or network (CIDR) whose outgoing traffic is rewritten." placeholder:"IP|CIDR"`
-	ExtIf    string `name:"ext-if" help:"Interface the traffic leaves by (required)." placeholder:"IF"`
+	ExtIf    string `name:"ext-if" required:"" help:"Interface the traffic leaves by." placeholder:"IF"`
 	ExtIP    string `name:"ext-ip" help:"Source address to give the traffic; without it, the traffic is masqueraded: it gets the address --ext-if has at the time, which follows a dynamic (DHCP, PPPoE) address." placeholder:"IP"`
 	Delete   bool   `help:"Delete the rule instead of adding it."`
 	IfExists bool   `name:"if-exists" help:"With --delete: a rule that is not there is no error (exit 0, a note on stderr), so a script may delete what may be absent."`
