@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -43,9 +44,13 @@ type apiError struct {
 	code, rule, field string
 }
 
-// flagNames names, in a message of the daemon's, each request key that
-// can only be a key (it has an underscore) as the CLI's flag.
-var flagNames = strings.NewReplacer("ext_ip", "--ext-ip", "int_ip", "--int-ip", "ext_if", "--ext-if", "lan_cidr", "--lan-cidr", "src_ip", "--src-ip")
+// flagNames finds, in a message of the daemon's, each request key that
+// can only be a key (a whole word with an underscore), to be named as the
+// CLI's flag (not "ext_ip_not_local", the name of a policy rule). It is
+// compiled when an error needs it, not at every start.
+func flagNames() *regexp.Regexp {
+	return regexp.MustCompile(`\b(ext_ip|int_ip|ext_if|lan_cidr|src_ip)\b`)
+}
 
 // flagOf is the flag or argument of the CLI each request key comes from.
 var flagOf = map[string]string{
@@ -120,7 +125,7 @@ func (c *client) call(method, path string, body, reply any) (http.Header, error)
 			// The daemon names its request's key; the user typed a flag.
 			msg, field = strings.Replace(msg, field+":", flag+":", 1), flag
 		}
-		msg = flagNames.Replace(msg)
+		msg = flagNames().ReplaceAllStringFunc(msg, func(key string) string { return flagOf[key] })
 		return nil, &apiError{status: resp.StatusCode, msg: msg, problems: e.Problems, code: code, rule: e.Rule, field: field}
 	}
 	if raw, ok := reply.(*rawReply); ok {

@@ -33,3 +33,14 @@ func TestPrintRawJSONMatchesPrintJSON(t *testing.T) {
 		t.Error("a reply that is not JSON was printed")
 	}
 }
+
+// A daemon's message names request keys; the CLI names the flags, and
+// leaves alone words that only contain a key (a policy rule's name).
+func TestFlagNames(t *testing.T) {
+	msg := `ext_ip: 198.51.100.7 is not an address of this host (natmap's rule ext_ip_not_local: ...); or give ext_if alone`
+	got := flagNames().ReplaceAllStringFunc(msg, func(key string) string { return flagOf[key] })
+	want := `--ext-ip: 198.51.100.7 is not an address of this host (natmap's rule ext_ip_not_local: ...); or give --ext-if alone`
+	if got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
