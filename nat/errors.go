@@ -39,44 +39,54 @@ func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
-// ErrStatus is how the API reports err: the HTTP status of its kind.
+// errKinds are the kinds of error the API reports, each with its HTTP
+// status and its stable code for scripts, in the order they are tested.
+var errKinds = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{ErrInvalid, 400, "invalid"},
+	{ErrForbidden, 403, "forbidden"},
+	{ErrNotFound, 404, "not_found"},
+	{ErrPortInUse, 409, "port_in_use"},
+	{ErrConflict, 409, "conflict"},
+	{ErrUnavailable, 503, "docker_unavailable"},
+	{ErrTooLarge, 413, "too_large"},
+}
+
+// ErrStatus is how the API reports err: the HTTP status of its kind (500
+// for any other).
+func ErrStatus(err error) int {
+	for _, k := range errKinds {
+		if errors.Is(err, k.err) {
+			return k.status
+		}
+	}
+	return 500
+}
+
 // ErrCode is the stable name of err's kind in an ErrorResponse, for
 // scripts: invalid, forbidden, not_found, conflict, port_in_use,
 // docker_unavailable, too_large, or internal.
 func ErrCode(err error) string {
-	switch {
-	case errors.Is(err, ErrInvalid):
-		return "invalid"
-	case errors.Is(err, ErrForbidden):
-		return "forbidden"
-	case errors.Is(err, ErrNotFound):
-		return "not_found"
-	case errors.Is(err, ErrPortInUse):
-		return "port_in_use"
-	case errors.Is(err, ErrConflict):
-		return "conflict"
-	case errors.Is(err, ErrUnavailable):
-		return "docker_unavailable"
-	case errors.Is(err, ErrTooLarge):
-		return "too_large"
+	for _, k := range errKinds {
+		if errors.Is(err, k.err) {
+			return k.code
+		}
 	}
 	return "internal"
 }
 
-func ErrStatus(err error) int {
-	switch {
-	case errors.Is(err, ErrInvalid):
-		return 400
-	case errors.Is(err, ErrForbidden):
-		return 403
-	case errors.Is(err, ErrNotFound):
-		return 404
-	case errors.Is(err, ErrConflict), errors.Is(err, ErrPortInUse):
-		return 409
-	case errors.Is(err, ErrUnavailable):
-		return 503
-	case errors.Is(err, ErrTooLarge):
-		return 413
+// CodeOfStatus is the code of a reply that has a status but no code (a
+// daemon from before codes): 409 is a conflict, as a held port cannot be
+// told from one by the status alone.
+func CodeOfStatus(status int) string {
+	code := ""
+	for _, k := range errKinds {
+		if k.status == status {
+			code = k.code // the last: conflict rather than port_in_use
+		}
 	}
-	return 500
+	return code
 }

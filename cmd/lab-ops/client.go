@@ -118,7 +118,7 @@ func (c *client) call(method, path string, body, reply any) (http.Header, error)
 		}
 		code := e.Code
 		if code == "" { // a daemon from before codes: what its status says
-			code = map[int]string{400: "invalid", 403: "forbidden", 404: "not_found", 409: "conflict", 413: "too_large", 503: "docker_unavailable"}[resp.StatusCode]
+			code = nat.CodeOfStatus(resp.StatusCode)
 		}
 		msg, field := e.Error, e.Field
 		if flag, ok := flagOf[field]; ok {

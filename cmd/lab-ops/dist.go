@@ -30,8 +30,18 @@ func (c *DistCmd) Run(app *kong.Kong, out *output) error {
 	for name, page := range manPages(app.Model) {
 		files["man/"+name] = page
 	}
+	if err := writeFiles(c.Dir, files); err != nil {
+		return err
+	}
+	fmt.Fprintf(out.stdout, "wrote %d files to %s\n", len(files), c.Dir)
+	return nil
+}
+
+// writeFiles writes each file (a path below dir: its text), mode 0644,
+// making the directories it needs.
+func writeFiles(dir string, files map[string]string) error {
 	for name, text := range files {
-		path := filepath.Join(c.Dir, name)
+		path := filepath.Join(dir, name)
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return err
 		}
@@ -39,7 +49,6 @@ func (c *DistCmd) Run(app *kong.Kong, out *output) error {
 			return err
 		}
 	}
-	fmt.Fprintf(out.stdout, "wrote %d files to %s\n", len(files), c.Dir)
 	return nil
 }
 

@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/alecthomas/kong"
@@ -16,14 +14,9 @@ type ManCmd struct {
 
 // Run writes one page per command.
 func (c *ManCmd) Run(app *kong.Kong, out *output) error {
-	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
-		return err
-	}
 	pages := manPages(app.Model)
-	for name, page := range pages {
-		if err := os.WriteFile(filepath.Join(c.Dir, name), []byte(page), 0o644); err != nil {
-			return err
-		}
+	if err := writeFiles(c.Dir, pages); err != nil {
+		return err
 	}
 	fmt.Fprintf(out.stdout, "wrote %d man pages to %s\n", len(pages), c.Dir)
 	return nil

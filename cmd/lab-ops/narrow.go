@@ -69,13 +69,24 @@ func cmdName(f reflect.StructField) string {
 }
 
 // globalsWithValue are the global flags that take a value as the next
-// argument.
-var globalsWithValue = []string{"--socket", "--color"}
+// argument: every field of Globals but the booleans and counters.
+func globalsWithValue() []string {
+	var out []string
+	g := reflect.TypeOf(Globals{})
+	for i := range g.NumField() {
+		f := g.Field(i)
+		if f.Type.Kind() != reflect.Bool && f.Tag.Get("type") != "counter" {
+			out = append(out, "--"+cmdName(f))
+		}
+	}
+	return out
+}
 
 // commandOf is the natmap command args run ("dnat" of `--json natmap
 // dnat ...`), unless they ask for help or the version.
 func commandOf(args []string) (string, bool) {
 	var words []string
+	withValue := globalsWithValue()
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
@@ -83,7 +94,7 @@ func commandOf(args []string) (string, bool) {
 			return "", false
 		case a == "-h" || a == "--help" || a == "--version" || strings.HasPrefix(a, "--help="):
 			return "", false
-		case slices.Contains(globalsWithValue, a) && len(words) < 2:
+		case slices.Contains(withValue, a) && len(words) < 2:
 			i++
 		case strings.HasPrefix(a, "-"):
 		default:
