@@ -2,12 +2,14 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lab-ops/natmap/internal/ptytest"
 	"github.com/lab-ops/natmap/nat"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -463,5 +466,125 @@ func TestScriptsExitCodesAndErrorCodes(t *testing.T) {
 	}
 	if _, errOut, code := l.cli("--socket", filepath.Join(l.dir, "none.sock"), "ls"); code != 4 || !strings.Contains(errOut, "cannot reach the natmap daemon") {
 		t.Errorf("no daemon, text: exit %d: %s", code, errOut)
+	}
+}
+
+// A script asks whether a rule or mapping is there by exit code (--check:
+// 0 there, 1 not, 2 a wrong question), removes a mapping that may be
+// absent (docker rm --if-exists), and round-trips the configuration as
+// JSON (export --json, then apply and diff read it).
+func TestScriptsCheckQueries(t *testing.T) {
+	l := newLab(t)
+	l.startDaemon()
+	dnat := []string{"dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25,465"}
+	snat := []string{"snat", "--int-ip", serverIP, "--ext-if", "ext0", "--ext-ip", extIP}
+	hairpin := []string{"hairpin", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25"}
+	route := []string{"policy-route", "--src-ip", "10.0.0.50", "--via", serverIP, "--table", "100"}
+	check := func(want int, args ...string) string {
+		t.Helper()
+		out, errOut, code := l.cli(append(slices.Clone(args), "--check")...)
+		if code != want {
+			t.Errorf("%v --check: exit %d, want %d\n%s%s", args, code, want, out, errOut)
+		}
+		return out
+	}
+	for _, rule := range [][]string{dnat, snat, hairpin, route} {
+		check(1, rule...)
+	}
+	check(1, "docker", "rm", "svc", "8088")
+	for _, rule := range [][]string{dnat, snat, hairpin, route} {
+		l.mustCLI(rule...)
+	}
+	l.mustCLI("docker", "add", "8088:"+serverIP+":80", "--name", "svc")
+	before := l.kernelRules()
+	for _, rule := range [][]string{dnat, snat, hairpin, route} {
+		check(0, rule...)
+	}
+	if out := check(0, "docker", "rm", "svc", "8088"); !strings.Contains(out, "present: id ") {
+		t.Errorf("docker rm --check of a mapping there: %s", out)
+	}
+	check(0, "docker", "rm", "--name", "svc", "8088/tcp")
+	// A part of a rule is there; a port it does not forward is not.
+	check(0, "dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "465")
+	check(1, "dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25,587")
+	check(1, "dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25", "--proto", "udp")
+	check(1, "snat", "--int-ip", serverIP, "--ext-if", "ext0")
+	check(1, "docker", "rm", "svc", "8088/udp")
+	// A wrong question is never "absent".
+	check(2, "dnat", "--ext-ip", "203.0.113.999", "--int-ip", serverIP, "--ports", "25")
+	check(2, "dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25", "--delete")
+	check(2, "docker", "rm", "svc", "http")
+	if _, _, code := l.cli("--socket", filepath.Join(l.dir, "none.sock"), "dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25", "--check"); code != 4 {
+		t.Errorf("--check with no daemon: exit %d, want 4", code)
+	}
+	// JSON says the same.
+	out, _, _ := l.cli("--json", "dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25,587", "--check")
+	var absent struct {
+		Present bool   `json:"present"`
+		Reason  string `json:"reason"`
+	}
+	if err := json.Unmarshal([]byte(out), &absent); err != nil || absent.Present || !strings.Contains(absent.Reason, "port 587/tcp is not forwarded") {
+		t.Errorf("--json --check of an absent port: %v %+v\n%s", err, absent, out)
+	}
+	if after := l.kernelRules(); after != before {
+		t.Errorf("checks changed the kernel's rules:\n%s", after)
+	}
+
+	// docker rm --if-exists: a mapping that is not there is no error.
+	for run := 0; run < 2; run++ {
+		if _, errOut, code := l.cli("docker", "rm", "svc", "8088", "--if-exists"); code != 0 {
+			t.Fatalf("run %d: docker rm --if-exists: exit %d: %s", run, code, errOut)
+		}
+	}
+	check(1, "docker", "rm", "svc", "8088")
+
+	// export --json is a configuration file apply and diff read.
+	exported := filepath.Join(l.dir, "natmap.json")
+	l.mustCLI("--json", "export", "-o", exported)
+	if out, _, code := l.cli("diff", "-f", exported); code != 0 {
+		t.Errorf("diff against the exported JSON: exit %d\n%s", code, out)
+	}
+	if out := l.mustCLI("--json", "export"); !json.Valid([]byte(out)) || !strings.Contains(out, `"int_ip": "10.0.0.101"`) {
+		t.Errorf("export --json printed:\n%s", out)
+	}
+	l.mustCLI("clear")
+	l.mustCLI("apply", "-f", exported)
+	for _, rule := range [][]string{dnat, snat, hairpin, route} {
+		check(0, rule...)
+	}
+}
+
+// apply --prune on a terminal shows the rules it would remove and asks;
+// declined, nothing changes.
+func TestApplyPruneAsks(t *testing.T) {
+	l := newLab(t)
+	l.startDaemon()
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25")
+	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", "10.0.0.102", "--ports", "80")
+	file := filepath.Join(l.dir, "keep.yaml")
+	if err := os.WriteFile(file, []byte("version: 1\ndnat:\n  - ext_ip: "+extIP+"\n    int_ip: "+serverIP+"\n    ports: \"25\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := l.kernelRules()
+	prune := func(typed string) (string, int) {
+		cmd := exec.Command(binary, "natmap", "--socket", l.socket, "apply", "-f", file, "--prune")
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		code := ptytest.Typed(t, cmd, typed)
+		return out.String(), code
+	}
+	out, code := prune("n\n")
+	if code != 1 || !strings.Contains(out, "- dnat tcp "+extIP+" ports 80 -> 10.0.0.102\n") || !strings.Contains(out, "removes this rule") {
+		t.Errorf("apply --prune, declined: exit %d:\n%s", code, out)
+	}
+	if after := l.kernelRules(); after != before {
+		t.Errorf("a declined apply --prune changed the rules:\n%s", after)
+	}
+	if out, code = prune("y\n"); code != 0 || !strings.Contains(out, "removed 1") {
+		t.Errorf("apply --prune, confirmed: exit %d:\n%s", code, out)
+	}
+	// Nothing left to remove: nothing to ask.
+	if out, code = prune(""); code != 0 || strings.Contains(out, "Go on?") {
+		t.Errorf("apply --prune with nothing to remove: exit %d:\n%s", code, out)
 	}
 }

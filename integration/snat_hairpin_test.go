@@ -279,7 +279,8 @@ func TestIntegrationRuleBadInput(t *testing.T) {
 }
 
 // TestIntegrationMailServerExample runs the spec's mail-server script
-// verbatim, with the router's external interface named vmbr0 as there.
+// verbatim, twice, with the router's external interface named vmbr0 as
+// there.
 func TestIntegrationMailServerExample(t *testing.T) {
 	l := newLabWith(t, "vmbr0")
 	ports := []string{"25", "465", "587", "143", "993", "110", "995", "4190"}
@@ -288,7 +289,7 @@ func TestIntegrationMailServerExample(t *testing.T) {
 	}
 	serve(t, l.client, "outside", clientIP+":7000")
 	l.startDaemon()
-	runScript(t, l, `#!/bin/bash
+	script := `#!/bin/bash
 INT_IP="10.0.0.101"
 EXT_IP="203.0.113.43"
 EXT_IF="vmbr0"
@@ -302,7 +303,12 @@ lab-ops natmap snat --int-ip $INT_IP --ext-if $EXT_IF --ext-ip $EXT_IP
 lab-ops natmap hairpin --ext-ip $EXT_IP --int-ip $INT_IP --ports $PORTS
 lab-ops natmap save
 echo "Mail NAT applied: $EXT_IP -> $INT_IP"
-`)
+`
+	// Under set -e, twice: a second run finds everything in place.
+	runScript(t, l, script)
+	if out := runScript(t, l, script); !strings.Contains(out, "already present, nothing changed") {
+		t.Errorf("the second run:\n%s", out)
+	}
 	for _, p := range ports {
 		if src := expectReach(t, l.client, "tcp", extIP+":"+p, "mail"); src != clientIP {
 			t.Errorf("port %s from outside: the server saw %s", p, src)
@@ -344,7 +350,7 @@ func runScript(t *testing.T, l *lab, script string) string {
 }
 
 // TestIntegrationTailscaleExample runs the spec's "Web Server with Game
-// Server on a Tailscale Exit Node" commands verbatim: an exit node whose
+// Server on a Tailscale Exit Node" commands verbatim, twice: an exit node whose
 // tailnet side is an interface named tailscale0.
 func TestIntegrationTailscaleExample(t *testing.T) {
 	netnstest.RequirePrivileges(t, "nft")
@@ -365,7 +371,7 @@ func TestIntegrationTailscaleExample(t *testing.T) {
 	l.socket, l.state, l.saved = filepath.Join(l.dir, "n.sock"), filepath.Join(l.dir, "n.json"), filepath.Join(l.dir, "n.nft")
 	t.Cleanup(l.stopDaemon)
 	l.startDaemon()
-	runScript(t, l, `# Forward web traffic
+	script := `# Forward web traffic
 lab-ops natmap dnat \
 --ext-ip 100.64.0.10 \
 --int-ip 10.0.1.20 \
@@ -381,7 +387,12 @@ lab-ops natmap snat \
 --int-ip 10.0.1.0/24 \
 --ext-if tailscale0 \
 --ext-ip 100.64.0.10
-`)
+`
+	// Under set -e, twice: a second run finds everything in place.
+	runScript(t, l, script)
+	if out := runScript(t, l, script); strings.Count(out, "already present, nothing changed") != 3 {
+		t.Errorf("the second run:\n%s", out)
+	}
 	for addr, want := range map[string]string{"100.64.0.10:80": "web", "100.64.0.10:443": "web", "100.64.0.10:25565": "game"} {
 		if src := expectReach(t, peer, "tcp", addr, want); src != "100.64.0.2" {
 			t.Errorf("%s: the server saw %s", addr, src)

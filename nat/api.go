@@ -76,6 +76,16 @@ func NewHandler(svc *Service, info Info, log *slog.Logger) http.Handler {
 	mux.HandleFunc("DELETE /policy-route", mutate(a, PolicyRouteConfig.toPolicyRoute, func(_ context.Context, p PolicyRoute) (bool, error) {
 		return true, svc.DeletePolicyRoute(p)
 	}))
+	// Is this rule there? What a DELETE of the same body would find: the
+	// rule that holds it, or not_found.
+	mux.HandleFunc("POST /dnat/check", check(a, DnatConfig.toDNAT, svc.CheckDNAT))
+	mux.HandleFunc("POST /hairpin/check", check(a, HairpinConfig.toHairpin, svc.CheckHairpin))
+	mux.HandleFunc("POST /snat/check", check(a, SnatConfig.toSNAT, func(ctx context.Context, sn SNAT) (SNAT, error) {
+		return sn, svc.CheckSNAT(ctx, sn)
+	}))
+	mux.HandleFunc("POST /policy-route/check", check(a, PolicyRouteConfig.toPolicyRoute, func(_ context.Context, p PolicyRoute) (PolicyRoute, error) {
+		return p, svc.CheckPolicyRoute(p)
+	}))
 	a.mappingRoutes(mux)
 	mux.HandleFunc("GET /mappings", a.mappings)
 	mux.HandleFunc("GET /rules", a.rules)
@@ -120,6 +130,27 @@ func mutate[C any, R any](a *api, parse func(C) (R, error), op func(context.Cont
 		w.Header().Set(ChangedHeader, fmt.Sprint(changed))
 		if r.Method == http.MethodDelete {
 			w.WriteHeader(http.StatusOK)
+			return
+		}
+		reply(w, http.StatusOK, echo(rule))
+	}
+}
+
+// check is the handler of a rule's query: decode and parse as mutate
+// does, and answer with the rule find returns, in its wire shape.
+func check[C any, R any](a *api, parse func(C) (R, error), find func(context.Context, R) (R, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var c C
+		if err := decodeBody(w, r, &c, false); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		rule, err := parse(c)
+		if err == nil {
+			rule, err = find(r.Context(), rule)
+		}
+		if err != nil {
+			a.fail(w, r, err)
 			return
 		}
 		reply(w, http.StatusOK, echo(rule))
@@ -338,8 +369,11 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	level := slog.LevelInfo
-	if code >= 500 {
+	switch {
+	case code >= 500:
 		level = slog.LevelError
+	case code == http.StatusNotFound && isQuery(r):
+		level = slog.LevelDebug // an answer ("not there"), not a refusal
 	}
 	a.log.Log(r.Context(), level, "request refused", "method", r.Method, "path", r.URL.Path, "status", code, "err", err)
 	resp := ErrorResponse{Error: errorText(err), Code: ErrCode(err)}

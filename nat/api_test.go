@@ -240,3 +240,54 @@ func TestMappingNamedByID(t *testing.T) {
 		t.Errorf("after removing mapping #3:\n%s", got)
 	}
 }
+
+// A check answers what a DELETE of the same body or path would find, and
+// changes nothing: 200 with the rule that holds it, 404 not_found saying
+// what is missing, 400 for a wrong question.
+func TestAPIChecks(t *testing.T) {
+	r := newRig(t, State{})
+	dnat := `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25,465"}`
+	for path, body := range map[string]string{
+		"/dnat":         dnat,
+		"/hairpin":      `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25"}`,
+		"/snat":         `{"int_ip":"10.0.0.101","ext_if":"eth0","ext_ip":"203.0.113.43"}`,
+		"/policy-route": `{"src_ip":"10.0.0.50","via":"10.0.0.1","table":100}`,
+		"/mapping/svc":  `{"host_port":8088,"container_port":80,"target_ip":"10.0.0.101"}`,
+	} {
+		if code, reply, _ := serve(t, r, "POST", path, body); code != 200 {
+			t.Fatalf("adding %s: %d %s", path, code, reply)
+		}
+	}
+	before := r.snapshot()
+	for _, c := range []struct {
+		method, path, body string
+		code               int
+		says               string
+	}{
+		{"POST", "/dnat/check", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"465"}`, 200, `"ports":"25,465"`},
+		{"POST", "/dnat/check", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25,587"}`, 404, "port 587/tcp is not forwarded by dnat"},
+		{"POST", "/dnat/check", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.102","ports":"25"}`, 404, `"code":"not_found"`},
+		{"POST", "/dnat/check", `{"ext_ip":"203.0.113.430","int_ip":"10.0.0.101","ports":"25"}`, 400, `"field":"ext_ip"`},
+		{"POST", "/hairpin/check", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25"}`, 200, `"int_ip":"10.0.0.101"`},
+		{"POST", "/hairpin/check", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25","proto":"udp"}`, 404, "no hairpin rule"},
+		{"POST", "/snat/check", `{"int_ip":"10.0.0.101","ext_if":"eth0","ext_ip":"203.0.113.43"}`, 200, `"ext_if":"eth0"`},
+		{"POST", "/snat/check", `{"int_ip":"10.0.0.101","ext_if":"eth0"}`, 404, "not_found"},
+		{"POST", "/policy-route/check", `{"src_ip":"10.0.0.50","via":"10.0.0.1","table":100}`, 200, `"table":100`},
+		{"POST", "/policy-route/check", `{"src_ip":"10.0.0.50","via":"10.0.0.1","table":101}`, 404, "not_found"},
+		{"GET", "/mapping/svc/port/8088", "", 200, `"host_addr":"0.0.0.0:8088"`},
+		{"GET", "/mapping/svc/port/8088?proto=udp", "", 404, "no mapping of svc on host port 8088/udp"},
+		{"GET", "/mapping/svc", "", 200, `"container_name":"svc"`},
+		{"GET", "/mapping/other", "", 404, "no mappings of other"},
+		{"GET", "/mapping/by-id/1", "", 200, `"id":1`},
+		{"GET", "/mapping/by-id/9", "", 404, "no mapping with id 9"},
+		{"GET", "/mapping/svc/port/http", "", 400, `"field":"port"`},
+	} {
+		code, body, _ := serve(t, r, c.method, c.path, c.body)
+		if code != c.code || !strings.Contains(body, c.says) {
+			t.Errorf("%s %s %s: %d %s; want %d saying %s", c.method, c.path, c.body, code, body, c.code, c.says)
+		}
+	}
+	if after := r.snapshot(); after != before {
+		t.Errorf("checks changed the state:\n%s", after)
+	}
+}

@@ -281,32 +281,15 @@ type MappingSelector struct {
 // RemoveMappings removes the selected mappings; none selected is
 // ErrNotFound.
 func (s *Service) RemoveMappings(ctx context.Context, sel MappingSelector) ([]Mapping, error) {
-	name := sel.Container
-	if sel.ID == 0 {
-		if err := CheckContainerRef(name); err != nil {
-			return nil, err
-		}
-		name = s.mappingOwner(ctx, name)
+	name, err := s.selectorOwner(ctx, sel)
+	if err != nil {
+		return nil, err
 	}
 	defer s.lock()()
-	var gone []Mapping
-	for _, m := range s.mappings {
-		switch {
-		case sel.ID != 0 && m.ID == sel.ID,
-			sel.ID == 0 && m.Container == name && (sel.HostPort == 0 || m.HostPort == sel.HostPort && m.Proto == sel.Proto):
-			gone = append(gone, m)
-		}
+	gone, err := s.selectMappings(sel, name)
+	if err != nil {
+		return nil, err
 	}
-	if len(gone) == 0 {
-		switch {
-		case sel.ID != 0:
-			return nil, fmt.Errorf("no mapping with id %d: %w", sel.ID, ErrNotFound)
-		case sel.HostPort != 0:
-			return nil, fmt.Errorf("no mapping of %s on host port %d/%s: %w", sel.Container, sel.HostPort, sel.Proto, ErrNotFound)
-		}
-		return nil, fmt.Errorf("no mappings of %s: %w", sel.Container, ErrNotFound)
-	}
-	slices.SortFunc(gone, func(a, b Mapping) int { return a.ID - b.ID })
 	tx := &txn{}
 	var fs []Forward
 	for _, m := range gone {
@@ -320,6 +303,53 @@ func (s *Service) RemoveMappings(ctx context.Context, sel MappingSelector) ([]Ma
 		s.log.Info("mapping removed", "mapping", m.String())
 	}
 	return gone, nil
+}
+
+// FindMappings returns the mappings sel selects, as RemoveMappings would
+// remove them, or an error that wraps ErrNotFound.
+func (s *Service) FindMappings(ctx context.Context, sel MappingSelector) ([]Mapping, error) {
+	name, err := s.selectorOwner(ctx, sel)
+	if err != nil {
+		return nil, err
+	}
+	defer s.lock()()
+	return s.selectMappings(sel, name)
+}
+
+// selectorOwner is the name under which sel's container's mappings are
+// kept ("" for a selector by ID).
+func (s *Service) selectorOwner(ctx context.Context, sel MappingSelector) (string, error) {
+	if sel.ID != 0 {
+		return "", nil
+	}
+	if err := CheckContainerRef(sel.Container); err != nil {
+		return "", err
+	}
+	return s.mappingOwner(ctx, sel.Container), nil
+}
+
+// selectMappings returns the mappings of sel, by ID, sorted; name is the
+// container's as selectorOwner found it.
+func (s *Service) selectMappings(sel MappingSelector, name string) ([]Mapping, error) {
+	var found []Mapping
+	for _, m := range s.mappings {
+		switch {
+		case sel.ID != 0 && m.ID == sel.ID,
+			sel.ID == 0 && m.Container == name && (sel.HostPort == 0 || m.HostPort == sel.HostPort && m.Proto == sel.Proto):
+			found = append(found, m)
+		}
+	}
+	if len(found) == 0 {
+		switch {
+		case sel.ID != 0:
+			return nil, fmt.Errorf("no mapping with id %d: %w", sel.ID, ErrNotFound)
+		case sel.HostPort != 0:
+			return nil, fmt.Errorf("no mapping of %s on host port %d/%s: %w", sel.Container, sel.HostPort, sel.Proto, ErrNotFound)
+		}
+		return nil, fmt.Errorf("no mappings of %s: %w", sel.Container, ErrNotFound)
+	}
+	slices.SortFunc(found, func(a, b Mapping) int { return a.ID - b.ID })
+	return found, nil
 }
 
 // mappingOwner turns a container reference into the name mappings are

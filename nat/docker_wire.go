@@ -217,13 +217,17 @@ func splitMappingSpec(body string) ([]string, bool) {
 // mappingRoutes adds the Docker routes to mux.
 func (a *api) mappingRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /mapping/{container}", a.addMapping)
-	mux.HandleFunc("DELETE /mapping/{container}/{port}", a.removeMappingPort)
+	mux.HandleFunc("DELETE /mapping/{container}/{port}", a.removeMappings)
 	// The same without the earlier API's ambiguity: /mapping/by-id/3 is
 	// mapping #3, never port 3 of a container named by-id.
-	mux.HandleFunc("DELETE /mapping/{container}/port/{port}", a.removeMappingPort)
-	mux.HandleFunc("DELETE /mapping/by-id/{id}", a.removeMappingID)
-	mux.HandleFunc("DELETE /mapping/{container}", a.removeMappingAll)
+	mux.HandleFunc("DELETE /mapping/{container}/port/{port}", a.removeMappings)
+	mux.HandleFunc("DELETE /mapping/by-id/{id}", a.removeMappings)
+	mux.HandleFunc("DELETE /mapping/{container}", a.removeMappings)
 	mux.HandleFunc("PUT /remap/{container}", a.remap)
+	// What the DELETEs would remove, without removing it (404 when none).
+	mux.HandleFunc("GET /mapping/{container}", a.findMappings)
+	mux.HandleFunc("GET /mapping/{container}/port/{port}", a.findMappings)
+	mux.HandleFunc("GET /mapping/by-id/{id}", a.findMappings)
 }
 
 func (a *api) addMapping(w http.ResponseWriter, r *http.Request) {
@@ -250,40 +254,64 @@ func (a *api) addMapping(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusOK, PortMapOf(m))
 }
 
-func (a *api) removeMappingPort(w http.ResponseWriter, r *http.Request) {
-	port, err := strconv.Atoi(r.PathValue("port"))
-	if err != nil || port < 1 || port > 65535 {
-		a.fail(w, r, fieldErr("port", "%q is not a port number", r.PathValue("port")))
-		return
+// selectorOf reads the mappings a request's path names: by ID
+// (/mapping/by-id/ID), by container and host port (?proto=, tcp by
+// default), or every mapping of a container.
+func selectorOf(r *http.Request) (MappingSelector, error) {
+	if v := r.PathValue("id"); v != "" {
+		id, err := strconv.Atoi(v)
+		if err != nil || id < 1 {
+			return MappingSelector{}, fieldErr("id", "%q is not a mapping id", v)
+		}
+		return MappingSelector{ID: id}, nil
 	}
-	proto, err := ParseProto(r.URL.Query().Get("proto"))
+	sel := MappingSelector{Container: r.PathValue("container")}
+	if v := r.PathValue("port"); v != "" {
+		port, err := strconv.Atoi(v)
+		if err != nil || port < 1 || port > 65535 {
+			return MappingSelector{}, fieldErr("port", "%q is not a port number", v)
+		}
+		proto, err := ParseProto(r.URL.Query().Get("proto"))
+		if err != nil {
+			return MappingSelector{}, &FieldError{Field: "proto", Msg: err.Error()}
+		}
+		sel.HostPort, sel.Proto = uint16(port), proto
+	}
+	return sel, nil
+}
+
+func (a *api) removeMappings(w http.ResponseWriter, r *http.Request) {
+	sel, err := selectorOf(r)
 	if err != nil {
-		a.fail(w, r, &FieldError{Field: "proto", Msg: err.Error()})
+		a.fail(w, r, err)
 		return
 	}
-	a.removeMappings(w, r, MappingSelector{Container: r.PathValue("container"), HostPort: uint16(port), Proto: proto})
-}
-
-func (a *api) removeMappingID(w http.ResponseWriter, r *http.Request) {
-	id, err := strconv.Atoi(r.PathValue("id"))
-	if err != nil || id < 1 {
-		a.fail(w, r, fieldErr("id", "%q is not a mapping id", r.PathValue("id")))
-		return
-	}
-	a.removeMappings(w, r, MappingSelector{ID: id})
-}
-
-func (a *api) removeMappingAll(w http.ResponseWriter, r *http.Request) {
-	a.removeMappings(w, r, MappingSelector{Container: r.PathValue("container")})
-}
-
-func (a *api) removeMappings(w http.ResponseWriter, r *http.Request, sel MappingSelector) {
 	if _, err := a.svc.RemoveMappings(r.Context(), sel); err != nil {
 		a.fail(w, r, err)
 		return
 	}
 	w.Header().Set(ChangedHeader, "true")
 	w.WriteHeader(http.StatusOK)
+}
+
+// findMappings answers with the mappings a DELETE of the same path would
+// remove, or not_found.
+func (a *api) findMappings(w http.ResponseWriter, r *http.Request) {
+	sel, err := selectorOf(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	found, err := a.svc.FindMappings(r.Context(), sel)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := make([]DockerPortMap, len(found))
+	for i, m := range found {
+		out[i] = PortMapOf(m)
+	}
+	reply(w, http.StatusOK, out)
 }
 
 func (a *api) remap(w http.ResponseWriter, r *http.Request) {

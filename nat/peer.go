@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -62,9 +63,15 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 // its client goes away (Ctrl-C, a client's timeout): a change already
 // started is never cut short halfway (an iptables-restore killed between
 // its two families).
+// isQuery reports whether r only reads: a GET, or a rule's check (a POST
+// only because its question is a rule's body).
+func isQuery(r *http.Request) bool {
+	return r.Method == http.MethodGet || r.Method == http.MethodHead || strings.HasSuffix(r.URL.Path, "/check")
+}
+
 func audit(log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		if isQuery(r) {
 			next.ServeHTTP(w, r)
 			return
 		}

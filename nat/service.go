@@ -313,12 +313,9 @@ func (s *Service) DeleteDNAT(ctx context.Context, d DNAT) error {
 		return err
 	}
 	defer s.lock()()
-	old, ok := s.dnats[d.ID()]
-	if !ok {
-		return fmt.Errorf("no dnat rule %s -> %s (%s%s): %w", d.ExtIP, d.IntIP, d.Proto, ifSuffix(d.ExtIf), ErrNotFound)
-	}
-	if miss := missingFrom(old.Ports, d); len(miss) > 0 {
-		return fmt.Errorf("port %d/%s is not forwarded by dnat %s: %w", miss[0].Ext.Port(), d.Proto, old, ErrNotFound)
+	old, err := s.findDNAT(d)
+	if err != nil {
+		return err
 	}
 	tx := &txn{}
 	gone := s.disown(tx, d.Forwards())
@@ -334,6 +331,28 @@ func (s *Service) DeleteDNAT(ctx context.Context, d DNAT) error {
 	}
 	s.log.Info("dnat deleted", "rule", d.String())
 	return nil
+}
+
+// CheckDNAT returns the rule that forwards every port of d, or an error
+// that wraps ErrNotFound and says what is missing, as DeleteDNAT would.
+func (s *Service) CheckDNAT(_ context.Context, d DNAT) (DNAT, error) {
+	if err := d.Validate(); err != nil {
+		return DNAT{}, err
+	}
+	defer s.lock()()
+	return s.findDNAT(d)
+}
+
+// findDNAT is the rule with d's ID if it forwards every port of d.
+func (s *Service) findDNAT(d DNAT) (DNAT, error) {
+	old, ok := s.dnats[d.ID()]
+	if !ok {
+		return DNAT{}, fmt.Errorf("no dnat rule %s -> %s (%s%s): %w", d.ExtIP, d.IntIP, d.Proto, ifSuffix(d.ExtIf), ErrNotFound)
+	}
+	if miss := missingFrom(old.Ports, d); len(miss) > 0 {
+		return DNAT{}, fmt.Errorf("port %d/%s is not forwarded by dnat %s: %w", miss[0].Ext.Port(), d.Proto, old, ErrNotFound)
+	}
+	return old, nil
 }
 
 // Clear removes every rule and policy route from the kernel and the state

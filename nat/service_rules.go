@@ -97,12 +97,9 @@ func (s *Service) DeleteHairpin(ctx context.Context, h Hairpin) error {
 		return err
 	}
 	defer s.lock()()
-	old, ok := s.hairpins[h.ID()]
-	if !ok {
-		return fmt.Errorf("no hairpin rule %s -> %s (%s): %w", h.ExtIP, h.IntIP, h.Proto, ErrNotFound)
-	}
-	if miss := missingFrom(old.Ports, h.dnat()); len(miss) > 0 {
-		return fmt.Errorf("port %d/%s is not in hairpin %s: %w", miss[0].Ext.Port(), h.Proto, old, ErrNotFound)
+	old, err := s.findHairpin(h)
+	if err != nil {
+		return err
 	}
 	tx := &txn{}
 	gone := s.disown(tx, h.dnat().Forwards())
@@ -123,6 +120,28 @@ func (s *Service) DeleteHairpin(ctx context.Context, h Hairpin) error {
 	}
 	s.log.Info("hairpin deleted", "rule", h.String())
 	return nil
+}
+
+// CheckHairpin returns the hairpin that holds every port of h, or an error
+// that wraps ErrNotFound, as DeleteHairpin would.
+func (s *Service) CheckHairpin(_ context.Context, h Hairpin) (Hairpin, error) {
+	if err := h.Validate(); err != nil {
+		return Hairpin{}, err
+	}
+	defer s.lock()()
+	return s.findHairpin(h)
+}
+
+// findHairpin is the hairpin with h's ID if it holds every port of h.
+func (s *Service) findHairpin(h Hairpin) (Hairpin, error) {
+	old, ok := s.hairpins[h.ID()]
+	if !ok {
+		return Hairpin{}, fmt.Errorf("no hairpin rule %s -> %s (%s): %w", h.ExtIP, h.IntIP, h.Proto, ErrNotFound)
+	}
+	if miss := missingFrom(old.Ports, h.dnat()); len(miss) > 0 {
+		return Hairpin{}, fmt.Errorf("port %d/%s is not in hairpin %s: %w", miss[0].Ext.Port(), h.Proto, old, ErrNotFound)
+	}
+	return old, nil
 }
 
 // AddSNAT adds sn. The same rule again is a no-op; the same traffic sent
@@ -153,8 +172,8 @@ func (s *Service) DeleteSNAT(ctx context.Context, sn SNAT) error {
 		return err
 	}
 	defer s.lock()()
-	if old, ok := s.snats[sn.ID()]; !ok || old != sn {
-		return fmt.Errorf("no %s: %w", sn, ErrNotFound)
+	if err := s.findSNAT(sn); err != nil {
+		return err
 	}
 	tx := &txn{}
 	drop(tx, s.snats, sn.ID())
@@ -162,6 +181,23 @@ func (s *Service) DeleteSNAT(ctx context.Context, sn SNAT) error {
 		return fmt.Errorf("deleting %s: %w", sn, err)
 	}
 	s.log.Info("snat deleted", "rule", sn.String())
+	return nil
+}
+
+// CheckSNAT reports whether sn is present as given: nil, or an error that
+// wraps ErrNotFound, as DeleteSNAT would.
+func (s *Service) CheckSNAT(_ context.Context, sn SNAT) error {
+	if err := sn.Validate(); err != nil {
+		return err
+	}
+	defer s.lock()()
+	return s.findSNAT(sn)
+}
+
+func (s *Service) findSNAT(sn SNAT) error {
+	if old, ok := s.snats[sn.ID()]; !ok || old != sn {
+		return fmt.Errorf("no %s: %w", sn, ErrNotFound)
+	}
 	return nil
 }
 
@@ -212,9 +248,9 @@ func (s *Service) DeletePolicyRoute(p PolicyRoute) error {
 		return err
 	}
 	defer s.lock()()
-	reason, ok := s.routes[p]
-	if !ok {
-		return fmt.Errorf("no %s: %w", p, ErrNotFound)
+	reason, err := s.findPolicyRoute(p)
+	if err != nil {
+		return err
 	}
 	if reason == "" {
 		if err := s.router.DeletePolicyRoute(p, s.lastInTable(p)); err != nil {
@@ -234,6 +270,26 @@ func (s *Service) DeletePolicyRoute(p PolicyRoute) error {
 	s.changes++
 	s.log.Info("policy route deleted", "route", p.String())
 	return nil
+}
+
+// CheckPolicyRoute reports whether p is one of natmap's policy routes:
+// nil, or an error that wraps ErrNotFound, as DeletePolicyRoute would.
+func (s *Service) CheckPolicyRoute(p PolicyRoute) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	defer s.lock()()
+	_, err := s.findPolicyRoute(p)
+	return err
+}
+
+// findPolicyRoute returns why p is not installed ("" when it is).
+func (s *Service) findPolicyRoute(p PolicyRoute) (reason string, err error) {
+	reason, ok := s.routes[p]
+	if !ok {
+		return "", fmt.Errorf("no %s: %w", p, ErrNotFound)
+	}
+	return reason, nil
 }
 
 // lastInTable reports whether p is the only policy route using its table.

@@ -11,13 +11,12 @@ import (
 
 // DnatCmd adds or deletes a static DNAT rule.
 type DnatCmd struct {
-	ExtIP    string `name:"ext-ip" help:"External address clients connect to (required unless --ext-if is given: without it the rule forwards whatever address --ext-if has, now or later, such as a DHCP or PPPoE WAN address)." placeholder:"IP"`
-	IntIP    string `name:"int-ip" required:"" help:"Internal host to forward to." placeholder:"IP"`
-	Ports    string `required:"" help:"Ports: a comma-separated list of ports and ranges, EXT:INT to translate (25,465,8000-8100,2222:22)." placeholder:"LIST"`
-	Proto    string `default:"tcp" help:"Protocol: tcp or udp."`
-	ExtIf    string `name:"ext-if" help:"Only forward traffic arriving on this interface; alone (no --ext-ip), forward traffic for any address of it." placeholder:"IF"`
-	Delete   bool   `help:"Delete the rule (or these ports of it) instead of adding it."`
-	IfExists bool   `name:"if-exists" help:"With --delete: a rule that is not there is no error (exit 0, a note on stderr), so a script may delete what may be absent."`
+	ExtIP string `name:"ext-ip" help:"External address clients connect to (required unless --ext-if is given: without it the rule forwards whatever address --ext-if has, now or later, such as a DHCP or PPPoE WAN address)." placeholder:"IP"`
+	IntIP string `name:"int-ip" required:"" help:"Internal host to forward to." placeholder:"IP"`
+	Ports string `required:"" help:"Ports: a comma-separated list of ports and ranges, EXT:INT to translate (25,465,8000-8100,2222:22)." placeholder:"LIST"`
+	Proto string `default:"tcp" complete:"tcp,udp" help:"Protocol: tcp or udp."`
+	ExtIf string `name:"ext-if" help:"Only forward traffic arriving on this interface; alone (no --ext-ip), forward traffic for any address of it." placeholder:"IF"`
+	ruleOp
 }
 
 // Run sends the rule to the daemon.
@@ -26,7 +25,7 @@ func (c *DnatCmd) Run(g *Globals, out *output) error {
 	if c.ExtIf != "" {
 		cfg.ExtIf = &c.ExtIf
 	}
-	return sendRule(g, out, "/dnat", "dnat", cfg, c.Delete, c.IfExists, describe(cfg))
+	return c.send(g, out, "/dnat", "dnat", cfg, describe(cfg))
 }
 
 func describe(c nat.DnatConfig) string {
@@ -260,10 +259,17 @@ func (c *FwdCmd) Run(g *Globals, out *output) error {
 }
 
 // ClearCmd removes every rule.
-type ClearCmd struct{}
+type ClearCmd struct {
+	Yes bool `short:"y" help:"Do not ask (it never asks when standard input is not a terminal)."`
+}
 
 // Run asks the daemon to clear.
 func (c *ClearCmd) Run(g *Globals, out *output) error {
+	if asks(c.Yes) {
+		if err := confirm(out, "clear removes every natmap rule (DNAT, SNAT, hairpin, policy routes, Docker mappings) and releases every reserved port."); err != nil {
+			return err
+		}
+	}
 	if _, err := newClient(g, out).call(http.MethodDelete, "/clear", nil, nil); err != nil {
 		return err
 	}

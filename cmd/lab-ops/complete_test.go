@@ -42,7 +42,9 @@ complete_line() {
 		"lab-ops natmap daemon --check":            "--check-interval",
 		"lab-ops natmap dnat --ext-ip 1.2.3.4 --p": "--ports --proto",
 		"lab-ops natmap docker ":                   "add remap rm",
-		"lab-ops natmap docker rm --i":             "--id",
+		"lab-ops natmap docker rm --i":             "--id --if-exists",
+		"lab-ops natmap dnat --proto ":             "tcp udp",
+		"lab-ops natmap hairpin --proto=u":         "udp",
 		"lab-ops completion ":                      "bash fish zsh",
 		"lab-ops natmap --color ":                  "always auto never",
 	} {
@@ -75,8 +77,42 @@ func TestCompletionContainers(t *testing.T) {
 		"lab-ops natmap docker remap mail 80 ":  "",
 		"lab-ops -v natmap --json docker rm ma": "mail",
 	} {
-		if got := strings.Join(completions(parser.Model, line, false, names), " "); got != want {
+		if got := strings.Join(wordsOf(completions(parser.Model, line, false, names)), " "); got != want {
 			t.Errorf("completing %q: %q, want %q", line, got, want)
+		}
+	}
+}
+
+func wordsOf(cs []candidate) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.word)
+	}
+	return out
+}
+
+// zsh and fish get each candidate with what it is, in their own forms;
+// bash gets the bare words.
+func TestCompletionDescriptions(t *testing.T) {
+	var cli CLI
+	parser, err := newParser(&cli, os.Stdout, os.Stderr, func(int) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := func() []string { return []string{"db:1"} }
+	for _, c := range []struct{ shell, line, want string }{
+		{"zsh", "lab-ops natmap dn", "dnat:Forward ports of an external address to an internal host (--delete ..."},
+		{"fish", "lab-ops natmap dnat --pr", "--proto\tProtocol: tcp or udp"},
+		{"bash", "lab-ops natmap dnat --pr", "--proto"},
+		{"zsh", "lab-ops natmap docker add d", `db\:1:container`},
+		{"fish", "lab-ops natmap dnat --proto ", "tcp\nudp"},
+	} {
+		var got []string
+		for _, cand := range completions(parser.Model, c.line, c.shell == "bash", names) {
+			got = append(got, cand.format(c.shell))
+		}
+		if strings.Join(got, "\n") != c.want {
+			t.Errorf("%s: completing %q: %q, want %q", c.shell, c.line, got, c.want)
 		}
 	}
 }

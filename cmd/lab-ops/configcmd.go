@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -21,7 +22,7 @@ func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)
 
 // ExportCmd prints the running configuration as a file.
 type ExportCmd struct {
-	Output string `short:"o" type:"path" help:"Write to this file (atomically) instead of standard output." placeholder:"FILE"`
+	Output string `short:"o" type:"path" help:"Write to this file (atomically) instead of standard output (with --json, the file is JSON, which apply reads as well)." placeholder:"FILE"`
 }
 
 // DiffCmd shows what applying a file would change.
@@ -33,8 +34,9 @@ type DiffCmd struct {
 // ApplyCmd makes natmap's configuration equal to a file.
 type ApplyCmd struct {
 	File   string `short:"f" required:"" type:"existingfile" help:"The configuration file (YAML or JSON)." placeholder:"FILE"`
-	Prune  bool   `help:"Also remove the rules the file does not name."`
+	Prune  bool   `help:"Also remove the rules the file does not name (on a terminal, after showing them and asking)."`
 	DryRun bool   `help:"Only say what would change."`
+	Yes    bool   `short:"y" help:"Do not ask before --prune removes rules (it never asks when standard input is not a terminal)."`
 }
 
 // Run exports.
@@ -43,7 +45,12 @@ func (c *ExportCmd) Run(g *Globals, out *output) error {
 	if _, err := newClient(g, out).call(http.MethodGet, "/config", nil, &cfg); err != nil {
 		return err
 	}
-	b, err := config.Export(cfg)
+	// JSON is a configuration file too: apply -f reads it back.
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	b = append(b, '\n')
+	if !out.json {
+		b, err = config.Export(cfg)
+	}
 	if err != nil {
 		return err
 	}
@@ -53,6 +60,10 @@ func (c *ExportCmd) Run(g *Globals, out *output) error {
 	}
 	if err := store.WriteFile(c.Output, b, 0o644); err != nil {
 		return err
+	}
+	if out.json {
+		out.printJSON(map[string]string{"exported": c.Output})
+		return nil
 	}
 	fmt.Fprintf(out.stderr, "exported to %s\n", c.Output)
 	return nil
@@ -73,6 +84,24 @@ func (c *DiffCmd) Run(g *Globals, out *output) error {
 
 // Run applies.
 func (c *ApplyCmd) Run(g *Globals, out *output) error {
+	if c.Prune && !c.DryRun && asks(c.Yes) {
+		plan, err := applyFile(g, out, c.File, true, true)
+		if err != nil {
+			return err
+		}
+		if len(plan.Remove) > 0 {
+			for _, l := range plan.Remove {
+				fmt.Fprintf(out.stderr, "- %s\n", l)
+			}
+			these := fmt.Sprintf("these %d rules", len(plan.Remove))
+			if len(plan.Remove) == 1 {
+				these = "this rule"
+			}
+			if err := confirm(out, fmt.Sprintf("apply --prune removes %s, which %s does not name.", these, c.File)); err != nil {
+				return err
+			}
+		}
+	}
 	resp, err := applyFile(g, out, c.File, c.Prune, c.DryRun)
 	if err != nil {
 		return err

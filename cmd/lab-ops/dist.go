@@ -52,14 +52,6 @@ func writeFiles(dir string, files map[string]string) error {
 	return nil
 }
 
-// zshAutoload is the zsh completion as a file in $fpath (the package's
-// /usr/share/zsh/vendor-completions/_lab-ops): the function's body.
-const zshAutoload = `#compdef lab-ops
-local -a candidates
-candidates=("${(@f)$(COMP_LINE="$BUFFER" COMP_POINT=$CURSOR lab-ops 2>/dev/null)}")
-compadd -- ${candidates:#}
-`
-
 // defaultsFile is /etc/default/natmap: every daemon option that has an
 // environment variable, commented out at its default, with its help.
 func defaultsFile(app *kong.Application) string {

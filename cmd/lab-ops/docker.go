@@ -61,6 +61,9 @@ type DockerRmCmd struct {
 	Name string   `help:"Container or local service name, instead of the first argument."`
 	ID   int      `name:"id" help:"Remove the mapping with this ID."`
 	All  bool     `help:"Remove every mapping of the container."`
+	// Not ruleOp: a mapping is removed by rm, never by add --delete.
+	IfExists bool `name:"if-exists" help:"No mapping to remove is no error (exit 0, a note on stderr), so a script may remove what may be absent."`
+	Check    bool `help:"Remove nothing: exit 0 if there is a mapping to remove, 1 if there is none, 2 if the question is wrong."`
 }
 
 // Run asks the daemon to remove.
@@ -93,7 +96,24 @@ func (c *DockerRmCmd) Run(g *Globals, out *output) error {
 		}
 		what = fmt.Sprintf("%s host port %s", container, port)
 	}
+	switch {
+	case c.Check && c.IfExists:
+		return usageError{"--check goes alone: not with --if-exists"}
+	case c.Check:
+		var found []nat.DockerPortMap
+		_, err := newClient(g, out).call(http.MethodGet, path, nil, &found)
+		var ids []string
+		for _, pm := range found {
+			ids = append(ids, describeMapping(pm))
+		}
+		return answer(out, err, found, "present: %s", strings.Join(ids, "; "))
+	}
 	if _, err := newClient(g, out).call(http.MethodDelete, path, nil, nil); err != nil {
+		if c.IfExists && isNotFound(err) {
+			fmt.Fprintf(out.stderr, "note: nothing to remove (%s)\n", err)
+			out.done(map[string]any{"removed": nil, "absent": what}, "no mapping to remove: %s", what)
+			return nil
+		}
 		return err
 	}
 	out.done(map[string]string{"removed": what}, "removed %s", what)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -32,7 +33,8 @@ type InstallCmd struct {
 type UninstallCmd struct {
 	DryRun bool   `help:"Print every action without doing any of them."`
 	Root   string `type:"path" help:"Uninstall from this directory instead of /; stops nothing." placeholder:"DIR"`
-	Purge  bool   `help:"Also remove every natmap rule from the kernel, the state (/var/lib/natmap) and /etc/natmap."`
+	Purge  bool   `help:"Also remove every natmap rule from the kernel, the state (/var/lib/natmap) and /etc/natmap (on a terminal, after asking)."`
+	Yes    bool   `short:"y" help:"Do not ask before --purge (it never asks when standard input is not a terminal)."`
 }
 
 // step is one action of install or uninstall: done reports that there is
@@ -152,7 +154,10 @@ func (c *InstallCmd) Run(g *Globals, out *output, app *kong.Kong) error {
 	h := newHost(c.Root)
 	unit := []byte(installedUnit())
 	defaults := []byte(defaultsFile(app.Model))
-	pages := manPages(app.Model)
+	pagePaths := map[string]string{}
+	for name, page := range manPages(app.Model) {
+		pagePaths[filepath.Join(manDir, name)] = page
+	}
 	changed := false // the binary or the unit: a running service restarts
 	joined := false  // user joined the group
 	steps := []step{
@@ -164,25 +169,8 @@ func (c *InstallCmd) Run(g *Globals, out *output, app *kong.Kong) error {
 				return store.WriteFile(h.path(binPath), bin, 0o755)
 			},
 		},
-		{
-			what: "write the man pages to " + manDir + " (man lab-ops-natmap)",
-			done: func() (bool, error) {
-				for name, page := range pages {
-					if same, err := h.sameFile(filepath.Join(manDir, name), []byte(page), 0o644); !same || err != nil {
-						return false, err
-					}
-				}
-				return true, nil
-			},
-			do: func() error {
-				for name, page := range pages {
-					if err := store.WriteFile(h.path(filepath.Join(manDir, name)), []byte(page), 0o644); err != nil {
-						return err
-					}
-				}
-				return nil
-			},
-		},
+		writeStep(h, "write the man pages to "+manDir+" (man lab-ops-natmap)", pagePaths),
+		writeStep(h, "write the shell completions where bash-completion, zsh and fish look ("+strings.Join(slices.Sorted(maps.Keys(completionFiles)), ", ")+")", completionFiles),
 		{
 			what: "create the system group " + serviceGroup,
 			done: func() (bool, error) { _, ok, err := h.groupMembers(serviceGroup); return ok, err },
@@ -238,16 +226,21 @@ func (c *InstallCmd) Run(g *Globals, out *output, app *kong.Kong) error {
 			do:   func() error { return h.systemctl("restart", unitName) },
 		})
 	}
+	report := &stepsReport{DryRun: c.DryRun}
 	if c.DryRun {
-		fmt.Fprintf(out.stdout, "The unit file %s:\n\n%s\n", unitPath, unit)
+		report.Unit = string(unit)
+		if !out.json {
+			fmt.Fprintf(out.stdout, "The unit file %s:\n\n%s\n", unitPath, unit)
+		}
 	}
-	if err := runSteps(steps, c.DryRun, out); err != nil {
+	if err := runSteps(steps, report, out); err != nil {
 		return err
 	}
 	if joined {
-		fmt.Fprintf(out.stdout, "After %s logs in again, lab-ops natmap works without sudo.\n", user)
+		report.note(out, fmt.Sprintf("After %s logs in again, lab-ops natmap works without sudo.\n", user))
 	}
-	fmt.Fprint(out.stdout, groupNotice)
+	report.note(out, groupNotice)
+	report.finish(out)
 	return nil
 }
 
@@ -324,6 +317,7 @@ func (c *UninstallCmd) Run(g *Globals, out *output) error {
 				return nil
 			},
 		},
+		removeStep(h, slices.Sorted(maps.Keys(completionFiles))...),
 		step{
 			what: "delete the group " + serviceGroup,
 			done: func() (bool, error) { _, ok, err := h.groupMembers(serviceGroup); return !ok, err },
@@ -351,48 +345,149 @@ func (c *UninstallCmd) Run(g *Globals, out *output) error {
 			})
 		}
 		steps = append(steps, removeStep(h, stateDir), removeStep(h, configDir), removeStep(h, defaultsPath))
-	} else {
-		fmt.Fprintf(out.stdout, "The state (%s) stays: install again to carry on where natmap left off, or uninstall --purge to remove it.\n", stateDir)
 	}
-	return runSteps(steps, c.DryRun, out)
+	report := &stepsReport{DryRun: c.DryRun}
+	if c.Purge && !c.DryRun && asks(c.Yes) {
+		what := "the state (" + stateDir + ") and " + configDir
+		if h.live() {
+			what = "every natmap rule from the kernel, " + what
+		}
+		if err := confirm(out, "uninstall --purge removes "+what+"."); err != nil {
+			return err
+		}
+	}
+	if !c.Purge {
+		report.note(out, fmt.Sprintf("The state (%s) stays: install again to carry on where natmap left off, or uninstall --purge to remove it.\n", stateDir))
+	}
+	if err := runSteps(steps, report, out); err != nil {
+		return err
+	}
+	report.finish(out)
+	return nil
 }
 
-func removeStep(h host, path string) step {
+// writeStep writes files (path: text), mode 0644.
+func writeStep(h host, what string, files map[string]string) step {
 	return step{
-		what: "remove " + path,
-		done: h.absent(path),
-		do:   func() error { return os.RemoveAll(h.path(path)) },
+		what: what,
+		done: func() (bool, error) {
+			for path, text := range files {
+				if same, err := h.sameFile(path, []byte(text), 0o644); !same || err != nil {
+					return false, err
+				}
+			}
+			return true, nil
+		},
+		do: func() error {
+			for path, text := range files {
+				if err := store.WriteFile(h.path(path), []byte(text), 0o644); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
 	}
 }
 
-// runSteps does each step that is not done yet (or, with dryRun, says
-// what it would do), and says when there was nothing to do.
-func runSteps(steps []step, dryRun bool, out *output) error {
+// completionFiles are where install puts the completion scripts: the
+// directories of /usr/local/share that bash-completion (through
+// XDG_DATA_DIRS's default) and Debian's zsh ($fpath) read, and fish's
+// system-wide directory (fish reads no /usr/local/share by default).
+var completionFiles = map[string]string{
+	"/usr/local/share/bash-completion/completions/lab-ops": bashCompletion,
+	"/usr/local/share/zsh/site-functions/_lab-ops":         zshAutoload,
+	"/etc/fish/completions/lab-ops.fish":                   fishCompletion,
+}
+
+// removeStep removes paths (a directory with all it holds).
+func removeStep(h host, paths ...string) step {
+	return step{
+		what: "remove " + strings.Join(paths, ", "),
+		done: func() (bool, error) {
+			for _, p := range paths {
+				if gone, err := h.absent(p)(); !gone || err != nil {
+					return false, err
+				}
+			}
+			return true, nil
+		},
+		do: func() error {
+			for _, p := range paths {
+				if err := os.RemoveAll(h.path(p)); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+}
+
+// stepsReport is what install or uninstall did, for --json.
+type stepsReport struct {
+	DryRun bool         `json:"dry_run"`
+	Steps  []stepResult `json:"steps"`
+	// Unit is the unit file install writes (install --dry-run).
+	Unit string `json:"unit,omitempty"`
+	// Notes are what the text output says after the steps.
+	Notes []string `json:"notes,omitempty"`
+}
+
+// stepResult is one step: "done", "unchanged", or "would" (a dry run).
+type stepResult struct {
+	Action string `json:"action"`
+	Result string `json:"result"`
+}
+
+// note says something after the steps: a paragraph of text, or a note of
+// the JSON report.
+func (r *stepsReport) note(out *output, text string) {
+	if out.json {
+		r.Notes = append(r.Notes, strings.Join(strings.Fields(text), " "))
+		return
+	}
+	fmt.Fprint(out.stdout, text)
+}
+
+// runSteps does each step that is not done yet (or, with a dry run, says
+// what it would do), and says when there was nothing to do; with --json
+// it reports the steps instead (finish prints the report).
+func runSteps(steps []step, r *stepsReport, out *output) error {
 	did := 0
 	for _, s := range steps {
 		done, err := s.done()
 		if err != nil {
 			return fmt.Errorf("checking %q: %w", s.what, err)
 		}
+		result := "done"
 		switch {
 		case done:
-			fmt.Fprintf(out.stdout, "  unchanged  %s\n", s.what)
-		case dryRun:
-			fmt.Fprintf(out.stdout, "  would      %s\n", s.what)
+			result = "unchanged"
+		case r.DryRun:
+			result = "would"
 			did++
 		default:
 			if err := s.do(); err != nil {
 				return fmt.Errorf("%s: %w", s.what, err)
 			}
-			fmt.Fprintf(out.stdout, "  done       %s\n", s.what)
 			did++
+		}
+		r.Steps = append(r.Steps, stepResult{Action: s.what, Result: result})
+		if !out.json {
+			fmt.Fprintf(out.stdout, "  %-9s  %s\n", result, s.what)
 		}
 	}
 	switch {
 	case did == 0:
-		fmt.Fprintln(out.stdout, "Nothing to do: already as it should be.")
-	case dryRun:
-		fmt.Fprintf(out.stdout, "Dry run: %d actions not done.\n", did)
+		r.note(out, "Nothing to do: already as it should be.\n")
+	case r.DryRun:
+		r.note(out, fmt.Sprintf("Dry run: %d actions not done.\n", did))
 	}
 	return nil
+}
+
+// finish prints the JSON report (the text is out already).
+func (r *stepsReport) finish(out *output) {
+	if out.json {
+		out.printJSON(r)
+	}
 }

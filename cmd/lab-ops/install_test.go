@@ -2,10 +2,14 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -87,10 +91,28 @@ func TestInstallIntoRoot(t *testing.T) {
 		t.Errorf("group %s: exists %v, members %v, err %v; want nobody in it", serviceGroup, ok, members, err)
 	}
 
+	for path, text := range completionFiles {
+		if b, err := os.ReadFile(filepath.Join(root, path)); err != nil || string(b) != text {
+			t.Errorf("completion %s: %v", path, err)
+		}
+	}
+
 	installed := listFiles(t, root)
 	out, code = runCLI(t, "natmap", "install", "--root", root)
 	if code != 0 || !strings.Contains(out, "Nothing to do") || strings.Contains(out, "  done ") {
 		t.Errorf("a second install: exit %d, want nothing done:\n%s", code, out)
+	}
+	// --json: the steps as a report, and nothing else on stdout.
+	var stdout, stderr bytes.Buffer
+	code = run([]string{"--json", "natmap", "install", "--root", root}, &stdout, &stderr)
+	var report stepsReport
+	if err := json.Unmarshal(stdout.Bytes(), &report); err != nil || code != 0 || len(report.Steps) < 5 || len(report.Notes) == 0 {
+		t.Errorf("install --json: exit %d, %v: %+v\n%s", code, err, report, stdout.String())
+	}
+	for _, s := range report.Steps {
+		if s.Result != "unchanged" {
+			t.Errorf("install --json a second time: %+v", s)
+		}
 	}
 	for p, v := range listFiles(t, root) {
 		if installed[p] != v {
@@ -116,7 +138,7 @@ func TestInstallIntoRoot(t *testing.T) {
 	if out, code = runCLI(t, "natmap", "uninstall", "--root", root); code != 0 {
 		t.Fatalf("uninstall: exit %d\n%s", code, out)
 	}
-	for _, p := range []string{binPath, unitPath, "/etc/systemd/system/multi-user.target.wants/" + unitName} {
+	for _, p := range append(slices.Collect(maps.Keys(completionFiles)), binPath, unitPath, "/etc/systemd/system/multi-user.target.wants/"+unitName) {
 		if _, err := os.Lstat(filepath.Join(root, p)); !os.IsNotExist(err) {
 			t.Errorf("%s left after uninstall: %v", p, err)
 		}
@@ -170,4 +192,63 @@ func TestManPages(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestInstalledCompletionsLoad installs into a throwaway root, mounts its
+// /usr/local/share and /etc/fish over the real ones in a private mount
+// namespace, and asks bash-completion, zsh and fish, each as it starts
+// with no settings of its own, for lab-ops's completion: the places
+// install writes to are the places the shells read.
+func TestInstalledCompletionsLoad(t *testing.T) {
+	netnstest.RequirePrivileges(t, "unshare", "mount", "bash", "zsh", "fish")
+	const bashCompletionLib = "/usr/share/bash-completion/bash_completion"
+	if _, err := os.Stat(bashCompletionLib); err != nil {
+		netnstest.RequirePrivileges(t, bashCompletionLib) // fails under CI, skips elsewhere
+	}
+	root := t.TempDir()
+	dir := t.TempDir() // lab-ops on PATH, for fish to run
+	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "lab-ops"), ".").CombinedOutput(); err != nil {
+		t.Fatalf("building lab-ops: %v\n%s", err, out)
+	}
+	if err := writeStep(host{root: root}, "completions", completionFiles).do(); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"/usr/local/share", "/etc/fish"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shell := func(script string) string {
+		t.Helper()
+		mounts := fmt.Sprintf("mount --bind %s/usr/local/share /usr/local/share && mount --bind %s/etc/fish /etc/fish && ", root, root)
+		cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", mounts+script)
+		cmd.Env = []string{"PATH=" + dir + ":/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + t.TempDir(), "NATMAP_SOCKET=" + filepath.Join(dir, "none.sock")}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("%s: %v\n%s", script, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if got := shell(`bash -c '. ` + bashCompletionLib + ` && __load_completion lab-ops && complete -p lab-ops'`); got != "complete -o default -C 'lab-ops' lab-ops" {
+		t.Errorf("bash-completion loaded %q", got)
+	}
+	if got := shell(`zsh -f -c 'fpath=($fpath); autoload -Uz compinit && compinit -u -D && print -r -- $_comps[lab-ops]'`); got != "_lab-ops" {
+		t.Errorf("zsh's compinit found %q for lab-ops, want _lab-ops", got)
+	}
+	// fish's own configuration (not the user's: HOME is empty) sets the
+	// path it completes from.
+	if got := shell(`fish -c 'complete -C"lab-ops natmap dn"'`); got != "dnat\t"+summary(findHelp(t, "dnat")) {
+		t.Errorf("fish completed %q", got)
+	}
+}
+
+// findHelp is the help of a natmap command.
+func findHelp(t *testing.T, name string) string {
+	var cli CLI
+	parser, err := newParser(&cli, os.Stdout, os.Stderr, func(int) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	natmap := findChild(parser.Model.Node, "natmap")
+	return findChild(natmap, name).Help
 }

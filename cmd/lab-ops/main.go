@@ -21,6 +21,7 @@ const (
 	exitFailed      = 1 // the request was refused or failed
 	exitUsage       = 2 // the command line is wrong
 	exitUnreachable = 4 // the daemon could not be reached (not running, or no permission)
+	exitAbsent      = 1 // --check: the rule is not there
 	exitUnknown     = 1
 )
 
@@ -62,7 +63,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var cli CLI
 	exitCode := -1
 	exit := func(code int) { exitCode = code }
-	line, bash, completing := completionRequest()
+	line, shell, completing := completionRequest()
 	parser, globals, narrow := narrowParser(args, stdout, stderr, exit)
 	if completing || !narrow {
 		var err error
@@ -73,8 +74,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		globals = &cli.Globals
 	}
 	if completing {
-		for _, c := range completions(parser.Model, line, bash, daemonContainers) {
-			fmt.Fprintln(stdout, c)
+		for _, c := range completions(parser.Model, line, shell == "bash", daemonContainers) {
+			fmt.Fprintln(stdout, c.format(shell))
 		}
 		return exitOK
 	}
@@ -96,11 +97,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		out.fail(err)
 		var ue usageError
 		var ur *unreachableError
+		var cf checkFailed
 		switch {
-		case errors.As(err, &ue):
-			return exitUsage
 		case errors.As(err, &ur):
 			return exitUnreachable
+		case errors.As(err, &ue), errors.As(err, &cf):
+			return exitUsage
 		}
 		return exitFailed
 	}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/alecthomas/kong"
@@ -106,9 +108,12 @@ func manPage(app *kong.Application, n *kong.Node) string {
 	}
 	b.WriteString(".SH EXIT STATUS\n.TP\n0\nDone, or nothing to do.\n.TP\n1\nThe daemon refused the request, or it failed.\n" +
 		".TP\n2\nThe command line is wrong.\n.TP\n3\ndiff: applying the file would change something.\n" +
-		".TP\n4\nThe daemon could not be reached: not running, or its socket is not open to you.\n")
+		".TP\n4\nThe daemon could not be reached: not running, or its socket is not open to you.\n" +
+		".PP\nWith \\-\\-check: 0 the rule is there, 1 it is not, 2 the question is wrong or could not be answered, 4 as above.\n")
 	b.WriteString(".SH FILES\n.TP\n/var/lib/natmap/state.json\nThe daemon's state.\n.TP\n/run/natmap.sock\nThe daemon's socket (mode 0660, group natmap).\n" +
-		".TP\n/etc/default/natmap\nThe service's daemon options (NATMAP_*=value lines).\n")
+		".TP\n/etc/default/natmap\nThe service's daemon options (NATMAP_*=value lines).\n" +
+		".TP\n" + strings.Join(slices.Sorted(maps.Keys(completionFiles)), ", ") + "\n" +
+		"The shell completions install writes (the package's are below /usr/share).\n")
 	if n.Parent != nil && n.Parent.Type == kong.CommandNode {
 		fmt.Fprintf(&b, ".SH SEE ALSO\n\\fB%s\\fR(8)\n", roff(pageName(n.Parent)))
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -49,11 +50,7 @@ func useColor(mode string, w io.Writer) bool {
 		return false
 	}
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
+	return ok && isTerminal(f)
 }
 
 // done reports a success: a sentence, or v as JSON.
@@ -99,6 +96,8 @@ func (o *output) fail(err error) {
 			resp.Code = ur.code
 		case errors.As(err, &ue):
 			resp.Code = "usage"
+		case errors.Is(err, declined):
+			resp.Code = "not_confirmed"
 		}
 		o.printJSON(resp)
 		return
@@ -149,4 +148,28 @@ func (o *output) table(header []string, rows [][]string) {
 	for _, r := range rows {
 		line(r, false)
 	}
+}
+
+// asks reports whether a destructive command asks first: on a terminal,
+// unless --yes. A script (standard input not a terminal) is never asked.
+func asks(yes bool) bool { return !yes && isTerminal(os.Stdin) }
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// declined is a destructive command the user did not confirm (exit 1).
+var declined = errors.New("not confirmed: nothing was changed")
+
+// confirm says what is about to happen and asks on standard error; only
+// "y" or "yes" goes on.
+func confirm(out *output, what string) error {
+	fmt.Fprintf(out.stderr, "%s Go on? [y/N] ", what)
+	answer, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+	switch strings.ToLower(strings.TrimSpace(answer)) {
+	case "y", "yes":
+		return nil
+	}
+	return declined
 }

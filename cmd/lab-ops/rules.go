@@ -12,11 +12,10 @@ import (
 
 // SnatCmd adds or deletes a SNAT rule.
 type SnatCmd struct {
-	IntIP    string `name:"int-ip" required:"" help:"Internal host or network (CIDR) whose outgoing traffic is rewritten." placeholder:"IP|CIDR"`
-	ExtIf    string `name:"ext-if" required:"" help:"Interface the traffic leaves by." placeholder:"IF"`
-	ExtIP    string `name:"ext-ip" help:"Source address to give the traffic; without it, the traffic is masqueraded: it gets the address --ext-if has at the time, which follows a dynamic (DHCP, PPPoE) address." placeholder:"IP"`
-	Delete   bool   `help:"Delete the rule instead of adding it."`
-	IfExists bool   `name:"if-exists" help:"With --delete: a rule that is not there is no error (exit 0, a note on stderr), so a script may delete what may be absent."`
+	IntIP string `name:"int-ip" required:"" help:"Internal host or network (CIDR) whose outgoing traffic is rewritten." placeholder:"IP|CIDR"`
+	ExtIf string `name:"ext-if" required:"" help:"Interface the traffic leaves by." placeholder:"IF"`
+	ExtIP string `name:"ext-ip" help:"Source address to give the traffic; without it, the traffic is masqueraded: it gets the address --ext-if has at the time, which follows a dynamic (DHCP, PPPoE) address." placeholder:"IP"`
+	ruleOp
 }
 
 // Run sends the rule to the daemon.
@@ -27,19 +26,18 @@ func (c *SnatCmd) Run(g *Globals, out *output) error {
 		to = "the address " + c.ExtIf + " has (masquerade)"
 	}
 	what := fmt.Sprintf("traffic from %s leaving %s gets source %s", c.IntIP, c.ExtIf, to)
-	return sendRule(g, out, "/snat", "snat", cfg, c.Delete, c.IfExists, what)
+	return c.send(g, out, "/snat", "snat", cfg, what)
 }
 
 // HairpinCmd adds or deletes a hairpin rule.
 type HairpinCmd struct {
-	ExtIP    string `name:"ext-ip" help:"External address internal hosts connect to (required unless --ext-if is given)." placeholder:"IP"`
-	ExtIf    string `name:"ext-if" help:"Without --ext-ip: the hairpin of a dnat by interface, for whatever addresses this interface has, now or later (followed within a second)." placeholder:"IF"`
-	IntIP    string `name:"int-ip" required:"" help:"Internal host that serves the ports." placeholder:"IP"`
-	Ports    string `required:"" help:"Ports, as for dnat." placeholder:"LIST"`
-	Proto    string `default:"tcp" help:"Protocol: tcp or udp."`
-	LanCIDR  string `name:"lan-cidr" help:"Internal network whose connections are masqueraded (default: the connected network of --int-ip)." placeholder:"CIDR"`
-	Delete   bool   `help:"Delete the rule (or these ports of it) instead of adding it."`
-	IfExists bool   `name:"if-exists" help:"With --delete: a rule that is not there is no error (exit 0, a note on stderr), so a script may delete what may be absent."`
+	ExtIP   string `name:"ext-ip" help:"External address internal hosts connect to (required unless --ext-if is given)." placeholder:"IP"`
+	ExtIf   string `name:"ext-if" help:"Without --ext-ip: the hairpin of a dnat by interface, for whatever addresses this interface has, now or later (followed within a second)." placeholder:"IF"`
+	IntIP   string `name:"int-ip" required:"" help:"Internal host that serves the ports." placeholder:"IP"`
+	Ports   string `required:"" help:"Ports, as for dnat." placeholder:"LIST"`
+	Proto   string `default:"tcp" complete:"tcp,udp" help:"Protocol: tcp or udp."`
+	LanCIDR string `name:"lan-cidr" help:"Internal network whose connections are masqueraded (default: the connected network of --int-ip)." placeholder:"CIDR"`
+	ruleOp
 }
 
 // Run sends the rule to the daemon.
@@ -56,35 +54,48 @@ func (c *HairpinCmd) Run(g *Globals, out *output) error {
 		ext = c.ExtIf + "'s addresses"
 	}
 	what := fmt.Sprintf("internal hosts reach %s %s ports %s at %s", orTCP(c.Proto), ext, c.Ports, c.IntIP)
-	return sendRule(g, out, "/hairpin", "hairpin", cfg, c.Delete, c.IfExists, what)
+	return c.send(g, out, "/hairpin", "hairpin", cfg, what)
 }
 
 // PolicyRouteCmd adds or deletes a policy route.
 type PolicyRouteCmd struct {
-	SrcIP    string `name:"src-ip" required:"" help:"Source address whose traffic takes the gateway." placeholder:"IP"`
-	Via      string `required:"" help:"Gateway (on a directly connected network)." placeholder:"GW"`
-	Table    uint32 `required:"" help:"Routing table number (1-252, or 256 and above)." placeholder:"N"`
-	Delete   bool   `help:"Delete the policy route instead of adding it."`
-	IfExists bool   `name:"if-exists" help:"With --delete: a rule that is not there is no error (exit 0, a note on stderr), so a script may delete what may be absent."`
+	SrcIP string `name:"src-ip" required:"" help:"Source address whose traffic takes the gateway." placeholder:"IP"`
+	Via   string `required:"" help:"Gateway (on a directly connected network)." placeholder:"GW"`
+	Table uint32 `required:"" help:"Routing table number (1-252, or 256 and above)." placeholder:"N"`
+	ruleOp
 }
 
 // Run sends the route to the daemon.
 func (c *PolicyRouteCmd) Run(g *Globals, out *output) error {
 	cfg := nat.PolicyRouteConfig{SrcIP: c.SrcIP, Via: c.Via, Table: c.Table}
 	what := fmt.Sprintf("traffic from %s goes via %s (table %d)", c.SrcIP, c.Via, c.Table)
-	return sendRule(g, out, "/policy-route", "policy route", cfg, c.Delete, c.IfExists, what)
+	return c.send(g, out, "/policy-route", "policy route", cfg, what)
 }
 
-// sendRule POSTs (or DELETEs) a rule and reports the outcome.
-func sendRule(g *Globals, out *output, path, kind string, cfg any, del, ifExists bool, what string) error {
-	if ifExists && !del {
+// ruleOp is what a rule command does with its rule: add it (the
+// default), delete it, or only ask whether it is there.
+type ruleOp struct {
+	Delete   bool `help:"Delete the rule (for dnat and hairpin, these ports of it) instead of adding it."`
+	IfExists bool `name:"if-exists" help:"With --delete: a rule that is not there is no error (exit 0, a note on stderr), so a script may delete what may be absent."`
+	Check    bool `help:"Change nothing: exit 0 if the rule is there (every port of it), 1 if it is not, 2 if the question is wrong (the same flags as to add it)."`
+}
+
+// send POSTs (or DELETEs, or checks) a rule and reports the outcome.
+func (op ruleOp) send(g *Globals, out *output, path, kind string, cfg any, what string) error {
+	switch {
+	case op.Check && (op.Delete || op.IfExists):
+		return usageError{"--check goes alone: not with --delete or --if-exists"}
+	case op.IfExists && !op.Delete:
 		return usageError{"--if-exists goes with --delete"}
+	case op.Check:
+		var found map[string]any
+		_, err := newClient(g, out).call(http.MethodPost, path+"/check", cfg, &found)
+		return answer(out, err, found, "%s present: %s", kind, what)
 	}
 	cl := newClient(g, out)
-	if del {
+	if op.Delete {
 		if _, err := cl.call(http.MethodDelete, path, cfg, nil); err != nil {
-			var ae *apiError
-			if ifExists && errors.As(err, &ae) && ae.code == "not_found" {
+			if op.IfExists && isNotFound(err) {
 				fmt.Fprintf(out.stderr, "note: nothing to delete (%s)\n", err)
 				out.done(map[string]any{"deleted": nil, "absent": cfg}, "%s not there: %s", kind, what)
 				return nil
@@ -102,6 +113,32 @@ func sendRule(g *Globals, out *output, path, kind string, cfg any, del, ifExists
 	out.done(echo, "%s %s: %s", kind, addedVerb(h), what)
 	return nil
 }
+
+func isNotFound(err error) bool {
+	var ae *apiError
+	return errors.As(err, &ae) && ae.code == "not_found"
+}
+
+// answer reports a check: present (exit 0, {"present": true, "found":
+// ...}), absent (exit 1, {"present": false, "reason": ...}), or the
+// question's own failure (exit 2; 4 for a daemon out of reach).
+func answer(out *output, err error, found any, format string, args ...any) error {
+	switch {
+	case err == nil:
+		out.done(map[string]any{"present": true, "found": found}, format, args...)
+		return nil
+	case isNotFound(err):
+		out.done(map[string]any{"present": false, "reason": err.Error()}, "absent: %s", err)
+		return exitStatus(exitAbsent)
+	}
+	return checkFailed{err}
+}
+
+// checkFailed is a check that could not be answered (exit 2, so that it
+// is never taken for "absent").
+type checkFailed struct{ error }
+
+func (e checkFailed) Unwrap() error { return e.error }
 
 // addedVerb says whether an add changed anything, from the reply's header.
 func addedVerb(h http.Header) string {
