@@ -19,7 +19,7 @@ demo: build
 
 # The benchmark table at 10,000 forwards (a few minutes; root).
 bench:
-    go test -count=1 -run TestBenchTable -v -timeout 30m ./integration -args -natmap.bench=10000
+    go test -count=1 -run TestIntegrationBenchTable -v -timeout 30m ./integration -args -natmap.bench=10000
 
 # Man pages generated from the command line, into man/ (man -l man/lab-ops-natmap.8).
 man:

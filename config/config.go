@@ -33,9 +33,6 @@ func (f *File) Line(section string, index int) int {
 	return f.lines["version"][0]
 }
 
-// Sections are the lists a file holds, in the order export writes them.
-var Sections = []string{"dnat", "snat", "hairpin", "policy_routes", "docker"}
-
 // Parse reads a configuration. Unknown keys, a missing or wrong version
 // and YAML errors are refused with their line.
 func Parse(data []byte) (*File, error) {

@@ -25,9 +25,6 @@ import (
 	"github.com/lab-ops/natmap/nat"
 )
 
-// DefaultHost is Docker's usual socket.
-const DefaultHost = "unix:///var/run/docker.sock"
-
 // Docker implements nat.Containers against a Docker engine.
 type Docker struct {
 	host    string
@@ -49,7 +46,7 @@ func (d *Docker) Reconnects() int {
 	return max(d.connects-1, 0)
 }
 
-// New returns a Docker for the engine at host (such as DefaultHost). Every
+// New returns a Docker for the engine at host (such as unix:///var/run/docker.sock). Every
 // call to the engine is bounded by timeout: an engine that accepts and
 // never answers is reported as not answering, and static rules are not
 // held up by it. It does not connect yet.

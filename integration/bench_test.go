@@ -22,18 +22,18 @@ import (
 	"github.com/lab-ops/natmap/reserve"
 )
 
-// The benchmark: `go test ./integration -run TestBenchTable -v -args
+// The benchmark: `go test ./integration -run TestIntegrationBenchTable -v -args
 // -natmap.bench=10000` (or `just bench`) prints one table of figures with
 // baselines measured in the same run. The default size is a smoke run
 // that proves the benchmark works; CI runs only that.
 var (
-	benchSize   = flag.Int("natmap.bench", 200, "forwards installed for TestBenchTable (10000 for the real figures)")
+	benchSize   = flag.Int("natmap.bench", 200, "forwards installed for TestIntegrationBenchTable (10000 for the real figures)")
 	benchRounds = flag.Int("natmap.bench.rounds", 5, "packet-path measurements of each size and backend (the best counts)")
 )
 
 type benchRow struct{ figure, value, baseline, note string }
 
-func TestBenchTable(t *testing.T) {
+func TestIntegrationBenchTable(t *testing.T) {
 	n := *benchSize
 	if limit := reservable(t); n+1 > limit {
 		t.Fatalf("%d forwards need %d descriptors for their reservations; this machine's hard open-file limit allows %d (raising it needs CAP_SYS_RESOURCE)", n, n+1, limit)

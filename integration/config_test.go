@@ -7,13 +7,13 @@ import (
 	"testing"
 )
 
-// TestConfigExportApply: export, then apply on a fresh daemon, gives the
+// TestIntegrationConfigExportApply: export, then apply on a fresh daemon, gives the
 // same rules, with traffic; diff reports edits with exit 3 (0 when there is
 // nothing to do); a file with a conflicting port and a bad address changes
 // nothing and names both lines; --prune removes what the file does not
 // name; apply twice changes nothing; the documented example works as the
 // usage guide's mail-server script does.
-func TestConfigExportApply(t *testing.T) {
+func TestIntegrationConfigExportApply(t *testing.T) {
 	l := newLabWith(t, "vmbr0")
 	serve(t, l.server, "mail", serverIP+":25", serverIP+":587", serverIP+":2525")
 	l.startDaemon()
@@ -113,9 +113,9 @@ dnat:
 	expectReach(t, l.client, "tcp", extIP+":8025", "mail")
 }
 
-// TestDaemonConfig: daemon --config applies a file at start, after the
+// TestIntegrationDaemonConfig: daemon --config applies a file at start, after the
 // state; a file that does not apply stops the daemon with its lines.
-func TestDaemonConfig(t *testing.T) {
+func TestIntegrationDaemonConfig(t *testing.T) {
 	l := newLabWith(t, "vmbr0")
 	serve(t, l.server, "mail", serverIP+":993")
 	example, _ := filepath.Abs("../docs/natmap.example.yaml")

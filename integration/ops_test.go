@@ -69,11 +69,11 @@ func nextMessage(t *testing.T, msgs <-chan [2]string, want string) (rules string
 	}
 }
 
-// TestReadinessAndReload: READY=1 reaches the service manager only once
+// TestIntegrationReadinessAndReload: READY=1 reaches the service manager only once
 // the restored rules are in the kernel, and SIGHUP (systemctl reload)
 // makes the daemon follow an edited state file in one change, or change
 // nothing when the file is bad.
-func TestReadinessAndReload(t *testing.T) {
+func TestIntegrationReadinessAndReload(t *testing.T) {
 	l := newLab(t)
 	serve(t, l.server, "one", serverIP+":2525")
 	serve(t, l.server, "two", "10.0.0.102:2525")
@@ -170,9 +170,9 @@ next:
 	return -1
 }
 
-// TestMetrics: GET /metrics on the socket and on --metrics-listen parses
+// TestIntegrationMetrics: GET /metrics on the socket and on --metrics-listen parses
 // as Prometheus text, and its numbers move with what the daemon does.
-func TestMetrics(t *testing.T) {
+func TestIntegrationMetrics(t *testing.T) {
 	l := newLab(t)
 	l.startDaemon("--metrics-listen", "127.0.0.1:19187", "--check-interval", "100ms")
 	metrics := func() map[string]*dto.MetricFamily {
@@ -267,9 +267,9 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-// TestLsCounters: ls --counters shows the packets and bytes each forward's
+// TestIntegrationLsCounters: ls --counters shows the packets and bytes each forward's
 // clients sent, from the kernel, growing with real traffic.
-func TestLsCounters(t *testing.T) {
+func TestIntegrationLsCounters(t *testing.T) {
 	l := newLab(t)
 	serve(t, l.server, "server", serverIP+":25")
 	l.startDaemon()
@@ -313,7 +313,7 @@ func TestLsCounters(t *testing.T) {
 // A SIGHUP that arrives while the daemon starts waits for readiness and
 // reloads then; it does not kill the daemon (systemd would not restart a
 // clean exit).
-func TestSIGHUPDuringStart(t *testing.T) {
+func TestIntegrationSIGHUPDuringStart(t *testing.T) {
 	l := newLab(t)
 	serve(t, l.server, "web", serverIP+":80")
 	var rules []string
@@ -409,7 +409,7 @@ func TestIntegrationDockerWedged(t *testing.T) {
 // --if-exists is exit 0 (a set -e script deletes and re-adds on every
 // run); JSON errors carry a code; a daemon that is not there is exit 4
 // and code daemon_unreachable, a wrong command line exit 2 and code usage.
-func TestScriptsExitCodesAndErrorCodes(t *testing.T) {
+func TestIntegrationScriptsExitCodesAndErrorCodes(t *testing.T) {
 	l := newLab(t)
 	serve(t, l.server, "mail", serverIP+":25")
 	l.startDaemon()
@@ -473,7 +473,7 @@ func TestScriptsExitCodesAndErrorCodes(t *testing.T) {
 // 0 there, 1 not, 2 a wrong question), removes a mapping that may be
 // absent (docker rm --if-exists), and round-trips the configuration as
 // JSON (export --json, then apply and diff read it).
-func TestScriptsCheckQueries(t *testing.T) {
+func TestIntegrationScriptsCheckQueries(t *testing.T) {
 	l := newLab(t)
 	l.startDaemon()
 	dnat := []string{"dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25,465"}
@@ -556,7 +556,7 @@ func TestScriptsCheckQueries(t *testing.T) {
 
 // apply --prune on a terminal shows the rules it would remove and asks;
 // declined, nothing changes.
-func TestApplyPruneAsks(t *testing.T) {
+func TestIntegrationApplyPruneAsks(t *testing.T) {
 	l := newLab(t)
 	l.startDaemon()
 	l.mustCLI("dnat", "--ext-ip", extIP, "--int-ip", serverIP, "--ports", "25")

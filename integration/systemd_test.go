@@ -230,7 +230,7 @@ func buildPackage(t *testing.T, version string) string {
 	return deb
 }
 
-// TestSystemdDebianPackage installs the Debian package in a Debian 12
+// TestIntegrationSystemdDebianPackage installs the Debian package in a Debian 12
 // system booted by systemd-nspawn in a test network namespace, and drives
 // it as an admin would: the service starts through Type=notify; a member of
 // the natmap group uses the CLI without sudo and others are refused;
@@ -238,7 +238,7 @@ func buildPackage(t *testing.T, version string) string {
 // restart, a SIGKILL and a hung daemon (the watchdog restarts it), and an
 // upgrade; warnings reach journalctl -p warning; remove keeps the rules and
 // the state, purge removes them. Then the spec's install path, once.
-func TestSystemdDebianPackage(t *testing.T) {
+func TestIntegrationSystemdDebianPackage(t *testing.T) {
 	if testBackend() != "nftables" {
 		t.Skip("the package test runs once, in the nftables pass")
 	}

@@ -80,7 +80,7 @@ func allowedSyscalls(t *testing.T, lines []string) map[string]bool {
 	return allowed
 }
 
-// TestUnitSandbox runs the daemon under the limits natmap.service sets,
+// TestIntegrationUnitSandbox runs the daemon under the limits natmap.service sets,
 // as far as they can be set without systemd: its capability bounding set,
 // no new privileges, a read-only file system but for the unit's state,
 // runtime and writable paths (moved under a temporary directory), no
@@ -90,7 +90,7 @@ func allowedSyscalls(t *testing.T, lines []string) map[string]bool {
 // system call must pass the unit's SystemCallFilter, every socket must be
 // of a family RestrictAddressFamilies allows, and no memory may be both
 // writable and executable (MemoryDenyWriteExecute).
-func TestUnitSandbox(t *testing.T) {
+func TestIntegrationUnitSandbox(t *testing.T) {
 	netnstest.RequirePrivileges(t, "nft", "strace", "setpriv", "unshare", "findmnt", "systemd-analyze")
 	unit := unitSettings(t)
 	l := newLab(t)

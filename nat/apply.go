@@ -100,7 +100,7 @@ type Problem struct {
 // ProblemsError is a configuration refused because of its problems.
 type ProblemsError struct {
 	Problems []Problem
-	// status is the kind of the first problem (ErrInvalid, ErrConflict...).
+	// cause is the kind of the first problem (ErrInvalid, ErrConflict...).
 	cause error
 }
 

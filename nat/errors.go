@@ -6,7 +6,7 @@ import (
 )
 
 // Sentinel errors, checked with errors.Is. The API maps them to HTTP status
-// codes in one place (statusOf).
+// codes and error codes in one place (errKinds).
 var (
 	// ErrInvalid marks bad input: the request is refused with 400.
 	ErrInvalid = errors.New("invalid request")

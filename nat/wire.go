@@ -1,7 +1,8 @@
 package nat
 
 // The JSON shapes of the socket API. Field names match the earlier
-// implementation's API (reference/api.md) so its clients keep working.
+// implementation's API (the README's "The socket API") so its clients keep
+// working.
 
 import (
 	"net/netip"

@@ -27,7 +27,7 @@ func installedUnit() string {
 }
 
 // unitFile is natmap.service. docs/systemd.md says why each hardening
-// line is safe; TestUnitSandbox runs the daemon under the same limits.
+// line is safe; TestIntegrationUnitSandbox runs the daemon under the same limits.
 //
 // The daemon runs as root, confined to three capabilities:
 // CAP_NET_ADMIN (nftables, routes, rules, conntrack over netlink),
