@@ -381,7 +381,7 @@ func (s *Service) desired(before State, p parsed, mappings []at[Mapping], fwd *F
 					what = "a rule already installed (apply --prune to replace it)"
 				}
 				problems = append(problems, Problem{Section: src.section, Index: src.index,
-					Error: fmt.Sprintf("%s is already forwarded to %s by %s", f.Endpoint(), have.Int, what)})
+					Error: forwardedElsewhere(f, have) + " by " + what})
 				ok = false
 			}
 		}
@@ -423,7 +423,7 @@ func (s *Service) desired(before State, p parsed, mappings []at[Mapping], fwd *F
 			continue
 		}
 		if old, ok := dnats[d.ID()]; ok {
-			d.Ports = unionPorts(old.Ports, d.Ports)
+			d.Ports = old.Ports.Union(d.Ports)
 		}
 		dnats[d.ID()] = d
 	}
@@ -441,7 +441,7 @@ func (s *Service) desired(before State, p parsed, mappings []at[Mapping], fwd *F
 			continue
 		}
 		if old, ok := hairpins[h.ID()]; ok {
-			h.Ports = unionPorts(old.Ports, h.Ports)
+			h.Ports = old.Ports.Union(h.Ports)
 		}
 		hairpins[h.ID()] = h
 	}
@@ -450,9 +450,8 @@ func (s *Service) desired(before State, p parsed, mappings []at[Mapping], fwd *F
 	}
 	for _, e := range p.routes {
 		i, r := e.i, e.v
-		if q, ok := tables[r.Table]; ok && q.Via != r.Via {
-			problems = append(problems, Problem{Section: "policy_routes", Index: i,
-				Error: fmt.Sprintf("table %d already routes via %s (%s)", r.Table, q.Via, q)})
+		if err := tableClash(r, maps.Values(tables)); err != nil {
+			problems = append(problems, Problem{Section: "policy_routes", Index: i, Error: errorText(err)})
 			continue
 		}
 		if _, installed := s.routes[r]; !installed {
@@ -557,11 +556,4 @@ func (r reserveErrors) Error() string {
 		msg += fmt.Sprintf(" %s (%v);", ep, r[ep])
 	}
 	return msg
-}
-
-// unionPorts is every port of a and b (which agree on shared ports).
-func unionPorts(a, b PortList) PortList {
-	pairs := append(a.Pairs(), b.Pairs()...)
-	slices.SortFunc(pairs, func(x, y PortPair) int { return int(x.Ext) - int(y.Ext) })
-	return PortListOf(slices.Compact(pairs))
 }

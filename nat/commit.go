@@ -18,12 +18,18 @@ func (s *Service) own(tx *txn, fs []Forward) ([]Forward, error) {
 			fresh = append(fresh, f)
 			put(tx, s.forwards, f.Endpoint(), fwdEntry{f: f, owners: 1})
 		case e.f != f:
-			return nil, fmt.Errorf("%s is already forwarded to %s%s: %w", f.Endpoint(), e.f.Int, ifSuffix(e.f.ExtIf), ErrConflict)
+			return nil, fmt.Errorf("%s: %w", forwardedElsewhere(f, e.f), ErrConflict)
 		default:
 			put(tx, s.forwards, f.Endpoint(), fwdEntry{f: f, owners: e.owners + 1})
 		}
 	}
 	return fresh, nil
+}
+
+// forwardedElsewhere is the rule that an endpoint has one target: what
+// to say when f's endpoint is already forwarded by have, to another place.
+func forwardedElsewhere(f, have Forward) string {
+	return fmt.Sprintf("%s is already forwarded to %s%s", f.Endpoint(), have.Int, ifSuffix(have.ExtIf))
 }
 
 // overlapping finds a forward of the same port, protocol and family of

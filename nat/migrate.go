@@ -34,7 +34,7 @@ func (e EarlierState) Migrate() (State, error) {
 			return State{}, fmt.Errorf("dnats[%d]: %w", i, err)
 		}
 		if j, ok := dnats[d.ID()]; ok {
-			st.Dnats[j].Ports = PortListOf(append(st.Dnats[j].Ports.Pairs(), d.Ports.Pairs()...))
+			st.Dnats[j].Ports = st.Dnats[j].Ports.Union(d.Ports)
 			continue
 		}
 		dnats[d.ID()] = len(st.Dnats)
@@ -54,7 +54,7 @@ func (e EarlierState) Migrate() (State, error) {
 			return State{}, fmt.Errorf("hairpins[%d]: %w", i, err)
 		}
 		if j, ok := hairpins[h.ID()]; ok {
-			st.Hairpins[j].Ports = PortListOf(append(st.Hairpins[j].Ports.Pairs(), h.Ports.Pairs()...))
+			st.Hairpins[j].Ports = st.Hairpins[j].Ports.Union(h.Ports)
 			continue
 		}
 		hairpins[h.ID()] = len(st.Hairpins)

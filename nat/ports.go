@@ -200,6 +200,12 @@ func PortListOf(pairs []PortPair) PortList {
 	return mergeMaps(maps)
 }
 
+// Union is the ports of l and of more, a port given in both once: the one
+// way rules' ports are merged (an add to a rule, apply, migration).
+func (l PortList) Union(more PortList) PortList {
+	return PortListOf(append(l.Pairs(), more.Pairs()...))
+}
+
 func (l PortList) String() string {
 	parts := make([]string, len(l))
 	for i, m := range l {

@@ -91,15 +91,14 @@ func (s *Service) replaceLocked(ctx context.Context, st State, strict bool) erro
 		return fmt.Errorf("installing %d forwards with %s: %w", len(after.Forwards), s.backend.Name(), err)
 	}
 
-	old, oldRoutes := *s.model(), s.routes
-	s.setModel(next.model())
-	s.routes = map[PolicyRoute]string{}
+	old, oldRoutes := s.replaced(), s.routes
+	s.setReplaced(next.replaced())
+	s.routes = map[PolicyRoute]string{} // with the reasons they had
 	for _, p := range st.PolicyRoutes {
 		s.routes[p] = oldRoutes[p]
 	}
 	if err := s.persistAll(); err != nil {
-		s.setModel(&old)
-		s.routes = oldRoutes
+		s.setReplaced(old)
 		if uerr := s.backend.Replace(ctx, before); uerr != nil {
 			s.log.Error("restoring the rules after a failed reload", "err", uerr)
 		}
@@ -133,34 +132,22 @@ func (s *Service) counts() []any {
 		"policy_routes", len(s.routes), "mappings", len(s.mappings), "forwards", len(s.forwards), "inactive", len(s.inactive)}
 }
 
-// model is the part of the Service that Reload replaces as a whole.
-type model struct {
-	state    State
-	dnats    map[DNATID]DNAT
-	hairpins map[HairpinID]Hairpin
-	snats    map[SNATID]SNAT
-	forwards map[Endpoint]fwdEntry
-	inactive map[Endpoint]string
-	parked   map[Endpoint]string
-	holds    map[Endpoint]io.Closer
-	mappings map[int]Mapping
-	nextID   int
-	// derived forwards of hairpins by interface (derived.go)
-	derived   []Forward
-	derivedHP []Hairpinned
+// replaced is the part of the Service that Reload replaces as a whole:
+// the model and what is built with it.
+type replaced struct {
+	model
+	state     State
+	holds     map[Endpoint]io.Closer
+	nextID    int
 	followIfs bool
 }
 
-func (s *Service) model() *model {
-	return &model{s.state, s.dnats, s.hairpins, s.snats, s.forwards, s.inactive, s.parked, s.holds, s.mappings, s.nextID,
-		s.derived, s.derivedHP, s.followIfs}
+func (s *Service) replaced() replaced {
+	return replaced{s.model, s.state, s.holds, s.nextID, s.followIfs}
 }
 
-func (s *Service) setModel(m *model) {
-	s.state, s.dnats, s.hairpins, s.snats = m.state, m.dnats, m.hairpins, m.snats
-	s.forwards, s.inactive, s.parked, s.holds = m.forwards, m.inactive, m.parked, m.holds
-	s.mappings, s.nextID = m.mappings, m.nextID
-	s.derived, s.derivedHP, s.followIfs = m.derived, m.derivedHP, m.followIfs
+func (s *Service) setReplaced(r replaced) {
+	s.model, s.state, s.holds, s.nextID, s.followIfs = r.model, r.state, r.holds, r.nextID, r.followIfs
 }
 
 // reconcileRoutes brings the kernel from the policy routes in old to

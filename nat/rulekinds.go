@@ -2,6 +2,7 @@ package nat
 
 import (
 	"fmt"
+	"iter"
 	"net/netip"
 	"strings"
 )
@@ -242,6 +243,18 @@ type PolicyRoute struct {
 
 func (p PolicyRoute) String() string {
 	return fmt.Sprintf("policy route from %s via %s table %d", p.SrcIP, p.Via, p.Table)
+}
+
+// tableClash is the rule that a routing table has one gateway: an error
+// naming the route of others that sends p's table via another gateway,
+// or nil.
+func tableClash(p PolicyRoute, others iter.Seq[PolicyRoute]) error {
+	for q := range others {
+		if q.Table == p.Table && q.Via != p.Via {
+			return fmt.Errorf("table %d already routes via %s (%s): %w", p.Table, q.Via, q, ErrConflict)
+		}
+	}
+	return nil
 }
 
 // Validate checks a policy route; errors name the field.

@@ -2,6 +2,7 @@ package nat
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -298,7 +299,7 @@ func (s State) Validate() error {
 		snats[sn.ID()] = true
 	}
 	routes := map[PolicyRoute]bool{}
-	via := map[uint32]netip.Addr{}
+	tables := map[uint32]PolicyRoute{}
 	for i, p := range s.PolicyRoutes {
 		if err := p.Validate(); err != nil {
 			return fmt.Errorf("policy_routes[%d]: %w", i, err)
@@ -307,10 +308,10 @@ func (s State) Validate() error {
 			return fmt.Errorf("policy_routes[%d]: %s appears twice: %w", i, p, ErrInvalid)
 		}
 		routes[p] = true
-		if v, ok := via[p.Table]; ok && v != p.Via {
-			return fmt.Errorf("policy_routes[%d]: table %d already routes via %s: %w", i, p.Table, v, ErrConflict)
+		if err := tableClash(p, maps.Values(tables)); err != nil {
+			return fmt.Errorf("policy_routes[%d]: %w", i, err)
 		}
-		via[p.Table] = p.Via
+		tables[p.Table] = p
 	}
 	return nil
 }

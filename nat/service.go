@@ -23,20 +23,13 @@ type Service struct {
 	router   Router
 	log      *slog.Logger
 
-	mu       sync.Mutex // the one writer; take it with lock
-	state    State      // IP forwarding flags; rules live in the maps below
-	dnats    map[DNATID]DNAT
-	hairpins map[HairpinID]Hairpin
-	snats    map[SNATID]SNAT
-	routes   map[PolicyRoute]string // value: why the route is not installed, or ""
-	forwards map[Endpoint]fwdEntry  // every forward of every dnat and hairpin
-	inactive map[Endpoint]string    // forwards neither reserved nor in the kernel, and why
-	parked   map[Endpoint]string    // forwards reserved but not in the kernel (container down), and why
-	holds    map[Endpoint]io.Closer // one reservation per forward, but the inactive
-	mappings map[int]Mapping        // Docker mappings by ID
-	nextID   int                    // the next mapping ID
-	docker   Containers
-	changes  int // changes applied since start
+	mu    sync.Mutex // the one writer; take it with lock
+	state State      // IP forwarding flags; rules live in the model
+	model
+	holds   map[Endpoint]io.Closer // one reservation per forward, but the inactive
+	nextID  int                    // the next mapping ID
+	docker  Containers
+	changes int // changes applied since start
 
 	// hairpinElements is the backend's HairpinKeeper answer.
 	hairpinElements bool
@@ -50,12 +43,8 @@ type Service struct {
 	// what System.Settle last made true (nil: not yet, or it failed).
 	loopbackTargets int
 	settled         *HostNeeds
-	// derived and derivedHP are the forwards and hairpin elements
-	// installed for hairpins by interface (derived.go).
-	derived    []Forward
-	derivedHP  []Hairpinned
-	followIfs  bool // a hairpin by interface was seen: RefreshInterfaces looks
-	dockerSeen bool // Docker answered since start (ResettleHost)
+	followIfs       bool // a hairpin by interface was seen: RefreshInterfaces looks
+	dockerSeen      bool // Docker answered since start (ResettleHost)
 
 	flushMu sync.Mutex
 	toFlush []Forward // UDP forwards removed, whose conntrack entries go when the lock is released
@@ -65,6 +54,36 @@ type Service struct {
 	published atomic.Pointer[Stats]
 	counted   chan struct{}
 	countedFP [13]int // fingerprint's value at the last unlock
+}
+
+// model is the rules the Service holds, which Clear empties at once: made
+// in one place (newModel), so that no field is forgotten.
+type model struct {
+	dnats    map[DNATID]DNAT
+	hairpins map[HairpinID]Hairpin
+	snats    map[SNATID]SNAT
+	routes   map[PolicyRoute]string // value: why the route is not installed, or ""
+	forwards map[Endpoint]fwdEntry  // every forward of every dnat and hairpin
+	inactive map[Endpoint]string    // forwards neither reserved nor in the kernel, and why
+	parked   map[Endpoint]string    // forwards reserved but not in the kernel (container down), and why
+	mappings map[int]Mapping        // Docker mappings by ID
+	// derived and derivedHP are the forwards and hairpin elements
+	// installed for hairpins by interface (derived.go).
+	derived   []Forward
+	derivedHP []Hairpinned
+}
+
+func newModel() model {
+	return model{
+		dnats:    map[DNATID]DNAT{},
+		hairpins: map[HairpinID]Hairpin{},
+		snats:    map[SNATID]SNAT{},
+		routes:   map[PolicyRoute]string{},
+		forwards: map[Endpoint]fwdEntry{},
+		inactive: map[Endpoint]string{},
+		parked:   map[Endpoint]string{},
+		mappings: map[int]Mapping{},
+	}
 }
 
 // fingerprint is what the published counts follow, cheap to take under
@@ -149,15 +168,8 @@ func NewService(d Deps) *Service {
 		sys:      d.System,
 		router:   d.Router,
 		log:      d.Log,
-		dnats:    map[DNATID]DNAT{},
-		hairpins: map[HairpinID]Hairpin{},
-		snats:    map[SNATID]SNAT{},
-		routes:   map[PolicyRoute]string{},
-		forwards: map[Endpoint]fwdEntry{},
-		inactive: map[Endpoint]string{},
-		parked:   map[Endpoint]string{},
+		model:    newModel(),
 		holds:    map[Endpoint]io.Closer{},
-		mappings: map[int]Mapping{},
 		nextID:   1,
 		docker:   d.Docker,
 		counted:  make(chan struct{}, 1),
@@ -287,7 +299,7 @@ func (s *Service) AddDNAT(ctx context.Context, d DNAT) (rule DNAT, changed bool,
 	rule = d
 	if had {
 		rule = old
-		rule.Ports = PortListOf(append(old.Ports.Pairs(), pairsOf(add)...))
+		rule.Ports = old.Ports.Union(PortListOf(pairsOf(add)))
 		rule.PreserveSrcIP = old.PreserveSrcIP || d.PreserveSrcIP
 	}
 	tx := &txn{}
@@ -363,17 +375,10 @@ func (s *Service) Clear(ctx context.Context) error {
 	if err := s.backend.Replace(ctx, Ruleset{}); err != nil {
 		return fmt.Errorf("clearing rules: %w", err)
 	}
-	dnats, hairpins, snats, routes := s.dnats, s.hairpins, s.snats, s.routes
-	forwards, inactive, parked, mappings := s.forwards, s.inactive, s.parked, s.mappings
-	derived, derivedHP := s.derived, s.derivedHP
-	s.dnats, s.hairpins, s.snats = map[DNATID]DNAT{}, map[HairpinID]Hairpin{}, map[SNATID]SNAT{}
-	s.forwards, s.inactive, s.routes = map[Endpoint]fwdEntry{}, map[Endpoint]string{}, map[PolicyRoute]string{}
-	s.parked, s.mappings = map[Endpoint]string{}, map[int]Mapping{}
-	s.derived, s.derivedHP = nil, nil
+	old := s.model
+	s.model = newModel()
 	if err := s.persistAll(); err != nil {
-		s.dnats, s.hairpins, s.snats, s.routes = dnats, hairpins, snats, routes
-		s.forwards, s.inactive, s.parked, s.mappings = forwards, inactive, parked, mappings
-		s.derived, s.derivedHP = derived, derivedHP
+		s.model = old
 		if uerr := s.backend.Replace(ctx, before); uerr != nil {
 			s.log.Error("restoring rules after a failed clear", "err", uerr)
 		}
@@ -381,10 +386,10 @@ func (s *Service) Clear(ctx context.Context) error {
 	}
 	s.releaseAllHolds()
 	lastUse := map[uint32]int{}
-	for p := range routes {
+	for p := range old.routes {
 		lastUse[p.Table]++
 	}
-	for p, reason := range routes {
+	for p, reason := range old.routes {
 		lastUse[p.Table]--
 		if reason != "" {
 			continue
@@ -397,7 +402,7 @@ func (s *Service) Clear(ctx context.Context) error {
 	s.flushUDP(before.Forwards)
 	s.countLoopbackTargets()
 	s.settle(ctx, false)
-	s.log.Info("all rules cleared", "dnats", len(dnats), "hairpins", len(hairpins), "snats", len(snats), "policy_routes", len(routes), "mappings", len(mappings))
+	s.log.Info("all rules cleared", "dnats", len(old.dnats), "hairpins", len(old.hairpins), "snats", len(old.snats), "policy_routes", len(old.routes), "mappings", len(old.mappings))
 	return nil
 }
 

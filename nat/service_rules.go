@@ -44,7 +44,7 @@ func (s *Service) AddHairpin(ctx context.Context, h Hairpin) (rule Hairpin, chan
 	rule = h
 	if had {
 		rule = old
-		rule.Ports = PortListOf(append(old.Ports.Pairs(), pairsOf(add)...))
+		rule.Ports = old.Ports.Union(PortListOf(pairsOf(add)))
 	}
 	tx := &txn{}
 	fresh, err := s.own(tx, add)
@@ -212,10 +212,8 @@ func (s *Service) AddPolicyRoute(p PolicyRoute) (changed bool, err error) {
 	if reason, ok := s.routes[p]; ok && reason == "" {
 		return false, nil
 	}
-	for q := range s.routes {
-		if q.Table == p.Table && q.Via != p.Via {
-			return false, fmt.Errorf("table %d already routes via %s (%s): %w", p.Table, q.Via, q, ErrConflict)
-		}
+	if err := tableClash(p, maps.Keys(s.routes)); err != nil {
+		return false, err
 	}
 	if err := s.router.CheckGateway(p.Via); err != nil {
 		return false, err
