@@ -215,7 +215,7 @@ func (b *Backend) bothFamilies(ctx context.Context, do, undo func(family) (strin
 	return fmt.Errorf("%w (the IPv4 half was put back: nothing changed)", err)
 }
 
-// Check implements nat.Checker: every jump is there, and each of natmap's
+// Check implements nat.Backend: every jump is there, and each of natmap's
 // chains holds as many rules as natmap wrote. It reads one iptables-save per
 // family.
 func (b *Backend) Check(ctx context.Context, r nat.Rules) error {
@@ -617,7 +617,7 @@ func Render(rs nat.Ruleset) (v4text, v6text []byte) {
 	return out[0], out[1]
 }
 
-// Counters implements nat.Counting from the rules' counters
+// Counters implements nat.Backend from the rules' counters
 // (iptables-save -c): for each entry, the first packets its mark rule in
 // NATMAP-PRE saw plus the rest its NATMAP-COUNT rule saw. An entry that
 // covers several ports (a range, a multiport list) reports its total on

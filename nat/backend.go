@@ -34,6 +34,16 @@ type Backend interface {
 	// Apply removes c.Del and adds c.Add in one transaction. Deleting
 	// something absent or adding something present is an error.
 	Apply(ctx context.Context, c Change) error
+	// Check returns an error saying what is missing or changed if the
+	// kernel no longer holds what natmap installed (somebody flushed the
+	// ruleset, deleted natmap's table or chains), given the SNAT and
+	// masquerade rules natmap installed (the forwards are the backend's
+	// to know). It is cheap: it looks at the structure (table, chains,
+	// jumps, rule counts), not at every forward.
+	Check(ctx context.Context, r Rules) error
+	// Counters returns what the kernel counted for the given forwards
+	// (those it has).
+	Counters(ctx context.Context, fs []Forward) (map[Endpoint]Counter, error)
 }
 
 // Reserver holds ports so that no other program can take them.
@@ -200,22 +210,4 @@ type HairpinKeeper interface {
 type Counter struct {
 	Packets uint64 `json:"packets"`
 	Bytes   uint64 `json:"bytes"`
-}
-
-// Counting is a Backend that reads per-forward counters.
-type Counting interface {
-	// Counters returns the counters of the given forwards that the
-	// kernel has.
-	Counters(ctx context.Context, fs []Forward) (map[Endpoint]Counter, error)
-}
-
-// Checker is a Backend that can tell whether the kernel still holds what
-// natmap installed (somebody may flush the ruleset or delete natmap's
-// table or chains). Check is cheap: it looks at the structure (table,
-// chains, jumps, rule counts), not at every forward.
-type Checker interface {
-	// Check returns an error saying what is missing or changed, given the
-	// SNAT and masquerade rules natmap installed (the forwards are the
-	// backend's to know).
-	Check(ctx context.Context, r Rules) error
 }

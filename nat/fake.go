@@ -149,6 +149,13 @@ func (f *Fake) takeFailure() error {
 	return nil
 }
 
+// Check implements Backend: a fake's kernel is never changed from
+// outside (heal_test's brokenFake is).
+func (f *Fake) Check(context.Context, Rules) error { return nil }
+
+// Counters implements Backend: a fake counts nothing.
+func (f *Fake) Counters(context.Context, []Forward) (map[Endpoint]Counter, error) { return nil, nil }
+
 // Dump renders what the fake holds, like Ruleset.String.
 func (f *Fake) Dump() string {
 	f.mu.Lock()

@@ -7,24 +7,19 @@ import (
 
 // Heal checks the kernel against what natmap installed and, if somebody
 // removed or changed natmap's rules, installs them again in one
-// transaction. It reports whether it repaired anything. Backends that
-// cannot check are left alone.
+// transaction. It reports whether it repaired anything.
 func (s *Service) Heal(ctx context.Context) bool {
-	checker, ok := s.backend.(Checker)
-	if !ok {
-		return false
-	}
 	// The look runs without the lock, so that a slow check (the iptables
 	// backend lists whole tables) does not hold up requests; a difference
 	// is confirmed under the lock, as a change may have raced the look.
 	s.mu.Lock()
 	rules := s.rules()
 	s.mu.Unlock()
-	if checker.Check(ctx, rules) == nil || ctx.Err() != nil {
+	if s.backend.Check(ctx, rules) == nil || ctx.Err() != nil {
 		return false // intact, or the daemon is stopping (the check was cut short)
 	}
 	defer s.lock()()
-	problem := checker.Check(ctx, s.rules())
+	problem := s.backend.Check(ctx, s.rules())
 	if problem == nil || ctx.Err() != nil {
 		return false
 	}

@@ -417,11 +417,7 @@ func (s *Service) ListCounted(ctx context.Context) (Listing, error) {
 	l := s.list()
 	installed := s.activeRuleset().Forwards
 	s.mu.Unlock()
-	counting, ok := s.backend.(Counting)
-	if !ok {
-		return l, nil
-	}
-	counts, err := counting.Counters(ctx, installed)
+	counts, err := s.backend.Counters(ctx, installed)
 	if err != nil {
 		return l, fmt.Errorf("reading the kernel's counters: %w", err)
 	}

@@ -252,7 +252,7 @@ func (b *Backend) Count() (int, error) {
 	return n / 2, nil
 }
 
-// Counters implements nat.Counting: the packets and bytes the kernel
+// Counters implements nat.Backend: the packets and bytes the kernel
 // counted for each of fs (what the client side sent), read from the key
 // sets' element counters.
 func (b *Backend) Counters(_ context.Context, fs []nat.Forward) (map[nat.Endpoint]nat.Counter, error) {
@@ -413,7 +413,7 @@ func (b *Backend) Remove() error {
 	return nil
 }
 
-// Check implements nat.Checker: the table, its sets and chains are there,
+// Check implements nat.Backend: the table, its sets and chains are there,
 // each chain with the rules natmap wrote (forwards are not listed: that
 // would cost a dump of every map).
 func (b *Backend) Check(_ context.Context, rs nat.Rules) error {

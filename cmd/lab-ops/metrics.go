@@ -219,24 +219,8 @@ func (t timed) Replace(ctx context.Context, rs nat.Ruleset) error {
 
 func (t timed) observe(op string, start time.Time) { t.met.observe(op, time.Since(start)) }
 
-// Check passes the integrity check through to a backend that has one.
-func (t timed) Check(ctx context.Context, r nat.Rules) error {
-	if c, ok := t.Backend.(nat.Checker); ok {
-		return c.Check(ctx, r)
-	}
-	return nil
-}
-
 // KeepsHairpinElements passes the backend's answer through.
 func (t timed) KeepsHairpinElements() bool {
 	k, ok := t.Backend.(nat.HairpinKeeper)
 	return ok && k.KeepsHairpinElements()
-}
-
-// Counters passes the counter read through to a backend that has one.
-func (t timed) Counters(ctx context.Context, fs []nat.Forward) (map[nat.Endpoint]nat.Counter, error) {
-	if c, ok := t.Backend.(nat.Counting); ok {
-		return c.Counters(ctx, fs)
-	}
-	return nil, nil
 }
