@@ -22,7 +22,9 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -76,10 +78,13 @@ type Backend struct {
 
 	mu     sync.Mutex
 	groups map[groupKey][]nat.Forward   // sorted by external port
-	rules  nat.Rules                    // the SNAT and hairpin rules written last
+	rules  nat.Rules                    // the SNAT and SameNet rules written last (no hairpins)
 	eps    map[nat.Endpoint]nat.Forward // every forward installed, by endpoint
-	laid   map[family]*layout           // what was written last, by family
-	cache  *itemCache                   // each group's rendered rules (synced with groups)
+	// hairpins are the hairpin elements, by endpoint: the LANs of each.
+	// Their masquerades are written for the forwards installed.
+	hairpins map[nat.Endpoint][]netip.Prefix
+	laid     map[family]*layout // what was written last, by family
+	cache    *itemCache         // each group's rendered rules (synced with groups)
 	// run loads a restore script into one family's tables; b.restore
 	// unless a test stands in for a family that fails.
 	run func(ctx context.Context, f family, text string) error
@@ -90,7 +95,8 @@ type Backend struct {
 
 // New returns a backend for the iptables variant mode.
 func New(mode Mode) *Backend {
-	b := &Backend{mode: mode, groups: map[groupKey][]nat.Forward{}, noIPv6: !KernelHasIPv6(), eps: map[nat.Endpoint]nat.Forward{}, laid: map[family]*layout{}, cache: syncedCache()}
+	b := &Backend{mode: mode, groups: map[groupKey][]nat.Forward{}, noIPv6: !KernelHasIPv6(), eps: map[nat.Endpoint]nat.Forward{},
+		hairpins: map[nat.Endpoint][]netip.Prefix{}, laid: map[family]*layout{}, cache: syncedCache()}
 	b.run = b.restore
 	return b
 }
@@ -157,10 +163,16 @@ func (b *Backend) Replace(ctx context.Context, rs nat.Ruleset) error {
 	if err != nil {
 		return err
 	}
+	hairpins, err := editHairpins(nil, nil, rs.Hairpinned)
+	if err != nil {
+		return err
+	}
+	rules, masqs := rs.Rules, rs.Masquerades()
+	rules.Hairpinned = nil
 	next := map[family]*layout{}
 	cache := syncedCache() // of the new groups alone
 	for _, f := range []family{v4, v6} {
-		next[f] = buildLayout(f, nil, over, rs.Rules, sameAs{}, cache, b.laid[f])
+		next[f] = buildLayout(f, nil, over, rules, masqs, sameAs{}, cache, b.laid[f])
 	}
 	err = b.bothFamilies(ctx, func(f family) (string, bool) { return next[f].full(), true },
 		func(f family) (string, bool) { return b.layoutOf(f).full(), true })
@@ -170,7 +182,7 @@ func (b *Backend) Replace(ctx context.Context, rs nat.Ruleset) error {
 	for _, l := range next {
 		l.from = nil
 	}
-	b.groups, b.eps, b.rules, b.laid, b.cache = groups{}, map[nat.Endpoint]nat.Forward{}, rs.Rules, next, cache
+	b.groups, b.eps, b.rules, b.hairpins, b.laid, b.cache = groups{}, map[nat.Endpoint]nat.Forward{}, rules, hairpins, next, cache
 	b.commit(over, nil, rs.Forwards)
 	for _, f := range b.families() {
 		if err := b.ensureJumps(ctx, f); err != nil {
@@ -186,7 +198,7 @@ func (b *Backend) layoutOf(f family) *layout {
 	if l := b.laid[f]; l != nil {
 		return l
 	}
-	return buildLayout(f, nil, nil, nat.Rules{}, sameAs{}, newItemCache(), nil)
+	return buildLayout(f, nil, nil, nat.Rules{}, nil, sameAs{}, newItemCache(), nil)
 }
 
 // bothFamilies runs the IPv4 script, then the IPv6 one (a family whose
@@ -221,8 +233,13 @@ func (b *Backend) bothFamilies(ctx context.Context, do, undo func(family) (strin
 func (b *Backend) Check(ctx context.Context, r nat.Rules) error {
 	b.mu.Lock()
 	want := map[family]*layout{}
+	same := reflect.DeepEqual(r, b.rules)
+	var masqs []nat.Masquerade
+	if !same {
+		masqs = b.masquerades(b.hairpins, nil)
+	}
 	for _, f := range b.families() {
-		want[f] = buildLayout(f, b.groups, nil, r, sameAs{forwards: true, rules: reflect.DeepEqual(r, b.rules)}, b.cache, b.laid[f])
+		want[f] = buildLayout(f, b.groups, nil, r, masqs, sameAs{forwards: true, rules: same}, b.cache, b.laid[f])
 	}
 	b.mu.Unlock()
 	for _, f := range b.families() {
@@ -288,7 +305,14 @@ func (b *Backend) Apply(ctx context.Context, ch nat.Change) error {
 	if err := b.refuseIPv6(ch); err != nil {
 		return err
 	}
+	if ch.Rules != nil && len(ch.Rules.Hairpinned) > 0 {
+		return errors.New("hairpins come as Change.HairpinDel and HairpinAdd, not in the rules")
+	}
 	over, err := regroup(b.groups, b.eps, ch.Del, ch.Add)
+	if err != nil {
+		return err
+	}
+	hairpins, err := editHairpins(b.hairpins, ch.HairpinDel, ch.HairpinAdd)
 	if err != nil {
 		return err
 	}
@@ -296,10 +320,22 @@ func (b *Backend) Apply(ctx context.Context, ch nat.Change) error {
 	if ch.Rules != nil {
 		rules = *ch.Rules
 	}
+	// The hairpins' masquerades change with the elements, and with the
+	// forwards of hairpinned endpoints (one installed or withdrawn).
+	same := ch.Rules == nil && len(ch.HairpinDel)+len(ch.HairpinAdd) == 0
+	for _, f := range append(slices.Clone(ch.Del), ch.Add...) {
+		if len(hairpins[f.Endpoint()]) > 0 {
+			same = false
+		}
+	}
+	var masqs []nat.Masquerade
+	if !same {
+		masqs = b.masquerades(hairpins, &ch)
+	}
 	laid := map[family]*layout{}
 	for _, f := range []family{v4, v6} {
 		if touches(f, ch) {
-			laid[f] = buildLayout(f, b.groups, over, rules, sameAs{forwards: len(over) == 0, rules: ch.Rules == nil}, b.cache, b.laid[f])
+			laid[f] = buildLayout(f, b.groups, over, rules, masqs, sameAs{forwards: len(over) == 0, rules: same}, b.cache, b.laid[f])
 		} else {
 			laid[f] = b.layoutOf(f)
 		}
@@ -312,9 +348,70 @@ func (b *Backend) Apply(ctx context.Context, ch nat.Change) error {
 	for _, l := range laid {
 		l.from = nil // only the change's own undo needed it
 	}
-	b.rules, b.laid = rules, laid
+	b.rules, b.hairpins, b.laid = rules, hairpins, laid
 	b.commit(over, ch.Del, ch.Add)
 	return nil
+}
+
+// editHairpins is hairpins (by endpoint, the LANs of each) with del
+// removed and add added; removing what is absent or adding what is
+// present is an error, as for forwards.
+func editHairpins(hairpins map[nat.Endpoint][]netip.Prefix, del, add []nat.Hairpinned) (map[nat.Endpoint][]netip.Prefix, error) {
+	out := maps.Clone(hairpins)
+	if out == nil {
+		out = map[nat.Endpoint][]netip.Prefix{}
+	}
+	for _, h := range del {
+		i := slices.Index(out[h.Endpoint], h.LAN)
+		if i < 0 {
+			return nil, fmt.Errorf("deleting %s: not installed", h)
+		}
+		if lans := slices.Delete(slices.Clone(out[h.Endpoint]), i, i+1); len(lans) > 0 {
+			out[h.Endpoint] = lans
+		} else {
+			delete(out, h.Endpoint)
+		}
+	}
+	for _, h := range add {
+		if slices.Contains(out[h.Endpoint], h.LAN) {
+			return nil, fmt.Errorf("adding %s: already installed", h)
+		}
+		out[h.Endpoint] = append(slices.Clone(out[h.Endpoint]), h.LAN)
+	}
+	return out, nil
+}
+
+// masquerades are the masquerade rules of hairpins for the forwards
+// installed, or for those ch (when set) leaves installed.
+func (b *Backend) masquerades(hairpins map[nat.Endpoint][]netip.Prefix, ch *nat.Change) []nat.Masquerade {
+	var hs []nat.Hairpinned
+	for ep, lans := range hairpins {
+		for _, lan := range lans {
+			hs = append(hs, nat.Hairpinned{LAN: lan, Endpoint: ep})
+		}
+	}
+	forwardOf := func(ep nat.Endpoint) (nat.Forward, bool) { f, ok := b.eps[ep]; return f, ok }
+	if ch != nil {
+		added := map[nat.Endpoint]nat.Forward{}
+		for _, f := range ch.Add {
+			added[f.Endpoint()] = f
+		}
+		gone := map[nat.Endpoint]bool{}
+		for _, f := range ch.Del {
+			gone[f.Endpoint()] = true
+		}
+		forwardOf = func(ep nat.Endpoint) (nat.Forward, bool) {
+			if f, ok := added[ep]; ok {
+				return f, true
+			}
+			if gone[ep] {
+				return nat.Forward{}, false
+			}
+			f, ok := b.eps[ep]
+			return f, ok
+		}
+	}
+	return nat.Masquerades(hs, forwardOf)
 }
 
 // touches reports whether the change may alter family f's chains.
@@ -324,6 +421,11 @@ func touches(f family, ch nat.Change) bool {
 	}
 	for _, fw := range append(slices.Clone(ch.Del), ch.Add...) {
 		if famOf(fw.Ext.Addr()) == f {
+			return true
+		}
+	}
+	for _, h := range append(slices.Clone(ch.HairpinDel), ch.HairpinAdd...) {
+		if famOf(h.Addr.Addr()) == f {
 			return true
 		}
 	}
@@ -342,6 +444,11 @@ func (b *Backend) refuseIPv6(ch nat.Change) error {
 			return fmt.Errorf("forward %s: %w", f, errNoIPv6)
 		}
 	}
+	for _, h := range ch.HairpinAdd {
+		if famOf(h.Addr.Addr()) == v6 {
+			return fmt.Errorf("%s: %w", h, errNoIPv6)
+		}
+	}
 	if ch.Rules == nil {
 		return nil
 	}
@@ -357,17 +464,12 @@ func (b *Backend) refuseIPv6(ch nat.Change) error {
 	return nil
 }
 
-// ipv6Rules names the IPv6 SNAT and hairpin rules of r.
+// ipv6Rules names the IPv6 SNAT and SameNet rules of r.
 func ipv6Rules(r nat.Rules) []string {
 	var out []string
 	for _, sn := range r.SNATs {
 		if sn.IntNet.Addr().Is6() {
 			out = append(out, sn.String())
-		}
-	}
-	for _, m := range r.Masquerades {
-		if m.Dst.Is6() {
-			out = append(out, m.String())
 		}
 	}
 	for _, p := range r.SameNet {
@@ -606,7 +708,7 @@ func Render(rs nat.Ruleset) (v4text, v6text []byte) {
 	over, _ := regroup(nil, nil, nil, rs.Forwards)
 	out := [2][]byte{}
 	for i, f := range []family{v4, v6} {
-		l := buildLayout(f, nil, over, rs.Rules, sameAs{}, newItemCache(), nil)
+		l := buildLayout(f, nil, over, rs.Rules, rs.Masquerades(), sameAs{}, newItemCache(), nil)
 		var w script
 		w.line(savedHeader)
 		for _, table := range tables {

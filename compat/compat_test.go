@@ -66,15 +66,21 @@ func TestIntegrationGoldenBothModes(t *testing.T) {
 				many = append(many, fwd("", "tcp", fmt.Sprintf("203.0.113.44:%d", p), fmt.Sprintf("10.0.0.103:%d", p)))
 			}
 			rules := nat.Rules{
-				SNATs:       []nat.SNAT{{IntNet: netip.MustParsePrefix("10.0.0.0/24"), ExtIP: netip.MustParseAddr("203.0.113.43"), ExtIf: "vmbr0"}},
-				Masquerades: []nat.Masquerade{{Src: netip.MustParsePrefix("10.0.0.0/24"), Dst: netip.MustParseAddr("10.0.0.101"), Proto: nat.ProtoTCP, From: 8000, To: 8100}},
-				SameNet:     []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
+				SNATs:   []nat.SNAT{{IntNet: netip.MustParsePrefix("10.0.0.0/24"), ExtIP: netip.MustParseAddr("203.0.113.43"), ExtIf: "vmbr0"}},
+				SameNet: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
+			}
+			// Hairpins of smtp and ssh (10.0.0.101's ports 25 and 22) and
+			// of 5000-5009 (one masquerade for the range).
+			lan := netip.MustParsePrefix("10.0.0.0/24")
+			hairpins := []nat.Hairpinned{{LAN: lan, Endpoint: smtp.Endpoint()}, {LAN: lan, Endpoint: ssh.Endpoint()}}
+			for _, f := range many[18:] {
+				hairpins = append(hairpins, nat.Hairpinned{LAN: lan, Endpoint: f.Endpoint()})
 			}
 			err := ns.Do(func() error {
 				if err := b.Replace(ctx, nat.Ruleset{Forwards: []nat.Forward{smtp, dns}}); err != nil {
 					return err
 				}
-				if err := b.Apply(ctx, nat.Change{Add: append([]nat.Forward{ssh, web, anyAddr, v6, byIf}, many...), Rules: &rules}); err != nil {
+				if err := b.Apply(ctx, nat.Change{Add: append([]nat.Forward{ssh, web, anyAddr, v6, byIf}, many...), Rules: &rules, HairpinAdd: hairpins}); err != nil {
 					return err
 				}
 				return b.Apply(ctx, nat.Change{Del: []nat.Forward{dns}})

@@ -141,7 +141,7 @@ func (c *itemCache) each(base, over groups, fn func(groupKey, *groupItems)) {
 // did not change. Built from old (not nil), the forwards' chains are
 // old's when same.forwards says the groups are those old was built from,
 // and the rules' chains are old's when same.rules says r is.
-func buildLayout(f family, base, over groups, r nat.Rules, same sameAs, cache *itemCache, old *layout) *layout {
+func buildLayout(f family, base, over groups, r nat.Rules, masqs []nat.Masquerade, same sameAs, cache *itemCache, old *layout) *layout {
 	l := &layout{f: f, base: map[string]chainContent{}, trees: map[string]*tree{}, from: old}
 	grow := func(name string, items []*item) [][]string {
 		var prev *tree
@@ -174,7 +174,7 @@ func buildLayout(f family, base, over groups, r nat.Rules, same sameAs, cache *i
 	if old != nil && same.rules {
 		keep(treeHairpin, ChainHairpin, ChainSNAT)
 	} else {
-		l.rules(r, grow)
+		l.rules(r, masqs, grow)
 	}
 	l.base[ChainPost] = chainContent{"nat", []string{
 		ruleText("-m", "connmark", "--mark", markMask(nat.MarkLocal), "-j", "MASQUERADE"),
@@ -239,10 +239,10 @@ func (l *layout) forwards(base, over groups, cache *itemCache, grow func(string,
 	}
 }
 
-// rules lays out the hairpin masquerades (a tree) and the SNATs.
-func (l *layout) rules(r nat.Rules, grow func(string, []*item) [][]string) {
+// rules lays out the hairpins' masquerades (a tree) and the SNATs.
+func (l *layout) rules(r nat.Rules, masqs []nat.Masquerade, grow func(string, []*item) [][]string) {
 	var hairpins []*item
-	for _, m := range r.Masquerades {
+	for _, m := range masqs {
 		if famOf(m.Dst) != l.f {
 			continue
 		}

@@ -142,7 +142,7 @@ func TestTreeReachesEveryForward(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l := buildLayout(f, nil, over, nat.Rules{}, sameAs{}, newItemCache(), nil)
+		l := buildLayout(f, nil, over, nat.Rules{}, nil, sameAs{}, newItemCache(), nil)
 		most := 0
 		for _, fw := range fs {
 			p := packet{proto: fw.Proto.String(), dst: fw.Ext.Addr(), port: fw.Ext.Port()}
@@ -193,12 +193,12 @@ func TestTreeChangeIsSmallAndExact(t *testing.T) {
 		eps[f.Endpoint()] = f
 	}
 	cache := newItemCache()
-	old := buildLayout(v4, base, nil, nat.Rules{}, sameAs{}, cache, nil)
+	old := buildLayout(v4, base, nil, nat.Rules{}, nil, sameAs{}, cache, nil)
 	change, err := regroup(base, eps, []nat.Forward{fs[17]}, []nat.Forward{fs[10000]})
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := buildLayout(v4, base, change, nat.Rules{}, sameAs{rules: true}, cache, old)
+	now := buildLayout(v4, base, change, nat.Rules{}, nil, sameAs{rules: true}, cache, old)
 	text, changed := diffScript(old, now)
 	if !changed {
 		t.Fatal("the change wrote nothing")
@@ -236,7 +236,7 @@ func TestTreeChangeIsSmallAndExact(t *testing.T) {
 			base[k] = g
 		}
 	}
-	fresh := buildLayout(v4, base, nil, nat.Rules{}, sameAs{}, newItemCache(), nil)
+	fresh := buildLayout(v4, base, nil, nat.Rules{}, nil, sameAs{}, newItemCache(), nil)
 	if n, _ := fresh.count(); len(applied) != n {
 		t.Fatalf("after the change %d chains, built from scratch %d", len(applied), n)
 	}
@@ -267,7 +267,7 @@ func BenchmarkTreeChange(b *testing.B) {
 	}
 	cache := syncedCache()
 	cache.commit(base)
-	old := buildLayout(v4, base, nil, nat.Rules{}, sameAs{}, cache, nil)
+	old := buildLayout(v4, base, nil, nat.Rules{}, nil, sameAs{}, cache, nil)
 	b.ResetTimer()
 	for i := range b.N {
 		del, add := []nat.Forward{fs[10000]}, []nat.Forward{fs[10000]}
@@ -280,7 +280,7 @@ func BenchmarkTreeChange(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		now := buildLayout(v4, base, change, nat.Rules{}, sameAs{rules: true}, cache, old)
+		now := buildLayout(v4, base, change, nat.Rules{}, nil, sameAs{rules: true}, cache, old)
 		diffScript(old, now)
 		now.from = nil
 		cache.commit(change)
@@ -328,8 +328,21 @@ func TestIntegrationTreesInTheKernel(t *testing.T) {
 			ctx := context.Background()
 			fs := randomForwards(3100, false)
 			b := New(mode)
-			rules := nat.Rules{Masquerades: []nat.Masquerade{{Src: netip.MustParsePrefix("10.0.0.0/24"), Dst: netip.MustParseAddr("10.0.0.101"), Proto: nat.ProtoTCP, From: 8000, To: 8100}}}
-			if err := ns.Do(func() error { return b.Replace(ctx, nat.Ruleset{Forwards: fs[:3000], Rules: rules}) }); err != nil {
+			// Hairpins of forwards 0-99 (5 among them goes, its element
+			// stays), then of 100-149 too, then not of 0-49.
+			lan := netip.MustParsePrefix("10.0.0.0/22")
+			hairpinned := func(fs []nat.Forward) []nat.Hairpinned {
+				var out []nat.Hairpinned
+				for _, f := range fs {
+					out = append(out, nat.Hairpinned{LAN: lan, Endpoint: f.Endpoint()})
+				}
+				return out
+			}
+			rules := nat.Rules{SameNet: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")}}
+			hps := hairpinned(fs[:100])
+			if err := ns.Do(func() error {
+				return b.Replace(ctx, nat.Ruleset{Forwards: fs[:3000], Rules: nat.Rules{SameNet: rules.SameNet, Hairpinned: hps}})
+			}); err != nil {
 				t.Fatal(err)
 			}
 			installed := slices.Clone(fs[:3000])
@@ -337,6 +350,8 @@ func TestIntegrationTreesInTheKernel(t *testing.T) {
 				{Add: fs[3000:3001]},
 				{Del: fs[5:6]},
 				{Del: fs[10:60], Add: fs[3001:3100]},
+				{HairpinAdd: hairpinned(fs[100:150])},
+				{HairpinDel: hairpinned(fs[:50])},
 				{Rules: &nat.Rules{}},
 			}
 			for i, ch := range steps {
@@ -345,6 +360,8 @@ func TestIntegrationTreesInTheKernel(t *testing.T) {
 				}
 				installed = slices.DeleteFunc(installed, func(f nat.Forward) bool { return slices.Contains(ch.Del, f) })
 				installed = append(installed, ch.Add...)
+				hps = slices.DeleteFunc(hps, func(h nat.Hairpinned) bool { return slices.Contains(ch.HairpinDel, h) })
+				hps = append(hps, ch.HairpinAdd...)
 				if ch.Rules != nil {
 					rules = *ch.Rules
 				}
@@ -353,6 +370,7 @@ func TestIntegrationTreesInTheKernel(t *testing.T) {
 				}
 			}
 			ref := New(mode)
+			rules.Hairpinned = hps
 			if err := fresh.Do(func() error { return ref.Replace(ctx, nat.Ruleset{Forwards: installed, Rules: rules}) }); err != nil {
 				t.Fatal(err)
 			}

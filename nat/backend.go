@@ -112,15 +112,15 @@ type Router interface {
 }
 
 // Rules are the SNAT and masquerade rules, in the order they must be
-// evaluated, and the hairpins in each backend's form.
+// evaluated, and the hairpins.
 type Rules struct {
 	// SNATs are the SNAT rules, most specific source first.
 	SNATs []SNAT
-	// Masquerades are the hairpin masquerades, a rule per port range (the
-	// iptables backend's form).
-	Masquerades []Masquerade
-	// Hairpinned are the same hairpins a forward each (the nftables
-	// backend's form: one set, changed an element at a time).
+	// Hairpinned are the hairpins, a forward each. Replace gets them all;
+	// Apply gets them only as Change.HairpinDel and HairpinAdd, and Check
+	// never (the backend keeps its own), so a hairpin change costs the
+	// same with 10 hairpins or 10,000. A backend that masquerades after
+	// DNAT (iptables) makes its rules of them with Masquerades.
 	Hairpinned []Hairpinned
 	// SameNet are networks (such as a Docker bridge's) whose hosts reach
 	// each other through natmap's forwards: such flows are masqueraded, so
@@ -135,15 +135,34 @@ type Ruleset struct {
 	Rules
 }
 
-// String renders the ruleset one rule a line: forwards sorted, the other
-// rules in evaluation order.
-func (r Ruleset) String() string { return renderForwards("", r.Forwards) + r.Rules.render("") }
+// String renders the ruleset one rule a line: forwards sorted, the
+// hairpins as the masquerades they make, the other rules in evaluation
+// order.
+func (r Ruleset) String() string {
+	var b strings.Builder
+	b.WriteString(renderForwards("", r.Forwards))
+	for _, m := range r.Masquerades() {
+		b.WriteString(m.String() + "\n")
+	}
+	return b.String() + r.Rules.render("")
+}
 
+// Masquerades are the ruleset's hairpins as masquerade rules (see
+// Masquerades).
+func (r Ruleset) Masquerades() []Masquerade { return Masquerades(r.Hairpinned, r.forwardOf()) }
+
+// forwardOf finds the ruleset's forward of an endpoint.
+func (r Ruleset) forwardOf() func(Endpoint) (Forward, bool) {
+	by := make(map[Endpoint]Forward, len(r.Forwards))
+	for _, f := range r.Forwards {
+		by[f.Endpoint()] = f
+	}
+	return func(ep Endpoint) (Forward, bool) { f, ok := by[ep]; return f, ok }
+}
+
+// render is the rules but the hairpins, one a line.
 func (r Rules) render(prefix string) string {
 	var b strings.Builder
-	for _, m := range r.Masquerades {
-		b.WriteString(prefix + m.String() + "\n")
-	}
 	for _, p := range r.SameNet {
 		b.WriteString(prefix + "masquerade within " + p.String() + "\n")
 	}
@@ -159,11 +178,11 @@ type Change struct {
 	Del []Forward
 	// Add are forwards to add.
 	Add []Forward
-	// Rules, when set, replace every SNAT and masquerade rule.
+	// Rules, when set, replace every SNAT and SameNet rule (they hold no
+	// hairpins).
 	Rules *Rules
 	// HairpinDel and HairpinAdd are the hairpinned forwards that went and
-	// came, for a backend that keeps them apart from Rules (a
-	// HairpinKeeper); any other backend gets Rules whole with them.
+	// came: removed before they are added, after the forwards are.
 	HairpinDel, HairpinAdd []Hairpinned
 }
 
@@ -176,6 +195,12 @@ func (c Change) Empty() bool {
 // rules that replace the old ones.
 func (c Change) String() string {
 	s := renderForwards("- ", c.Del) + renderForwards("+ ", c.Add)
+	for _, h := range c.HairpinDel {
+		s += "- " + h.String() + "\n"
+	}
+	for _, h := range c.HairpinAdd {
+		s += "+ " + h.String() + "\n"
+	}
 	if c.Rules != nil {
 		s += c.Rules.render("= ")
 	}
@@ -192,16 +217,6 @@ func renderForwards(prefix string, fs []Forward) string {
 		b.WriteByte('\n')
 	}
 	return b.String()
-}
-
-// HairpinKeeper is a Backend that keeps each hairpinned forward as an
-// element of its own (nftables). When it says so, a change of hairpins
-// reaches it as Change.HairpinDel and HairpinAdd alone, and the Rules of
-// Apply and Check hold neither Masquerades nor Hairpinned (Replace still
-// gets them whole), so a hairpin change costs the same with 10 hairpins or
-// 10,000.
-type HairpinKeeper interface {
-	KeepsHairpinElements() bool
 }
 
 // Counter is what the kernel counted for a forward: the packets and

@@ -74,9 +74,9 @@ type edit struct {
 	// swapDel and swapAdd change the target of kept endpoints (a container
 	// with a new address): kernel only.
 	swapDel, swapAdd []Forward
-	rules            bool // the SNAT and masquerade rules changed
+	rules            bool // the SNAT and SameNet rules changed
 	// hairpinDel and hairpinAdd are the hairpinned forwards that go and
-	// come (with rules set too, unless the backend is a HairpinKeeper).
+	// come.
 	hairpinDel, hairpinAdd []Hairpinned
 }
 

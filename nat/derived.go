@@ -64,10 +64,6 @@ func (s *Service) refreshDerived(ctx context.Context) error {
 	ch := Change{Del: s.derived, Add: fs, HairpinDel: s.derivedHP, HairpinAdd: hs}
 	oldFs, oldHs := s.derived, s.derivedHP
 	s.derived, s.derivedHP = fs, hs
-	if !s.hairpinElements {
-		r := s.rulesWith(true)
-		ch.Rules = &r
-	}
 	if err := s.backend.Apply(ctx, ch); err != nil {
 		s.derived, s.derivedHP = oldFs, oldHs
 		return fmt.Errorf("following the addresses of hairpinned interfaces: %w", err)

@@ -15,21 +15,15 @@ type Fake struct {
 	mu       sync.Mutex
 	forwards map[Endpoint]Forward
 	rules    Rules
-	// hairpinned are the hairpin elements, kept as the nftables backend
-	// keeps them: changed one at a time by Apply.
+	// hairpinned are the hairpin elements, changed one at a time by Apply
+	// (rules holds none).
 	hairpinned map[Hairpinned]bool
 	// FailNext, when set, makes the next Apply or Replace return it and
 	// change nothing. It is cleared when used.
 	FailNext error
 	// Transactions counts successful Apply and Replace calls.
 	Transactions int
-	// KeepsHairpins makes the fake a HairpinKeeper, as the nftables
-	// backend is; set it before the Service is made.
-	KeepsHairpins bool
 }
-
-// KeepsHairpinElements implements HairpinKeeper.
-func (f *Fake) KeepsHairpinElements() bool { return f.KeepsHairpins }
 
 // Hairpinned returns the hairpin elements the fake holds.
 func (f *Fake) Hairpinned() map[Hairpinned]bool {
@@ -69,6 +63,7 @@ func (f *Fake) Replace(_ context.Context, rs Ruleset) error {
 	}
 	f.forwards, f.hairpinned = next, hp
 	f.rules = rs.Rules
+	f.rules.Hairpinned = nil
 	f.Transactions++
 	return nil
 }
@@ -109,24 +104,12 @@ func (f *Fake) Apply(_ context.Context, c Change) error {
 		}
 		hp[h] = true
 	}
-	switch {
-	case f.KeepsHairpins && c.Rules != nil && len(c.Rules.Masquerades)+len(c.Rules.Hairpinned) > 0:
-		return errors.New("fake apply: a hairpin keeper got the hairpins in the rules")
-	case f.KeepsHairpins:
-	case c.Rules != nil:
-		if want := setOf(c.Rules.Hairpinned); !maps.Equal(hp, want) {
-			return fmt.Errorf("fake apply: the hairpin elements after the change, %v, are not the rules' %v", hp, want)
-		}
-	case len(c.HairpinDel)+len(c.HairpinAdd) > 0:
-		return errors.New("fake apply: hairpin elements changed without the rules")
+	if c.Rules != nil && len(c.Rules.Hairpinned) > 0 {
+		return errors.New("fake apply: hairpins in the rules (they come as HairpinDel and HairpinAdd)")
 	}
 	f.forwards, f.hairpinned = next, hp
 	if c.Rules != nil {
-		rules := *c.Rules
-		if f.KeepsHairpins { // the rules Apply gets have no hairpins; keep those of the last Replace
-			rules.Masquerades, rules.Hairpinned = f.rules.Masquerades, f.rules.Hairpinned
-		}
-		f.rules = rules
+		f.rules = *c.Rules
 	}
 	f.Transactions++
 	return nil
@@ -163,6 +146,9 @@ func (f *Fake) Dump() string {
 	rs := Ruleset{Rules: f.rules}
 	for _, fw := range f.forwards {
 		rs.Forwards = append(rs.Forwards, fw)
+	}
+	for h := range f.hairpinned {
+		rs.Hairpinned = append(rs.Hairpinned, h)
 	}
 	return rs.String()
 }

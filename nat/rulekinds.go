@@ -1,9 +1,11 @@
 package nat
 
 import (
+	"cmp"
 	"fmt"
 	"iter"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -179,12 +181,33 @@ func (h Hairpin) Validate() error {
 	return nil
 }
 
-// Masquerades are the masquerade rules of the hairpin: one per range of
-// internal ports.
-func (h Hairpin) Masquerades() []Masquerade {
-	out := make([]Masquerade, len(h.Ports))
-	for i, m := range h.Ports {
-		out[i] = Masquerade{Src: h.LanCIDR, Dst: h.IntIP, Proto: h.Proto, From: m.Target, To: m.Target + (m.To - m.From)}
+// Masquerades are the masquerade rules that carry out hairpins where the
+// masquerade comes after DNAT (iptables' POSTROUTING): for each hairpinned
+// forward that forwardOf finds (one not installed has no rule), its LAN's
+// connections to the forward's target; consecutive target ports of one
+// LAN, target and protocol in one rule.
+func Masquerades(hs []Hairpinned, forwardOf func(Endpoint) (Forward, bool)) []Masquerade {
+	var ms []Masquerade
+	for _, h := range hs {
+		if f, ok := forwardOf(h.Endpoint); ok {
+			p := f.Int.Port()
+			ms = append(ms, Masquerade{Src: h.LAN, Dst: f.Int.Addr(), Proto: f.Proto, From: p, To: p})
+		}
+	}
+	slices.SortFunc(ms, func(a, b Masquerade) int {
+		return cmp.Or(a.Dst.Compare(b.Dst), cmp.Compare(a.Proto, b.Proto), a.Src.Addr().Compare(b.Src.Addr()),
+			cmp.Compare(a.Src.Bits(), b.Src.Bits()), cmp.Compare(a.From, b.From))
+	})
+	var out []Masquerade
+	for _, m := range ms {
+		if n := len(out); n > 0 {
+			last := &out[n-1]
+			if last.Src == m.Src && last.Dst == m.Dst && last.Proto == m.Proto && int(m.From) <= int(last.To)+1 {
+				last.To = max(last.To, m.To)
+				continue
+			}
+		}
+		out = append(out, m)
 	}
 	return out
 }

@@ -31,9 +31,6 @@ type Service struct {
 	docker  Containers
 	changes int // changes applied since start
 
-	// hairpinElements is the backend's HairpinKeeper answer.
-	hairpinElements bool
-
 	reserveFailures int // reservations refused since start
 
 	repairs    int       // times Heal restored the kernel rules
@@ -173,14 +170,7 @@ func NewService(d Deps) *Service {
 		nextID:   1,
 		docker:   d.Docker,
 		counted:  make(chan struct{}, 1),
-
-		hairpinElements: keepsHairpinElements(d.Backend),
 	}
-}
-
-func keepsHairpinElements(b Backend) bool {
-	k, ok := b.(HairpinKeeper)
-	return ok && k.KeepsHairpinElements()
 }
 
 // BackendName names the backend in use.

@@ -53,7 +53,7 @@ func (s *Service) AddHairpin(ctx context.Context, h Hairpin) (rule Hairpin, chan
 		return Hairpin{}, false, err
 	}
 	put(tx, s.hairpins, h.ID(), rule)
-	if err := s.commit(ctx, tx, edit{fresh: fresh, rules: !s.hairpinElements, hairpinAdd: rule.hairpinned(add)}); err != nil {
+	if err := s.commit(ctx, tx, edit{fresh: fresh, hairpinAdd: rule.hairpinned(add)}); err != nil {
 		return Hairpin{}, false, fmt.Errorf("adding %s: %w", h, err)
 	}
 	if h.dnat().ByInterface() {
@@ -110,7 +110,7 @@ func (s *Service) DeleteHairpin(ctx context.Context, h Hairpin) error {
 		rule.Ports = left
 		put(tx, s.hairpins, h.ID(), rule)
 	}
-	if err := s.commit(ctx, tx, edit{gone: gone, rules: !s.hairpinElements, hairpinDel: old.hairpinned(h.dnat().Forwards())}); err != nil {
+	if err := s.commit(ctx, tx, edit{gone: gone, hairpinDel: old.hairpinned(h.dnat().Forwards())}); err != nil {
 		return fmt.Errorf("deleting %s: %w", h, err)
 	}
 	if h.dnat().ByInterface() {
@@ -301,14 +301,9 @@ func (s *Service) lastInTable(p PolicyRoute) bool {
 }
 
 // rules are the SNAT and masquerade rules of the model for Apply and
-// Check, in evaluation order (the most specific source first): without the
-// hairpins when the backend keeps them as elements.
-func (s *Service) rules() Rules {
-	if s.hairpinElements {
-		return s.rulesWith(false)
-	}
-	return s.rulesWith(true)
-}
+// Check, in evaluation order (the most specific source first), without
+// the hairpins (the backend keeps those as elements).
+func (s *Service) rules() Rules { return s.rulesWith(false) }
 
 // rulesWith are the rules, with the hairpins or without.
 func (s *Service) rulesWith(hairpins bool) Rules {
@@ -316,7 +311,6 @@ func (s *Service) rulesWith(hairpins bool) Rules {
 	r.SNATs = slices.SortedFunc(maps.Values(s.snats), compareSNAT)
 	if hairpins {
 		for _, h := range slices.SortedFunc(maps.Values(s.hairpins), compareHairpin) {
-			r.Masquerades = append(r.Masquerades, h.Masquerades()...)
 			r.Hairpinned = append(r.Hairpinned, h.hairpinned(h.dnat().Forwards())...)
 		}
 		r.Hairpinned = append(r.Hairpinned, s.derivedHP...)

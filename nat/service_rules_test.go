@@ -206,13 +206,11 @@ func TestPolicyRouteValidation(t *testing.T) {
 	}
 }
 
-// With a backend that keeps hairpins as elements (nftables), a hairpin
-// change reaches it as element changes alone, with no rules to rebuild,
-// and the elements always equal the model's hairpins; a failed change
-// takes its elements back.
-func TestHairpinKeeperGetsElementsOnly(t *testing.T) {
+// A hairpin change reaches the backend as element changes alone, with no
+// rules to rebuild, and the elements always equal the model's hairpins; a
+// failed change takes its elements back.
+func TestHairpinChangesAreElementsOnly(t *testing.T) {
 	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
-	r.fake.KeepsHairpins = true
 	r.svc = NewService(r.deps())
 	start := State{Hairpins: []Hairpin{hairpin(t, "203.0.113.43", "10.0.0.101", "25", "tcp", "10.0.0.0/24")}}
 	if err := r.svc.Start(ctx, start); err != nil {

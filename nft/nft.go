@@ -49,10 +49,6 @@ type Backend struct {
 	lans map[lanKey]int
 }
 
-// KeepsHairpinElements implements nat.HairpinKeeper: hairpins are set
-// elements, changed one at a time.
-func (b *Backend) KeepsHairpinElements() bool { return true }
-
 // Option configures a Backend.
 type Option func(*Backend)
 

@@ -65,11 +65,6 @@ func TestIntegrationGoldenSequence(t *testing.T) {
 			{IntNet: netip.MustParsePrefix("10.1.0.0/17"), ExtIP: netip.MustParseAddr("203.0.113.43"), ExtIf: "vmbr0"},
 			{IntNet: netip.MustParsePrefix("fd00::/64"), ExtIP: netip.MustParseAddr("2001:db8::43"), ExtIf: "tailscale0"},
 		},
-		Masquerades: []nat.Masquerade{
-			{Src: netip.MustParsePrefix("10.0.0.0/24"), Dst: netip.MustParseAddr("10.0.0.101"), Proto: nat.ProtoTCP, From: 25, To: 25},
-			{Src: netip.MustParsePrefix("10.0.0.0/24"), Dst: netip.MustParseAddr("10.0.0.101"), Proto: nat.ProtoUDP, From: 8000, To: 8100},
-			{Src: netip.MustParsePrefix("fd00::/64"), Dst: netip.MustParseAddr("fd00::101"), Proto: nat.ProtoTCP, From: 8080, To: 8080},
-		},
 		SameNet: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
 	}
 	hairpin := func(lan, ext string) nat.Hairpinned {

@@ -218,9 +218,3 @@ func (t timed) Replace(ctx context.Context, rs nat.Ruleset) error {
 }
 
 func (t timed) observe(op string, start time.Time) { t.met.observe(op, time.Since(start)) }
-
-// KeepsHairpinElements passes the backend's answer through.
-func (t timed) KeepsHairpinElements() bool {
-	k, ok := t.Backend.(nat.HairpinKeeper)
-	return ok && k.KeepsHairpinElements()
-}
