@@ -122,23 +122,31 @@ func changeHairpins(c *nftables.Conn, t *nftables.Table, hs []nat.Hairpinned, de
 	return nil
 }
 
-// addPrerouting fills the prerouting chain: a hairpin rule per LAN set,
-// then the DNAT lookups. made holds the sets made in this batch (the
-// others are found by name).
-func addPrerouting(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain, lans []lanKey, made map[string]*nftables.Set) {
-	byName := func(s *nftables.Set) *nftables.Set {
+// preroutingRules are the prerouting chain's rules: a hairpin rule per
+// LAN set, then the DNAT lookups. set finds each set (one made in the same
+// batch, or the kernel's by name).
+func preroutingRules(t *nftables.Table, ch *nftables.Chain, lans []lanKey, set func(*nftables.Set) *nftables.Set) []*nftables.Rule {
+	var out []*nftables.Rule
+	lans = slices.Clone(lans)
+	slices.SortFunc(lans, compareLANs)
+	for _, k := range lans {
+		out = append(out, k.rule(t, ch, set(k.set(t))))
+	}
+	for _, l := range lookups {
+		keys, targets := l.sets(t)
+		out = append(out, l.dnatRule(t, ch, set(keys), set(targets), MarkDNAT))
+	}
+	return out
+}
+
+// byName finds a set among those made in this batch, or else names the
+// kernel's.
+func byName(made map[string]*nftables.Set) func(*nftables.Set) *nftables.Set {
+	return func(s *nftables.Set) *nftables.Set {
 		if m, ok := made[s.Name]; ok {
 			return m
 		}
 		return s
-	}
-	slices.SortFunc(lans, compareLANs)
-	for _, k := range lans {
-		c.AddRule(k.rule(t, ch, byName(k.set(t))))
-	}
-	for _, l := range lookups {
-		keys, targets := l.sets(t)
-		c.AddRule(l.dnatRule(t, ch, byName(keys), byName(targets), MarkDNAT))
 	}
 }
 

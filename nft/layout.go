@@ -291,6 +291,42 @@ func newChains(t *nftables.Table) chains {
 	}
 }
 
+// chainLayout is one of natmap's chains with its rules, in order.
+type chainLayout struct {
+	chain *nftables.Chain
+	rules []*nftables.Rule
+}
+
+// tableLayout is every chain of natmap's table with its rules, in the
+// order Replace makes them: what Replace writes and what Check counts
+// (the forwards live in the sets, the hairpins in the LANs' sets). set
+// finds each set (see preroutingRules).
+func tableLayout(t *nftables.Table, lans []lanKey, r nat.Rules, set func(*nftables.Set) *nftables.Set) []chainLayout {
+	ch := newChains(t)
+	hc, sc := regularChain(t, hairpinChain), regularChain(t, snatChain)
+	var count, output, countOut []*nftables.Rule
+	for _, l := range lookups {
+		k, v := l.sets(t)
+		keys, targets := set(k), set(v)
+		count = append(count, l.countRule(t, ch.count, keys))
+		if !l.iif {
+			output = append(output, l.dnatRule(t, ch.output, keys, targets, MarkDNAT|MarkLocal))
+			countOut = append(countOut, l.countRule(t, ch.countOut, keys))
+		}
+	}
+	return []chainLayout{
+		{hc, hairpinRules(t, hc, r)},
+		{sc, snatRules(t, sc, r)},
+		{ch.prerouting, preroutingRules(t, ch.prerouting, lans, set)},
+		{ch.output, output},
+		{ch.postrouting, []*nftables.Rule{masqueradeLocal(t, ch.postrouting), jump(t, ch.postrouting, hairpinChain), jump(t, ch.postrouting, snatChain)}},
+		{ch.forward, []*nftables.Rule{acceptForwarded(t, ch.forward)}},
+		{ch.count, count},
+		{ch.countOut, countOut},
+		{ch.localnet, localnetGuard(t, ch.localnet)},
+	}
+}
+
 // localnetGuard: no packet that arrives from the network may reach
 // 127.0.0.0/8, or claim to come from it, whatever route_localnet says
 // (natmap turns it on for mappings to a loopback service, and others do

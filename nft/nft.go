@@ -113,28 +113,15 @@ func (b *Backend) Replace(_ context.Context, rs nat.Ruleset) error {
 	if err := changeHairpins(c, t, rs.Hairpinned, false); err != nil {
 		return b.abandon(err)
 	}
-	ch := newChains(t)
-	for _, chain := range []*nftables.Chain{regularChain(t, hairpinChain), regularChain(t, snatChain), ch.prerouting, ch.output, ch.postrouting, ch.forward, ch.count, ch.countOut, ch.localnet} {
-		c.AddChain(chain)
+	chains := tableLayout(t, lans, rs.Rules, byName(made))
+	for _, cl := range chains {
+		c.AddChain(cl.chain)
 	}
-	for _, r := range localnetGuard(t, ch.localnet) {
-		c.AddRule(r)
-	}
-	addPrerouting(c, t, ch.prerouting, lans, made)
-	for _, l := range lookups {
-		k, v := l.sets(t)
-		keys, targets := made[k.Name], made[v.Name]
-		c.AddRule(l.countRule(t, ch.count, keys))
-		if !l.iif {
-			c.AddRule(l.dnatRule(t, ch.output, keys, targets, MarkDNAT|MarkLocal))
-			c.AddRule(l.countRule(t, ch.countOut, keys))
+	for _, cl := range chains {
+		for _, r := range cl.rules {
+			c.AddRule(r)
 		}
 	}
-	c.AddRule(masqueradeLocal(t, ch.postrouting))
-	c.AddRule(jump(t, ch.postrouting, hairpinChain))
-	c.AddRule(jump(t, ch.postrouting, snatChain))
-	c.AddRule(acceptForwarded(t, ch.forward))
-	addRules(c, t, rs.Rules)
 	if err := b.flush(c, fmt.Sprintf("replacing table inet %s with %d forwards", TableName, len(rs.Forwards))); err != nil {
 		return err
 	}
@@ -212,7 +199,9 @@ func (b *Backend) Apply(_ context.Context, ch nat.Change) error {
 		// lookups), and the sets of LANs left with no hairpin deleted.
 		pre := newChains(t).prerouting
 		c.FlushChain(pre)
-		addPrerouting(c, t, pre, slices.Collect(maps.Keys(lans)), nil)
+		for _, r := range preroutingRules(t, pre, slices.Collect(maps.Keys(lans)), byName(nil)) {
+			c.AddRule(r)
+		}
 		for _, k := range went {
 			c.DelSet(k.set(t))
 		}
@@ -429,31 +418,15 @@ func (b *Backend) Check(_ context.Context, rs nat.Rules) error {
 		b.drop()
 		return fmt.Errorf("table inet %s holds %d sets, natmap made %d", TableName, len(sets), made)
 	}
-	output := 0
-	for _, l := range lookups {
-		if !l.iif {
-			output++
-		}
-	}
-	want := map[string]int{
-		"prerouting":  len(b.lans) + len(lookups),
-		"output":      output,
-		"postrouting": 3,
-		"forward":     1,
-		"count_in":    len(lookups),
-		"count_out":   output,
-		"localnet":    len(localnetGuard(t, nil)),
-		hairpinChain:  1 + len(rs.SameNet),
-		snatChain:     len(rs.SNATs),
-	}
-	for name, n := range want {
+	for _, cl := range tableLayout(t, slices.Collect(maps.Keys(b.lans)), rs, byName(nil)) {
+		name := cl.chain.Name
 		rules, err := c.GetRules(t, &nftables.Chain{Name: name, Table: t})
 		if err != nil {
 			b.drop()
 			return fmt.Errorf("chain %s is missing", name)
 		}
-		if len(rules) != n {
-			return fmt.Errorf("chain %s holds %d rules, natmap wrote %d", name, len(rules), n)
+		if len(rules) != len(cl.rules) {
+			return fmt.Errorf("chain %s holds %d rules, natmap wrote %d", name, len(rules), len(cl.rules))
 		}
 	}
 	return nil

@@ -118,6 +118,15 @@ func TestIntegrationGoldenSequence(t *testing.T) {
 	if after := listTable(t, ns); after != before {
 		t.Errorf("a failed batch changed the table:\n%s", after)
 	}
+	// Check counts what the layout Replace and Apply write: the table as
+	// written passes; a chain that lost its rule does not.
+	if err := b.Check(ctx, rules); err != nil {
+		t.Errorf("check of the table as written: %v", err)
+	}
+	ns.MustRun(t, "nft", "flush", "chain", "inet", TableName, "forward")
+	if err := b.Check(ctx, rules); err == nil || err.Error() != "chain forward holds 0 rules, natmap wrote 1" {
+		t.Errorf("check of a flushed chain: %v", err)
+	}
 	// Replace with nothing leaves an empty table with its chains.
 	if err := b.Replace(ctx, nat.Ruleset{}); err != nil {
 		t.Fatal(err)

@@ -92,14 +92,29 @@ func sameNetRule(t *nftables.Table, c *nftables.Chain, p netip.Prefix) *nftables
 	return &nftables.Rule{Table: t, Chain: c, Exprs: exprs}
 }
 
+// hairpinRules are the hairpin chain's rules: the hairpins' masquerade,
+// then a rule per SameNet network.
+func hairpinRules(t *nftables.Table, hc *nftables.Chain, r nat.Rules) []*nftables.Rule {
+	out := []*nftables.Rule{hairpinMasq(t, hc)}
+	for _, p := range r.SameNet {
+		out = append(out, sameNetRule(t, hc, p))
+	}
+	return out
+}
+
+// snatRules are the SNAT chain's rules, in evaluation order.
+func snatRules(t *nftables.Table, sc *nftables.Chain, r nat.Rules) []*nftables.Rule {
+	var out []*nftables.Rule
+	for _, s := range r.SNATs {
+		out = append(out, snatRule(t, sc, s))
+	}
+	return out
+}
+
 // addRules fills the hairpin and SNAT chains.
 func addRules(c *nftables.Conn, t *nftables.Table, r nat.Rules) {
 	hc, sc := regularChain(t, hairpinChain), regularChain(t, snatChain)
-	c.AddRule(hairpinMasq(t, hc))
-	for _, p := range r.SameNet {
-		c.AddRule(sameNetRule(t, hc, p))
-	}
-	for _, s := range r.SNATs {
-		c.AddRule(snatRule(t, sc, s))
+	for _, rule := range append(hairpinRules(t, hc, r), snatRules(t, sc, r)...) {
+		c.AddRule(rule)
 	}
 }
