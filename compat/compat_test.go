@@ -15,6 +15,7 @@ import (
 
 	"github.com/lab-ops/natmap/internal/golden"
 	"github.com/lab-ops/natmap/internal/netnstest"
+	"github.com/lab-ops/natmap/internal/sequence"
 	"github.com/lab-ops/natmap/nat"
 )
 
@@ -49,41 +50,16 @@ func TestIntegrationGoldenBothModes(t *testing.T) {
 			ns := netnstest.New(t, "nmipt")
 			ctx := context.Background()
 			b := New(mode)
-			smtp := fwd("", "tcp", "203.0.113.43:25", "10.0.0.101:25")
-			ssh := fwd("", "tcp", "203.0.113.43:2222", "10.0.0.101:22")
-			dns := fwd("", "udp", "203.0.113.43:53", "10.0.0.53:53")
-			web := fwd("vmbr0", "tcp", "203.0.113.43:443", "10.0.0.102:443")
-			anyAddr := fwd("", "tcp", "0.0.0.0:8080", "172.17.0.2:80")
-			v6 := fwd("", "tcp", "[2001:db8::43]:80", "[fd00::101]:8080")
-			byIf := fwd("vmbr0", "tcp", "0.0.0.0:8443", "10.0.0.102:443") // whatever address vmbr0 has
-			// 18 single ports and a range to one host: multiport lists of at
-			// most 15 slots, the range as a range.
-			var many []nat.Forward
-			for p := 1000; p < 1036; p += 2 {
-				many = append(many, fwd("", "tcp", fmt.Sprintf("203.0.113.44:%d", p), fmt.Sprintf("10.0.0.103:%d", p)))
-			}
-			for p := 5000; p <= 5009; p++ {
-				many = append(many, fwd("", "tcp", fmt.Sprintf("203.0.113.44:%d", p), fmt.Sprintf("10.0.0.103:%d", p)))
-			}
-			rules := nat.Rules{
-				SNATs:   []nat.SNAT{{IntNet: netip.MustParsePrefix("10.0.0.0/24"), ExtIP: netip.MustParseAddr("203.0.113.43"), ExtIf: "vmbr0"}},
-				SameNet: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")},
-			}
-			// Hairpins of smtp and ssh (10.0.0.101's ports 25 and 22) and
-			// of 5000-5009 (one masquerade for the range).
-			lan := netip.MustParsePrefix("10.0.0.0/24")
-			hairpins := []nat.Hairpinned{{LAN: lan, Endpoint: smtp.Endpoint()}, {LAN: lan, Endpoint: ssh.Endpoint()}}
-			for _, f := range many[18:] {
-				hairpins = append(hairpins, nat.Hairpinned{LAN: lan, Endpoint: f.Endpoint()})
-			}
 			err := ns.Do(func() error {
-				if err := b.Replace(ctx, nat.Ruleset{Forwards: []nat.Forward{smtp, dns}}); err != nil {
+				if err := b.Replace(ctx, sequence.Start()); err != nil {
 					return err
 				}
-				if err := b.Apply(ctx, nat.Change{Add: append([]nat.Forward{ssh, web, anyAddr, v6, byIf}, many...), Rules: &rules, HairpinAdd: hairpins}); err != nil {
-					return err
+				for _, ch := range sequence.Changes() {
+					if err := b.Apply(ctx, ch); err != nil {
+						return err
+					}
 				}
-				return b.Apply(ctx, nat.Change{Del: []nat.Forward{dns}})
+				return nil
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -94,7 +70,7 @@ func TestIntegrationGoldenBothModes(t *testing.T) {
 			// A failed change (deleting what is absent) changes nothing.
 			before := save(t, ns, mode, false)
 			err = ns.Do(func() error {
-				return b.Apply(ctx, nat.Change{Del: []nat.Forward{dns}, Add: []nat.Forward{fwd("", "tcp", "203.0.113.43:26", "10.0.0.101:26")}})
+				return b.Apply(ctx, nat.Change{Del: []nat.Forward{sequence.DNS}, Add: []nat.Forward{fwd("", "tcp", "203.0.113.43:26", "10.0.0.101:26")}})
 			})
 			if err == nil {
 				t.Fatal("deleting an absent forward succeeded")
@@ -293,4 +269,13 @@ func TestIntegrationNoIPv6Kernel(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Render is a pure encoder: the saved files for the shared sequence's
+// final ruleset, without root. Loaded, they are the kernel's rules the
+// golden test above checks (TestIntegrationSaveAndReload loads them).
+func TestRenderGolden(t *testing.T) {
+	v4, v6 := Render(sequence.Final())
+	golden.Check(t, "render.v4", string(v4), *update)
+	golden.Check(t, "render.v6", string(v6), *update)
 }
