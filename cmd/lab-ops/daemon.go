@@ -67,100 +67,32 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		return err
 	}
 	defer lock.Close()
-	file := &store.File{Path: d.State, Log: log}
-	st, err := file.Load()
-	if err != nil {
-		return fmt.Errorf("refusing to start, the state file is left as it is: %w", err)
+	r, err := d.restore(ctx, log)
+	if r != nil {
+		defer r.close()
 	}
-	be, err := chooseBackend(d.Backend, d.IptablesMode, log)
 	if err != nil {
 		return err
 	}
-	defer be.close()
-	backend, reason := be.backend, be.reason
-	log.Info("backend chosen", "backend", backend.Name(), "reason", reason)
-
-	docker := dockermap.New(d.DockerHost, d.DockerTimeout, log)
-	if file.Migrated() {
-		n, err := compat.RemoveEarlier()
-		if err != nil {
-			return fmt.Errorf("taking over from the earlier natmap: %w", err)
-		}
-		log.Info("migrating the earlier natmap's state file; its iptables rules were removed", "state", d.State, "removed", n)
-	}
-	settings, err := loadHostSettings(hostSettingsPath(d.State))
-	if err != nil {
-		return err
-	}
-	met := newMetrics(version(), backend.Name())
-	svc := nat.NewService(nat.Deps{Backend: timed{backend, met}, Reserver: reserve.New(), Store: file, System: hostSystem{settings},
-		Router: route.Netlink{}, Docker: docker, Log: log})
-	restoring := fmt.Sprintf("restoring %d rules from %s", len(st.Dnats)+len(st.Hairpins)+len(st.Snats)+len(st.PolicyRoutes)+len(st.Mappings), d.State)
-	_ = notify("STATUS=" + restoring)
-	started := make(chan struct{})
-	go starting(restoring, started, 5*time.Second, 10*time.Minute)
-	err = svc.Start(ctx, st)
-	close(started)
-	if err != nil {
-		return err
-	}
-	defer svc.Close()
-	if file.Migrated() {
-		if err := file.FinishMigration(svc.State()); err != nil {
-			return err
-		}
-		log.Info("state file rewritten in natmap's format", "state", d.State, "backup", file.BackupPath())
-	}
-
-	met.watch(svc, docker.State, docker.Reconnects)
-	go svc.PublishStats(ctx, statsInterval)
-	// Restoring thousands of forwards builds a few times the memory it
-	// keeps (the decoded file, the netlink batch); give it back now rather
-	// than leave it to the background scavenger.
-	debug.FreeOSMemory()
-	if d.Config != "" {
-		if err := applyAtStart(ctx, svc, d.Config, log); err != nil {
-			return err
-		}
-	}
-
 	ln, err := listen(g.Socket, d.SocketGroup, log)
 	if err != nil {
 		return err
 	}
-	var metricsSrv *http.Server
 	if d.MetricsListen != "" {
-		mln, err := net.Listen("tcp", d.MetricsListen)
+		metricsSrv, err := serveMetrics(d.MetricsListen, r.met, log)
 		if err != nil {
 			ln.Close()
-			return fmt.Errorf("--metrics-listen: %w", err)
+			return err
 		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", met.handler())
-		// A scraper gets a few connections and tight timeouts: the port is
-		// reachable from the network, the socket is not.
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-			WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second}
-		go metricsSrv.Serve(&limitListener{Listener: mln, max: metricsConns})
 		defer metricsSrv.Close()
-		log.Info("serving metrics", "address", mln.Addr().String())
 	}
-	api := http.NewServeMux()
-	api.Handle("GET /metrics", met.handler())
-	policy, err := d.policy()
+	handler, err := d.handler(r, log)
 	if err != nil {
+		ln.Close()
 		return err
 	}
-	api.Handle("/", nat.NewHandler(svc, nat.Info{
-		Version: version(), BackendReason: reason, Started: time.Now(),
-		Render:         func(rs nat.Ruleset) []byte { return be.render(rs)[0].data },
-		Save:           func(rs nat.Ruleset) ([]nat.SavedFile, error) { return saveFiles(d.savePath(backend), be.render(rs)) },
-		DockerState:    docker.State,
-		ContainerNames: docker.Names,
-		Policy:         policy,
-	}, log))
 	srv := &http.Server{
-		Handler:           api,
+		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       time.Minute,
@@ -168,20 +100,9 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(&limitListener{Listener: ln, max: maxConns, root: rootConns}) }()
-	go every(ctx, d.RetryInterval, func() { svc.RetryInactive(ctx) })
-	go every(ctx, time.Second, func() { svc.RefreshInterfaces(ctx) })
-	go healLoop(ctx, svc, d.CheckInterval)
-	go every(ctx, checkpointQuiet, func() {
-		if err := svc.Checkpoint(checkpointQuiet); err != nil {
-			log.Warn("writing the state file whole failed; changes stay in its journal", "state", d.State, "err", err)
-		}
-	})
-	go docker.Watch(ctx, svc, time.Second)
-	if every := watchdogInterval(); every > 0 {
-		go watchdog(ctx, every, func(ctx context.Context) error { return alive(ctx, svc, g.Socket) }, log)
-	}
+	d.keepUp(ctx, r, g.Socket, log)
 	log.Info("serving", "socket", g.Socket, "state", d.State, "version", version())
-	if err := notify("READY=1", "STATUS="+svc.Stats().Summary()); err != nil {
+	if err := notify("READY=1", "STATUS="+r.svc.Stats().Summary()); err != nil {
 		log.Warn("readiness not sent", "err", err)
 	}
 
@@ -192,7 +113,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		case err := <-served:
 			return fmt.Errorf("serving %s: %w", g.Socket, err)
 		case <-hup:
-			reload(ctx, svc, file, log)
+			reload(ctx, r.svc, r.file, log)
 		}
 	}
 	log.Info("stopping; kernel rules stay in place")
@@ -203,10 +124,145 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		log.Warn("closing connections", "err", err)
 	}
 	os.Remove(g.Socket)
-	if err := svc.Checkpoint(0); err != nil {
+	if err := r.svc.Checkpoint(0); err != nil {
 		log.Warn("writing the state file whole failed; changes stay in its journal", "state", d.State, "err", err)
 	}
 	return nil
+}
+
+// restored is the daemon after restore: its state file, backend, Docker,
+// metrics and the running service.
+type restored struct {
+	file   *store.File
+	be     chosen
+	docker *dockermap.Docker
+	met    *metrics
+	svc    *nat.Service
+	// close releases what restore made, in reverse order.
+	closers []func()
+}
+
+func (r *restored) close() {
+	for i := len(r.closers) - 1; i >= 0; i-- {
+		r.closers[i]()
+	}
+}
+
+// restore loads the state, chooses the backend, takes over from the
+// earlier natmap if its state is found, starts the service on the state
+// (every rule back in the kernel) and applies --config. The restored
+// daemon is returned with an error too, for its close.
+func (d *DaemonCmd) restore(ctx context.Context, log *slog.Logger) (*restored, error) {
+	r := &restored{file: &store.File{Path: d.State, Log: log}}
+	st, err := r.file.Load()
+	if err != nil {
+		return nil, fmt.Errorf("refusing to start, the state file is left as it is: %w", err)
+	}
+	if r.be, err = chooseBackend(d.Backend, d.IptablesMode, log); err != nil {
+		return nil, err
+	}
+	r.closers = append(r.closers, r.be.close)
+	log.Info("backend chosen", "backend", r.be.backend.Name(), "reason", r.be.reason)
+
+	r.docker = dockermap.New(d.DockerHost, d.DockerTimeout, log)
+	if r.file.Migrated() {
+		n, err := compat.RemoveEarlier()
+		if err != nil {
+			return r, fmt.Errorf("taking over from the earlier natmap: %w", err)
+		}
+		log.Info("migrating the earlier natmap's state file; its iptables rules were removed", "state", d.State, "removed", n)
+	}
+	settings, err := loadHostSettings(hostSettingsPath(d.State))
+	if err != nil {
+		return r, err
+	}
+	r.met = newMetrics(version(), r.be.backend.Name())
+	r.svc = nat.NewService(nat.Deps{Backend: timed{r.be.backend, r.met}, Reserver: reserve.New(), Store: r.file, System: hostSystem{settings},
+		Router: route.Netlink{}, Docker: r.docker, Log: log})
+	restoring := fmt.Sprintf("restoring %d rules from %s", len(st.Dnats)+len(st.Hairpins)+len(st.Snats)+len(st.PolicyRoutes)+len(st.Mappings), d.State)
+	_ = notify("STATUS=" + restoring)
+	started := make(chan struct{})
+	go starting(restoring, started, 5*time.Second, 10*time.Minute)
+	err = r.svc.Start(ctx, st)
+	close(started)
+	if err != nil {
+		return r, err
+	}
+	r.closers = append(r.closers, r.svc.Close)
+	if r.file.Migrated() {
+		if err := r.file.FinishMigration(r.svc.State()); err != nil {
+			return r, err
+		}
+		log.Info("state file rewritten in natmap's format", "state", d.State, "backup", r.file.BackupPath())
+	}
+	r.met.watch(r.svc, r.docker.State, r.docker.Reconnects)
+	go r.svc.PublishStats(ctx, statsInterval)
+	// Restoring thousands of forwards builds a few times the memory it
+	// keeps (the decoded file, the netlink batch); give it back now rather
+	// than leave it to the background scavenger.
+	debug.FreeOSMemory()
+	if d.Config != "" {
+		if err := applyAtStart(ctx, r.svc, d.Config, log); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// serveMetrics serves GET /metrics on a TCP address (--metrics-listen).
+func serveMetrics(addr string, met *metrics, log *slog.Logger) (*http.Server, error) {
+	mln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", met.handler())
+	// A scraper gets a few connections and tight timeouts: the port is
+	// reachable from the network, the socket is not.
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second}
+	go srv.Serve(&limitListener{Listener: mln, max: metricsConns})
+	log.Info("serving metrics", "address", mln.Addr().String())
+	return srv, nil
+}
+
+// handler is the socket's API, with GET /metrics.
+func (d *DaemonCmd) handler(r *restored, log *slog.Logger) (http.Handler, error) {
+	policy, err := d.policy()
+	if err != nil {
+		return nil, err
+	}
+	api := http.NewServeMux()
+	api.Handle("GET /metrics", r.met.handler())
+	be := r.be
+	api.Handle("/", nat.NewHandler(r.svc, nat.Info{
+		Version: version(), BackendReason: be.reason, Started: time.Now(),
+		Render:         func(rs nat.Ruleset) []byte { return be.render(rs)[0].data },
+		Save:           func(rs nat.Ruleset) ([]nat.SavedFile, error) { return saveFiles(d.savePath(be.backend), be.render(rs)) },
+		DockerState:    r.docker.State,
+		ContainerNames: r.docker.Names,
+		Policy:         policy,
+	}, log))
+	return api, nil
+}
+
+// keepUp starts what runs beside the API until ctx ends: retrying
+// inactive forwards, following interface addresses, healing the rules,
+// compacting the state, following Docker, and the systemd watchdog.
+func (d *DaemonCmd) keepUp(ctx context.Context, r *restored, socket string, log *slog.Logger) {
+	svc := r.svc
+	go every(ctx, d.RetryInterval, func() { svc.RetryInactive(ctx) })
+	go every(ctx, time.Second, func() { svc.RefreshInterfaces(ctx) })
+	go healLoop(ctx, svc, d.CheckInterval)
+	go every(ctx, checkpointQuiet, func() {
+		if err := svc.Checkpoint(checkpointQuiet); err != nil {
+			log.Warn("writing the state file whole failed; changes stay in its journal", "state", d.State, "err", err)
+		}
+	})
+	go r.docker.Watch(ctx, svc, time.Second)
+	if every := watchdogInterval(); every > 0 {
+		go watchdog(ctx, every, func(ctx context.Context) error { return alive(ctx, svc, socket) }, log)
+	}
 }
 
 // alive proves the daemon works for the watchdog: its service lock is
