@@ -357,134 +357,183 @@ type source struct {
 // configuration alone), and where each forward came from. Forwards that
 // disagree (one endpoint, two targets) are problems.
 func (s *Service) desired(before State, p parsed, mappings []at[Mapping], fwd *ForwardingConfig, prune bool) (State, map[Endpoint]source, []Problem) {
-	want := State{IPForward: before.IPForward, IPv6Forward: before.IPv6Forward, NextMappingID: before.NextMappingID}
+	m := newMerge(before)
 	if fwd != nil {
-		want.IPForward = fwd.IPv4 || (!prune && before.IPForward)
-		want.IPv6Forward = fwd.IPv6 || (!prune && before.IPv6Forward)
+		m.want.IPForward = fwd.IPv4 || (!prune && before.IPForward)
+		m.want.IPv6Forward = fwd.IPv6 || (!prune && before.IPv6Forward)
 	}
-	forwards := map[Endpoint]Forward{}
-	sources := map[Endpoint]source{}
-	var problems []Problem
-	claim := func(src source, fs []Forward) bool {
-		ok := true
-		for _, f := range fs {
-			have, taken := forwards[f.Endpoint()]
-			switch {
-			case !taken:
-				forwards[f.Endpoint()] = f
-				sources[f.Endpoint()] = src
-			case have != f:
-				what := "this configuration"
-				if other := sources[f.Endpoint()]; other.section != "" {
-					what = fmt.Sprintf("%s[%d]", other.section, other.index)
-				} else {
-					what = "a rule already installed (apply --prune to replace it)"
-				}
-				problems = append(problems, Problem{Section: src.section, Index: src.index,
-					Error: forwardedElsewhere(f, have) + " by " + what})
-				ok = false
-			}
-		}
-		return ok
-	}
-
-	dnats := map[DNATID]DNAT{}
-	hairpins := map[HairpinID]Hairpin{}
-	snats := map[SNATID]SNAT{}
-	routes := map[PolicyRoute]bool{}
-	tables := map[uint32]PolicyRoute{} // a route of each table, for its gateway
-	var kept []Mapping
-	keptKeys := map[mappingKey]bool{}
 	if !prune {
-		for _, d := range before.Dnats {
-			claim(source{}, d.Forwards())
-			dnats[d.ID()] = d
-		}
-		for _, h := range before.Hairpins {
-			claim(source{}, h.dnat().Forwards())
-			hairpins[h.ID()] = h
-		}
-		for _, sn := range before.Snats {
-			snats[sn.ID()] = sn
-		}
-		for _, r := range before.PolicyRoutes {
-			routes[r] = true
-			tables[r.Table] = r
-		}
-		for _, m := range before.Mappings {
-			claim(source{}, []Forward{m.forward()})
-			kept = append(kept, m)
-			keptKeys[m.key()] = true
+		m.keep(before)
+	}
+	m.dnats(p.dnats)
+	m.hairpins(p.hairpins, s.router)
+	for _, e := range p.snats {
+		m.snat[e.v.ID()] = e.v
+	}
+	m.routes(p.routes, s)
+	m.mappings(mappings)
+	return m.result(), m.sources, m.problems
+}
+
+// merge builds desired's state: the rules merged so far, each forward's
+// endpoint with its target and where it came from, and the problems.
+type merge struct {
+	want     State
+	forwards map[Endpoint]Forward
+	sources  map[Endpoint]source
+	problems []Problem
+	dnat     map[DNATID]DNAT
+	hairpin  map[HairpinID]Hairpin
+	snat     map[SNATID]SNAT
+	route    map[PolicyRoute]bool
+	tables   map[uint32]PolicyRoute // a route of each table, for its gateway
+	kept     []Mapping
+	keptKeys map[mappingKey]bool
+}
+
+func newMerge(before State) *merge {
+	return &merge{
+		want:     State{IPForward: before.IPForward, IPv6Forward: before.IPv6Forward, NextMappingID: before.NextMappingID},
+		forwards: map[Endpoint]Forward{}, sources: map[Endpoint]source{},
+		dnat: map[DNATID]DNAT{}, hairpin: map[HairpinID]Hairpin{}, snat: map[SNATID]SNAT{},
+		route: map[PolicyRoute]bool{}, tables: map[uint32]PolicyRoute{}, keptKeys: map[mappingKey]bool{},
+	}
+}
+
+// claim takes fs's endpoints for src; an endpoint already taken to
+// another target is a problem of src's (false).
+func (m *merge) claim(src source, fs []Forward) bool {
+	ok := true
+	for _, f := range fs {
+		have, taken := m.forwards[f.Endpoint()]
+		switch {
+		case !taken:
+			m.forwards[f.Endpoint()] = f
+			m.sources[f.Endpoint()] = src
+		case have != f:
+			what := "this configuration"
+			if other := m.sources[f.Endpoint()]; other.section != "" {
+				what = fmt.Sprintf("%s[%d]", other.section, other.index)
+			} else {
+				what = "a rule already installed (apply --prune to replace it)"
+			}
+			m.problems = append(m.problems, Problem{Section: src.section, Index: src.index,
+				Error: forwardedElsewhere(f, have) + " by " + what})
+			ok = false
 		}
 	}
-	for _, e := range p.dnats {
+	return ok
+}
+
+// keep takes every rule of before (apply without --prune).
+func (m *merge) keep(before State) {
+	for _, d := range before.Dnats {
+		m.claim(source{}, d.Forwards())
+		m.dnat[d.ID()] = d
+	}
+	for _, h := range before.Hairpins {
+		m.claim(source{}, h.dnat().Forwards())
+		m.hairpin[h.ID()] = h
+	}
+	for _, sn := range before.Snats {
+		m.snat[sn.ID()] = sn
+	}
+	for _, r := range before.PolicyRoutes {
+		m.route[r] = true
+		m.tables[r.Table] = r
+	}
+	for _, mp := range before.Mappings {
+		m.claim(source{}, []Forward{mp.forward()})
+		m.kept = append(m.kept, mp)
+		m.keptKeys[mp.key()] = true
+	}
+}
+
+func (m *merge) dnats(ds []at[DNAT]) {
+	for _, e := range ds {
 		i, d := e.i, e.v
-		if !claim(source{"dnat", i}, d.Forwards()) {
+		if !m.claim(source{"dnat", i}, d.Forwards()) {
 			continue
 		}
-		if old, ok := dnats[d.ID()]; ok {
+		if old, ok := m.dnat[d.ID()]; ok {
 			d.Ports = old.Ports.Union(d.Ports)
 		}
-		dnats[d.ID()] = d
+		m.dnat[d.ID()] = d
 	}
-	for _, e := range p.hairpins {
+}
+
+// hairpins merges the file's hairpins; one without lan_cidr gets the
+// connected network of its internal address.
+func (m *merge) hairpins(hs []at[Hairpin], router Router) {
+	for _, e := range hs {
 		i, h := e.i, e.v
 		if !h.LanCIDR.IsValid() {
-			lan, err := s.router.ConnectedPrefix(h.IntIP)
+			lan, err := router.ConnectedPrefix(h.IntIP)
 			if err != nil {
-				problems = append(problems, Problem{Section: "hairpin", Index: i, Error: err.Error()})
+				m.problems = append(m.problems, Problem{Section: "hairpin", Index: i, Error: err.Error()})
 				continue
 			}
 			h.LanCIDR = lan
 		}
-		if !claim(source{"hairpin", i}, h.dnat().Forwards()) {
+		if !m.claim(source{"hairpin", i}, h.dnat().Forwards()) {
 			continue
 		}
-		if old, ok := hairpins[h.ID()]; ok {
+		if old, ok := m.hairpin[h.ID()]; ok {
 			h.Ports = old.Ports.Union(h.Ports)
 		}
-		hairpins[h.ID()] = h
+		m.hairpin[h.ID()] = h
 	}
-	for _, e := range p.snats {
-		snats[e.v.ID()] = e.v
-	}
-	for _, e := range p.routes {
+}
+
+// routes merges the file's policy routes: a table keeps one gateway, and
+// a route not installed yet needs a gateway on a connected network.
+func (m *merge) routes(rs []at[PolicyRoute], s *Service) {
+	for _, e := range rs {
 		i, r := e.i, e.v
-		if err := tableClash(r, maps.Values(tables)); err != nil {
-			problems = append(problems, Problem{Section: "policy_routes", Index: i, Error: errorText(err)})
+		if err := tableClash(r, maps.Values(m.tables)); err != nil {
+			m.problems = append(m.problems, Problem{Section: "policy_routes", Index: i, Error: errorText(err)})
 			continue
 		}
 		if _, installed := s.routes[r]; !installed {
 			if err := s.router.CheckGateway(r.Via); err != nil {
-				problems = append(problems, Problem{Section: "policy_routes", Index: i, Error: err.Error()})
+				m.problems = append(m.problems, Problem{Section: "policy_routes", Index: i, Error: err.Error()})
 				continue
 			}
 		}
-		routes[r] = true
-		tables[r.Table] = r
+		m.route[r] = true
+		m.tables[r.Table] = r
 	}
-	for _, e := range mappings {
-		i, m := e.i, e.v
-		if keptKeys[m.key()] {
+}
+
+// mappings merges the file's mappings; a new one gets the next ID.
+func (m *merge) mappings(ms []at[Mapping]) {
+	for _, e := range ms {
+		i, mp := e.i, e.v
+		if m.keptKeys[mp.key()] {
 			continue
 		}
-		if !claim(source{"docker", i}, []Forward{m.forward()}) {
+		if !m.claim(source{"docker", i}, []Forward{mp.forward()}) {
 			continue
 		}
-		if m.ID == 0 {
-			m.ID = want.NextMappingID
-			want.NextMappingID++
+		if mp.ID == 0 {
+			mp.ID = m.want.NextMappingID
+			m.want.NextMappingID++
 		}
-		kept = append(kept, m)
-		keptKeys[m.key()] = true
+		m.kept = append(m.kept, mp)
+		m.keptKeys[mp.key()] = true
 	}
-	want.Dnats = slices.SortedFunc(maps.Values(dnats), compareDNAT)
-	want.Hairpins = slices.SortedFunc(maps.Values(hairpins), compareHairpin)
-	want.Snats = slices.SortedFunc(maps.Values(snats), compareSNAT)
-	want.PolicyRoutes = slices.SortedFunc(maps.Keys(routes), comparePolicyRoute)
-	want.Mappings = kept
+}
+
+// result is the merged state, each list in its order.
+func (m *merge) result() State {
+	want := m.want
+	want.Dnats = slices.SortedFunc(maps.Values(m.dnat), compareDNAT)
+	want.Hairpins = slices.SortedFunc(maps.Values(m.hairpin), compareHairpin)
+	want.Snats = slices.SortedFunc(maps.Values(m.snat), compareSNAT)
+	want.PolicyRoutes = slices.SortedFunc(maps.Keys(m.route), comparePolicyRoute)
+	want.Mappings = m.kept
 	slices.SortFunc(want.Mappings, func(a, b Mapping) int { return a.ID - b.ID })
-	return want, sources, problems
+	return want
 }
 
 func compareEndpoint(a, b Endpoint) int { return strings.Compare(a.String(), b.String()) }
