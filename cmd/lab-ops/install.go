@@ -153,32 +153,65 @@ func (c *InstallCmd) Run(g *Globals, out *output, app *kong.Kong) error {
 	}
 	h := newHost(c.Root)
 	unit := []byte(installedUnit())
-	defaults := []byte(defaultsFile(app.Model))
 	pagePaths := map[string]string{}
 	for name, page := range manPages(app.Model) {
 		pagePaths[filepath.Join(manDir, name)] = page
 	}
-	changed := false // the binary or the unit: a running service restarts
-	joined := false  // user joined the group
-	steps := []step{
+	p := &installPlan{h: h}
+	steps := p.programSteps(self, bin, pagePaths)
+	steps = append(steps, p.groupSteps(user)...)
+	steps = append(steps, p.configSteps([]byte(defaultsFile(app.Model)), unit)...)
+	steps = append(steps, p.serviceSteps()...)
+	report := &stepsReport{DryRun: c.DryRun}
+	if c.DryRun {
+		report.Unit = string(unit)
+		if !out.json {
+			fmt.Fprintf(out.stdout, "The unit file %s:\n\n%s\n", unitPath, unit)
+		}
+	}
+	if err := runSteps(steps, report, out); err != nil {
+		return err
+	}
+	if p.joined {
+		report.note(out, fmt.Sprintf("After %s logs in again, lab-ops natmap works without sudo.\n", user))
+	}
+	report.note(out, groupNotice)
+	report.finish(out)
+	return nil
+}
+
+// installPlan makes install's steps and records what they did.
+type installPlan struct {
+	h       host
+	changed bool // the binary or the unit: a running service restarts
+	joined  bool // the user joined the group
+}
+
+// programSteps copy the binary and write its man pages and completions.
+func (p *installPlan) programSteps(self string, bin []byte, pages map[string]string) []step {
+	h := p.h
+	return []step{
 		{
 			what: "copy " + self + " to " + binPath,
 			done: func() (bool, error) { return h.sameFile(binPath, bin, 0o755) },
 			do: func() error {
-				changed = true
+				p.changed = true
 				return store.WriteFile(h.path(binPath), bin, 0o755)
 			},
 		},
-		writeStep(h, "write the man pages to "+manDir+" (man lab-ops-natmap)", pagePaths),
+		writeStep(h, "write the man pages to "+manDir+" (man lab-ops-natmap)", pages),
 		writeStep(h, "write the shell completions where bash-completion, zsh and fish look ("+strings.Join(slices.Sorted(maps.Keys(completionFiles)), ", ")+")", completionFiles),
-		{
-			what: "create the system group " + serviceGroup,
-			done: func() (bool, error) { _, ok, err := h.groupMembers(serviceGroup); return ok, err },
-			do: func() error {
-				return h.run("groupadd", append(h.prefix(), "--system", serviceGroup)...)
-			},
-		},
 	}
+}
+
+// groupSteps create the socket's group and add user (if any) to it.
+func (p *installPlan) groupSteps(user string) []step {
+	h := p.h
+	steps := []step{{
+		what: "create the system group " + serviceGroup,
+		done: func() (bool, error) { _, ok, err := h.groupMembers(serviceGroup); return ok, err },
+		do:   func() error { return h.run("groupadd", append(h.prefix(), "--system", serviceGroup)...) },
+	}}
 	if user != "" {
 		steps = append(steps, step{
 			what: "add " + user + " to the group " + serviceGroup + " (it takes effect at their next login)",
@@ -187,30 +220,43 @@ func (c *InstallCmd) Run(g *Globals, out *output, app *kong.Kong) error {
 				return slices.Contains(members, user), err
 			},
 			do: func() error {
-				joined = true
+				p.joined = true
 				return h.run("usermod", append(h.prefix(), "--append", "--groups", serviceGroup, user)...)
 			},
 		})
 	}
-	steps = append(steps, step{
+	return steps
+}
+
+// configSteps write the daemon's options (only if missing) and the unit.
+func (p *installPlan) configSteps(defaults, unit []byte) []step {
+	h := p.h
+	return []step{{
 		what: "write the daemon's options, all commented out, to " + defaultsPath + " (kept if it exists: it is yours)",
 		done: func() (bool, error) { ok, err := h.absent(defaultsPath)(); return !ok, err },
 		do: func() error {
-			changed = true
+			p.changed = true
 			return store.WriteFile(h.path(defaultsPath), defaults, 0o644)
 		},
-	}, step{
+	}, {
 		what: "write " + unitPath,
 		done: func() (bool, error) { return h.sameFile(unitPath, unit, 0o644) },
 		do: func() error {
-			changed = true
+			p.changed = true
 			return store.WriteFile(h.path(unitPath), unit, 0o644)
 		},
-	})
+	}}
+}
+
+// serviceSteps enable the unit and, on the running system, reload systemd
+// and (re)start the service when something changed.
+func (p *installPlan) serviceSteps() []step {
+	h := p.h
+	var steps []step
 	if h.live() {
 		steps = append(steps, step{
 			what: "systemctl daemon-reload",
-			done: func() (bool, error) { return !changed, nil },
+			done: func() (bool, error) { return !p.changed, nil },
 			do:   func() error { return h.systemctl("daemon-reload") },
 		})
 	}
@@ -222,26 +268,11 @@ func (c *InstallCmd) Run(g *Globals, out *output, app *kong.Kong) error {
 	if h.live() {
 		steps = append(steps, step{
 			what: "systemctl start " + unitName + " (or restart it when the binary or the unit changed)",
-			done: func() (bool, error) { return !changed && h.systemctl("--quiet", "is-active", unitName) == nil, nil },
+			done: func() (bool, error) { return !p.changed && h.systemctl("--quiet", "is-active", unitName) == nil, nil },
 			do:   func() error { return h.systemctl("restart", unitName) },
 		})
 	}
-	report := &stepsReport{DryRun: c.DryRun}
-	if c.DryRun {
-		report.Unit = string(unit)
-		if !out.json {
-			fmt.Fprintf(out.stdout, "The unit file %s:\n\n%s\n", unitPath, unit)
-		}
-	}
-	if err := runSteps(steps, report, out); err != nil {
-		return err
-	}
-	if joined {
-		report.note(out, fmt.Sprintf("After %s logs in again, lab-ops natmap works without sudo.\n", user))
-	}
-	report.note(out, groupNotice)
-	report.finish(out)
-	return nil
+	return steps
 }
 
 // groupNotice tells the admin what membership of the socket's group
@@ -262,67 +293,10 @@ func (c *UninstallCmd) Run(g *Globals, out *output) error {
 	hadUnit := err == nil
 	var steps []step
 	if h.live() && c.Purge {
-		active := h.systemctl("--quiet", "is-active", unitName) == nil
-		steps = append(steps, step{
-			what: "remove every natmap rule from the kernel",
-			done: func() (bool, error) { return false, nil },
-			do: func() error {
-				if active { // the daemon removes policy routes too
-					_, err := newClient(&Globals{Socket: socketLink}, out).call(http.MethodDelete, "/clear", nil, nil)
-					return err
-				}
-				log := slog.New(slog.NewTextHandler(out.stderr, nil))
-				nb := nft.New()
-				defer nb.Close()
-				if err := nb.Remove(); err != nil {
-					return err
-				}
-				removeCompat(log, compat.Legacy, compat.NFT)
-				return nil
-			},
-		})
+		steps = append(steps, clearKernelStep(h, out))
 	}
-	steps = append(steps, step{
-		what: "systemctl disable " + unitName,
-		done: func() (bool, error) {
-			_, err := os.Stat(h.path(unitPath))
-			return errors.Is(err, fs.ErrNotExist) || h.systemctl("--quiet", "is-enabled", unitName) != nil, nil
-		},
-		do: func() error { return h.systemctl("--quiet", "disable", unitName) },
-	})
-	if h.live() {
-		steps = append(steps, step{
-			what: "systemctl stop " + unitName + " (the kernel rules stay unless --purge)",
-			done: func() (bool, error) { return h.systemctl("--quiet", "is-active", unitName) != nil, nil },
-			do:   func() error { return h.systemctl("stop", unitName) },
-		})
-	}
-	steps = append(steps,
-		removeStep(h, unitPath),
-		removeStep(h, socketLink),
-		removeStep(h, binPath),
-		step{
-			what: "remove the man pages from " + manDir,
-			done: func() (bool, error) {
-				matches, err := filepath.Glob(h.path(filepath.Join(manDir, "lab-ops-*.8")))
-				return len(matches) == 0, err
-			},
-			do: func() error {
-				matches, _ := filepath.Glob(h.path(filepath.Join(manDir, "lab-ops-*.8")))
-				for _, m := range matches {
-					if err := os.Remove(m); err != nil {
-						return err
-					}
-				}
-				return nil
-			},
-		},
-		removeStep(h, slices.Sorted(maps.Keys(completionFiles))...),
-		step{
-			what: "delete the group " + serviceGroup,
-			done: func() (bool, error) { _, ok, err := h.groupMembers(serviceGroup); return !ok, err },
-			do:   func() error { return h.run("groupdel", append(h.prefix(), serviceGroup)...) },
-		})
+	steps = append(steps, stopSteps(h)...)
+	steps = append(steps, removeSteps(h)...)
 	if h.live() {
 		steps = append(steps, step{
 			what: "systemctl daemon-reload",
@@ -331,20 +305,7 @@ func (c *UninstallCmd) Run(g *Globals, out *output) error {
 		})
 	}
 	if c.Purge {
-		if h.live() {
-			steps = append(steps, step{
-				what: "put back the host settings natmap changed (" + hostSettingsPath(statePath) + "), forwarding included, as natmap found them",
-				done: h.absent(hostSettingsPath(statePath)),
-				do: func() error {
-					settings, err := loadHostSettings(hostSettingsPath(statePath))
-					if err != nil {
-						return err
-					}
-					return settings.restoreAll()
-				},
-			})
-		}
-		steps = append(steps, removeStep(h, stateDir), removeStep(h, configDir), removeStep(h, defaultsPath))
+		steps = append(steps, purgeSteps(h)...)
 	}
 	report := &stepsReport{DryRun: c.DryRun}
 	if c.Purge && !c.DryRun && asks(c.Yes) {
@@ -364,6 +325,99 @@ func (c *UninstallCmd) Run(g *Globals, out *output) error {
 	}
 	report.finish(out)
 	return nil
+}
+
+// clearKernelStep removes every natmap rule from the kernel: through the
+// daemon when it runs (it removes its policy routes too), or directly.
+func clearKernelStep(h host, out *output) step {
+	active := h.systemctl("--quiet", "is-active", unitName) == nil
+	return step{
+		what: "remove every natmap rule from the kernel",
+		done: func() (bool, error) { return false, nil },
+		do: func() error {
+			if active {
+				_, err := newClient(&Globals{Socket: socketLink}, out).call(http.MethodDelete, "/clear", nil, nil)
+				return err
+			}
+			log := slog.New(slog.NewTextHandler(out.stderr, nil))
+			nb := nft.New()
+			defer nb.Close()
+			if err := nb.Remove(); err != nil {
+				return err
+			}
+			removeCompat(log, compat.Legacy, compat.NFT)
+			return nil
+		},
+	}
+}
+
+// stopSteps disable the unit and stop the service (its rules stay).
+func stopSteps(h host) []step {
+	steps := []step{{
+		what: "systemctl disable " + unitName,
+		done: func() (bool, error) {
+			_, err := os.Stat(h.path(unitPath))
+			return errors.Is(err, fs.ErrNotExist) || h.systemctl("--quiet", "is-enabled", unitName) != nil, nil
+		},
+		do: func() error { return h.systemctl("--quiet", "disable", unitName) },
+	}}
+	if h.live() {
+		steps = append(steps, step{
+			what: "systemctl stop " + unitName + " (the kernel rules stay unless --purge)",
+			done: func() (bool, error) { return h.systemctl("--quiet", "is-active", unitName) != nil, nil },
+			do:   func() error { return h.systemctl("stop", unitName) },
+		})
+	}
+	return steps
+}
+
+// removeSteps remove what install wrote, and the group.
+func removeSteps(h host) []step {
+	pages := func() ([]string, error) { return filepath.Glob(h.path(filepath.Join(manDir, "lab-ops-*.8"))) }
+	return []step{
+		removeStep(h, unitPath),
+		removeStep(h, socketLink),
+		removeStep(h, binPath),
+		{
+			what: "remove the man pages from " + manDir,
+			done: func() (bool, error) { matches, err := pages(); return len(matches) == 0, err },
+			do: func() error {
+				matches, _ := pages()
+				for _, m := range matches {
+					if err := os.Remove(m); err != nil {
+						return err
+					}
+				}
+				return nil
+			},
+		},
+		removeStep(h, slices.Sorted(maps.Keys(completionFiles))...),
+		{
+			what: "delete the group " + serviceGroup,
+			done: func() (bool, error) { _, ok, err := h.groupMembers(serviceGroup); return !ok, err },
+			do:   func() error { return h.run("groupdel", append(h.prefix(), serviceGroup)...) },
+		},
+	}
+}
+
+// purgeSteps put back the host settings natmap changed (on the running
+// system) and remove the state, /etc/natmap and the options file.
+func purgeSteps(h host) []step {
+	var steps []step
+	if h.live() {
+		steps = append(steps, step{
+			what: "put back the host settings natmap changed (" + hostSettingsPath(statePath) + "), forwarding included, as natmap found them",
+			done: h.absent(hostSettingsPath(statePath)),
+			do: func() error {
+				settings, err := loadHostSettings(hostSettingsPath(statePath))
+				if err != nil {
+					return err
+				}
+				return settings.restoreAll()
+			},
+		})
+	}
+	return append(steps, removeStep(h, stateDir), removeStep(h, configDir), removeStep(h, defaultsPath))
 }
 
 // writeStep writes files (path: text), mode 0644.
