@@ -232,7 +232,9 @@ func buildTree(tags []string, f family, items []*item, old *tree) (root [][]stri
 }
 
 // lines are the rules of a node holding items, whose keys span [from, to]
-// within the node, and the chains of its children.
+// within the node, and the chains of its children. (One piece: a node is
+// a leaf or is split in one pass over its items, whose two sides it
+// builds; the sides' state lives only here.)
 func (b *treeBuild) lines(items []*item, from, to key) (lines [][]string, kids []string) {
 	lines = make([][]string, len(b.t.tags))
 	leaf := func() ([][]string, []string) {

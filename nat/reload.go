@@ -38,6 +38,8 @@ func (s *Service) ReloadWith(ctx context.Context, load func() (State, error)) er
 // replaceLocked makes the model st under the lock (Reload, Apply);
 // strict refuses the whole change, listing every port it could not
 // reserve, instead of keeping those forwards inactive (a reserveErrors).
+// It is one piece on purpose: each step's failure undoes the steps before
+// it (reservations, kernel, model), which reads best in one place.
 func (s *Service) replaceLocked(ctx context.Context, st State, strict bool) error {
 	if err := st.Validate(); err != nil {
 		return err

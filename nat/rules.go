@@ -245,34 +245,49 @@ func (s State) Validate() error {
 		}
 		return nil
 	}
-	dnats := map[DNATID]bool{}
-	for i, d := range s.Dnats {
-		where := fmt.Sprintf("dnats[%d]", i)
-		if err := d.Validate(); err != nil {
-			return fmt.Errorf("%s: %w", where, err)
-		}
-		if dnats[d.ID()] {
-			return fmt.Errorf("%s: %s appears twice: %w", where, d, ErrInvalid)
-		}
-		dnats[d.ID()] = true
-		if err := claim(where, d.Forwards()); err != nil {
-			return err
-		}
-	}
-	hairpins := map[HairpinID]bool{}
-	for i, h := range s.Hairpins {
-		where := fmt.Sprintf("hairpins[%d]", i)
-		if err := h.Validate(); err != nil {
-			return fmt.Errorf("%s: %w", where, err)
-		}
-		if hairpins[h.ID()] {
-			return fmt.Errorf("%s: %s appears twice: %w", where, h, ErrInvalid)
-		}
-		hairpins[h.ID()] = true
-		if err := claim(where, h.dnat().Forwards()); err != nil {
-			return err
+	for _, check := range []func() error{
+		func() error {
+			return validateEach("dnats", s.Dnats, DNAT.Validate, DNAT.ID, func(where string, d DNAT) error { return claim(where, d.Forwards()) })
+		},
+		func() error {
+			return validateEach("hairpins", s.Hairpins, Hairpin.Validate, Hairpin.ID, func(where string, h Hairpin) error { return claim(where, h.dnat().Forwards()) })
+		},
+		func() error { return s.validateMappings(claim) },
+		func() error { return validateEach("snats", s.Snats, SNAT.Validate, SNAT.ID, nil) },
+		s.validatePolicyRoutes,
+	} {
+		if err := check(); err != nil {
+			return err // the first, as the sections come
 		}
 	}
+	return nil
+}
+
+// validateEach checks each rule of a section: valid, not twice (by id),
+// and then more (when set).
+func validateEach[R fmt.Stringer, ID comparable](section string, rules []R, validate func(R) error, id func(R) ID, more func(string, R) error) error {
+	ids := map[ID]bool{}
+	for i, r := range rules {
+		where := fmt.Sprintf("%s[%d]", section, i)
+		if err := validate(r); err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+		if ids[id(r)] {
+			return fmt.Errorf("%s: %s appears twice: %w", where, r, ErrInvalid)
+		}
+		ids[id(r)] = true
+		if more != nil {
+			if err := more(where, r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// validateMappings checks each mapping as a request would be, its host
+// port and ID, and claims its endpoint.
+func (s State) validateMappings(claim func(string, []Forward) error) error {
 	ids := map[int]bool{}
 	for i, m := range s.Mappings {
 		where := fmt.Sprintf("mappings[%d]", i)
@@ -288,30 +303,19 @@ func (s State) Validate() error {
 			return err
 		}
 	}
-	snats := map[SNATID]bool{}
-	for i, sn := range s.Snats {
-		if err := sn.Validate(); err != nil {
-			return fmt.Errorf("snats[%d]: %w", i, err)
-		}
-		if snats[sn.ID()] {
-			return fmt.Errorf("snats[%d]: %s appears twice: %w", i, sn, ErrInvalid)
-		}
-		snats[sn.ID()] = true
-	}
-	routes := map[PolicyRoute]bool{}
-	tables := map[uint32]PolicyRoute{}
-	for i, p := range s.PolicyRoutes {
-		if err := p.Validate(); err != nil {
-			return fmt.Errorf("policy_routes[%d]: %w", i, err)
-		}
-		if routes[p] {
-			return fmt.Errorf("policy_routes[%d]: %s appears twice: %w", i, p, ErrInvalid)
-		}
-		routes[p] = true
-		if err := tableClash(p, maps.Values(tables)); err != nil {
-			return fmt.Errorf("policy_routes[%d]: %w", i, err)
-		}
-		tables[p.Table] = p
-	}
 	return nil
+}
+
+// validatePolicyRoutes checks each policy route, not twice, and one
+// gateway a table.
+func (s State) validatePolicyRoutes() error {
+	tables := map[uint32]PolicyRoute{}
+	return validateEach("policy_routes", s.PolicyRoutes, PolicyRoute.Validate, func(p PolicyRoute) PolicyRoute { return p },
+		func(where string, p PolicyRoute) error {
+			if err := tableClash(p, maps.Values(tables)); err != nil {
+				return fmt.Errorf("%s: %w", where, err)
+			}
+			tables[p.Table] = p
+			return nil
+		})
 }

@@ -20,6 +20,16 @@ func Render(rs nat.Ruleset) []byte {
 	w("table inet %s", TableName)
 	w("delete table inet %s", TableName)
 	w("table inet %s {", TableName)
+	renderSets(&b, w, rs)
+	renderRuleChains(w, rs)
+	renderBaseChains(w, lanKeys(rs.Hairpinned))
+	w("}")
+	return []byte(b.String())
+}
+
+// renderSets writes the forwards' sets and maps, a lookup's pair each,
+// and the hairpins' LAN sets.
+func renderSets(b *strings.Builder, w func(string, ...any), rs nat.Ruleset) {
 	groups := groupByLookup(rs.Forwards)
 	for _, l := range lookups {
 		key := keyTypeName(l)
@@ -32,10 +42,10 @@ func Render(rs nat.Ruleset) []byte {
 			pairs[i] = keyText(f) + " : " + f.Int.Addr().String() + " . " + fmt.Sprint(f.Int.Port())
 		}
 		w("\tset match%s {\n\t\ttype %s\n\t\tcounter", l.suffix(), key)
-		writeElements(&b, keys)
+		writeElements(b, keys)
 		w("\t}")
 		w("\tmap dnat%s {\n\t\ttype %s : %s . inet_service", l.suffix(), key, addrTypeName(l.fam))
-		writeElements(&b, pairs)
+		writeElements(b, pairs)
 		w("\t}")
 	}
 	hairpins := map[lanKey][]string{}
@@ -44,9 +54,13 @@ func Render(rs nat.Ruleset) []byte {
 	}
 	for _, k := range lanKeys(rs.Hairpinned) {
 		w("\tset %s {\n\t\ttype %s", k.name(), keyTypeName(k.lookup()))
-		writeElements(&b, hairpins[k])
+		writeElements(b, hairpins[k])
 		w("\t}")
 	}
+}
+
+// renderRuleChains writes the hairpin and SNAT chains.
+func renderRuleChains(w func(string, ...any), rs nat.Ruleset) {
 	w("\tchain %s {", hairpinChain)
 	w("\t\tct mark & %#08x == %#08x masquerade comment %q", MarkDNAT|MarkHairpin, MarkDNAT|MarkHairpin, hairpinMasqComment)
 	for _, p := range rs.SameNet {
@@ -64,8 +78,14 @@ func Render(rs nat.Ruleset) []byte {
 		w("\t\toifname %q %s saddr %s snat %s to %s", s.ExtIf, fam, s.IntNet, fam, s.ExtIP)
 	}
 	w("\t}")
+}
+
+// renderBaseChains writes the chains on the hooks: the hairpin marks and
+// DNAT lookups, the host's own connections, postrouting, forward, the
+// counters and the loopback guard.
+func renderBaseChains(w func(string, ...any), lans []lanKey) {
 	w("\tchain prerouting {\n\t\ttype nat hook prerouting priority %d; policy accept;", prioDNAT)
-	for _, k := range lanKeys(rs.Hairpinned) {
+	for _, k := range lans {
 		key, fam, _ := lookupText(k.lookup())
 		w("\t\t%s saddr %s %s @%s ct mark set ct mark | %#08x comment %q", fam, k.lan, key, k.name(), MarkHairpin, k.comment())
 	}
@@ -101,8 +121,6 @@ func Render(rs nat.Ruleset) []byte {
 	w("\t\tiifname != \"lo\" ip daddr 127.0.0.0/8 counter drop comment %q", localnetComment("to"))
 	w("\t\tiifname != \"lo\" ip saddr 127.0.0.0/8 counter drop comment %q", localnetComment("from"))
 	w("\t}")
-	w("}")
-	return []byte(b.String())
 }
 
 func writeElements(b *strings.Builder, els []string) {

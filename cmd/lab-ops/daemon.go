@@ -116,18 +116,24 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 			reload(ctx, r.svc, r.file, log)
 		}
 	}
+	d.shutdown(srv, r.svc, g.Socket, log)
+	return nil
+}
+
+// shutdown stops serving (the connections get 5 seconds), removes the
+// socket and writes the state file whole; the kernel rules stay.
+func (d *DaemonCmd) shutdown(srv *http.Server, svc *nat.Service, socket string, log *slog.Logger) {
 	log.Info("stopping; kernel rules stay in place")
 	_ = notify("STOPPING=1")
-	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(shutdown); err != nil {
+	if err := srv.Shutdown(ctx); err != nil {
 		log.Warn("closing connections", "err", err)
 	}
-	os.Remove(g.Socket)
-	if err := r.svc.Checkpoint(0); err != nil {
+	os.Remove(socket)
+	if err := svc.Checkpoint(0); err != nil {
 		log.Warn("writing the state file whole failed; changes stay in its journal", "state", d.State, "err", err)
 	}
-	return nil
 }
 
 // restored is the daemon after restore: its state file, backend, Docker,

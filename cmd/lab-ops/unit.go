@@ -46,6 +46,7 @@ func installedUnit() string {
 // socket, which the unit's runtime directory and link decide.
 //
 // header is the first line (who wrote the file); bin is the binary's path.
+// (Long because it is the unit file itself, a template.)
 func unitFile(header, bin string) string {
 	return strings.NewReplacer("@HEADER@", header, "@BIN@", bin, "@SOCK@", runtimeSocket, "@LINK@", socketLink,
 		"@STATE@", stateDir, "@CONF@", configDir, "@GROUP@", serviceGroup, "@DEFAULTS@", defaultsPath).Replace(`# @HEADER@
