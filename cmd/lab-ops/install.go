@@ -18,6 +18,7 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/lab-ops/natmap/compat"
+	"github.com/lab-ops/natmap/daemon"
 	"github.com/lab-ops/natmap/nft"
 	"github.com/lab-ops/natmap/store"
 )
@@ -345,7 +346,7 @@ func clearKernelStep(h host, out *output) step {
 			if err := nb.Remove(); err != nil {
 				return err
 			}
-			removeCompat(log, compat.Legacy, compat.NFT)
+			daemon.RemoveCompat(log, compat.Legacy, compat.NFT)
 			return nil
 		},
 	}
@@ -406,15 +407,9 @@ func purgeSteps(h host) []step {
 	var steps []step
 	if h.live() {
 		steps = append(steps, step{
-			what: "put back the host settings natmap changed (" + hostSettingsPath(statePath) + "), forwarding included, as natmap found them",
-			done: h.absent(hostSettingsPath(statePath)),
-			do: func() error {
-				settings, err := loadHostSettings(hostSettingsPath(statePath))
-				if err != nil {
-					return err
-				}
-				return settings.restoreAll()
-			},
+			what: "put back the host settings natmap changed (" + daemon.HostSettingsPath(statePath) + "), forwarding included, as natmap found them",
+			done: h.absent(daemon.HostSettingsPath(statePath)),
+			do:   func() error { return daemon.RestoreHostSettings(daemon.HostSettingsPath(statePath)) },
 		})
 	}
 	return append(steps, removeStep(h, stateDir), removeStep(h, configDir), removeStep(h, defaultsPath))

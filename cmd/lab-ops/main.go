@@ -13,6 +13,8 @@ import (
 	"slices"
 
 	"github.com/alecthomas/kong"
+
+	"github.com/lab-ops/natmap/daemon"
 )
 
 // Exit codes (README and the man pages' EXIT STATUS say the same).
@@ -24,6 +26,16 @@ const (
 	exitAbsent      = 1 // --check: the rule is not there
 	exitUnknown     = 1
 )
+
+// DaemonCmd runs the daemon (package daemon).
+type DaemonCmd struct {
+	daemon.Options `embed:""`
+}
+
+// Run runs the daemon until SIGTERM or SIGINT.
+func (c *DaemonCmd) Run(g *Globals, out *output) error {
+	return c.Options.Run(g.Socket, g.Verbose, out.stderr, version())
+}
 
 // CLI is the whole command line.
 type CLI struct {

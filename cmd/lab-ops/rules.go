@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/lab-ops/natmap/compat"
+	"github.com/lab-ops/natmap/daemon"
 	"github.com/lab-ops/natmap/nat"
 )
 
@@ -173,7 +174,7 @@ func (c *SaveCmd) Run(g *Globals, out *output) error {
 	if err != nil {
 		return err
 	}
-	saved, err := writeSaved(c.Output, text, compat.Rendered(text))
+	saved, err := daemon.WriteSaved(c.Output, text, compat.Rendered(text))
 	if err != nil {
 		return err
 	}

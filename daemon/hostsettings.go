@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"cmp"
@@ -49,9 +49,9 @@ type savedSettings struct {
 	ForwardHole bool `json:"forward_hole"`
 }
 
-// hostSettingsPath is where the daemon with state file statePath keeps
+// HostSettingsPath is where the daemon with state file statePath keeps
 // what it changed on the host.
-func hostSettingsPath(statePath string) string { return statePath + ".host" }
+func HostSettingsPath(statePath string) string { return statePath + ".host" }
 
 // loadHostSettings reads what an earlier run changed (nothing when there
 // is no file).
@@ -68,6 +68,17 @@ func loadHostSettings(path string) (*hostSettings, error) {
 		h.saved.Sysctl = map[string]string{}
 	}
 	return h, nil
+}
+
+// RestoreHostSettings puts back every host setting recorded at path (the
+// state's HostSettingsPath) as natmap found it, forwarding included
+// (uninstall --purge).
+func RestoreHostSettings(path string) error {
+	settings, err := loadHostSettings(path)
+	if err != nil {
+		return err
+	}
+	return settings.restoreAll()
 }
 
 func (h *hostSettings) persist() error {

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"fmt"
@@ -64,7 +64,7 @@ func chooseBackend(backend, mode string, log *slog.Logger) (chosen, error) {
 			log.Warn("removing the nftables backend's table", "err", err)
 		}
 		nb.Close()
-		removeCompat(log, other(cb.Mode()))
+		RemoveCompat(log, other(cb.Mode()))
 		c.backend, c.close = cb, func() {}
 		c.render = func(rs nat.Ruleset) []savedFile {
 			v4, v6 := compat.Render(rs)
@@ -72,7 +72,7 @@ func chooseBackend(backend, mode string, log *slog.Logger) (chosen, error) {
 		}
 		return c, nil
 	}
-	removeCompat(log, compat.Legacy, compat.NFT)
+	RemoveCompat(log, compat.Legacy, compat.NFT)
 	c.backend, c.close = nb, func() { nb.Close() }
 	c.render = func(rs nat.Ruleset) []savedFile { return []savedFile{{"", nft.Render(rs), false}} }
 	return c, nil
@@ -85,8 +85,8 @@ func other(m compat.Mode) compat.Mode {
 	return compat.Legacy
 }
 
-// removeCompat removes natmap's iptables chains of the given variants.
-func removeCompat(log *slog.Logger, modes ...compat.Mode) {
+// RemoveCompat removes natmap's iptables chains of the given variants.
+func RemoveCompat(log *slog.Logger, modes ...compat.Mode) {
 	for _, m := range modes {
 		if !compat.Available(m) {
 			continue

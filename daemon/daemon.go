@@ -1,9 +1,10 @@
-package main
+package daemon
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -28,8 +29,9 @@ import (
 	"github.com/lab-ops/natmap/store"
 )
 
-// DaemonCmd runs the daemon.
-type DaemonCmd struct {
+// Options are the daemon's options: its command line (lab-ops natmap
+// daemon) and NATMAP_* environment variables.
+type Options struct {
 	State         string        `default:"/var/lib/natmap/state.json" type:"path" help:"State file." placeholder:"PATH" env:"NATMAP_STATE"`
 	SocketGroup   string        `default:"natmap" help:"Group that may use the socket (mode 0660)." placeholder:"NAME" env:"NATMAP_SOCKET_GROUP"`
 	Backend       string        `default:"auto" enum:"auto,nftables,iptables" help:"Kernel backend: ${enum} (auto: iptables when the host's iptables-legacy tables hold rules, else nftables)." env:"NATMAP_BACKEND"`
@@ -47,8 +49,9 @@ type DaemonCmd struct {
 // Run starts the daemon and serves until SIGTERM or SIGINT. On exit the
 // kernel rules stay in place, so traffic keeps flowing across a restart or
 // an upgrade; `clear` is how rules are removed.
-func (d *DaemonCmd) Run(g *Globals, out *output) error {
-	log := newLogger(out.stderr, g.Verbose)
+// socket is the socket to serve, verbose the -v count, version natmap's.
+func (d *Options) Run(socket string, verbose int, stderr io.Writer, version string) error {
+	log := newLogger(stderr, verbose)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// SIGHUP is caught from the first moment: one that arrives during
@@ -59,7 +62,7 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	defer signal.Stop(hup)
 
 	raiseFileLimit(log)
-	if err := refuseLiveSocket(g.Socket); err != nil {
+	if err := refuseLiveSocket(socket); err != nil {
 		return err
 	}
 	lock, err := lockState(d.State)
@@ -67,14 +70,14 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		return err
 	}
 	defer lock.Close()
-	r, err := d.restore(ctx, log)
+	r, err := d.restore(ctx, version, log)
 	if r != nil {
 		defer r.close()
 	}
 	if err != nil {
 		return err
 	}
-	ln, err := listen(g.Socket, d.SocketGroup, log)
+	ln, err := listen(socket, d.SocketGroup, log)
 	if err != nil {
 		return err
 	}
@@ -100,8 +103,8 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(&limitListener{Listener: ln, max: maxConns, root: rootConns}) }()
-	d.keepUp(ctx, r, g.Socket, log)
-	log.Info("serving", "socket", g.Socket, "state", d.State, "version", version())
+	d.keepUp(ctx, r, socket, log)
+	log.Info("serving", "socket", socket, "state", d.State, "version", version)
 	if err := notify("READY=1", "STATUS="+r.svc.Stats().Summary()); err != nil {
 		log.Warn("readiness not sent", "err", err)
 	}
@@ -111,18 +114,18 @@ func (d *DaemonCmd) Run(g *Globals, out *output) error {
 		case <-ctx.Done():
 			done = true
 		case err := <-served:
-			return fmt.Errorf("serving %s: %w", g.Socket, err)
+			return fmt.Errorf("serving %s: %w", socket, err)
 		case <-hup:
 			reload(ctx, r.svc, r.file, log)
 		}
 	}
-	d.shutdown(srv, r.svc, g.Socket, log)
+	d.shutdown(srv, r.svc, socket, log)
 	return nil
 }
 
 // shutdown stops serving (the connections get 5 seconds), removes the
 // socket and writes the state file whole; the kernel rules stay.
-func (d *DaemonCmd) shutdown(srv *http.Server, svc *nat.Service, socket string, log *slog.Logger) {
+func (d *Options) shutdown(srv *http.Server, svc *nat.Service, socket string, log *slog.Logger) {
 	log.Info("stopping; kernel rules stay in place")
 	_ = notify("STOPPING=1")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -144,6 +147,8 @@ type restored struct {
 	docker *dockermap.Docker
 	met    *metrics
 	svc    *nat.Service
+	// version is natmap's, for status and metrics.
+	version string
 	// close releases what restore made, in reverse order.
 	closers []func()
 }
@@ -158,8 +163,8 @@ func (r *restored) close() {
 // earlier natmap if its state is found, starts the service on the state
 // (every rule back in the kernel) and applies --config. The restored
 // daemon is returned with an error too, for its close.
-func (d *DaemonCmd) restore(ctx context.Context, log *slog.Logger) (*restored, error) {
-	r := &restored{file: &store.File{Path: d.State, Log: log}}
+func (d *Options) restore(ctx context.Context, version string, log *slog.Logger) (*restored, error) {
+	r := &restored{file: &store.File{Path: d.State, Log: log}, version: version}
 	st, err := r.file.Load()
 	if err != nil {
 		return nil, fmt.Errorf("refusing to start, the state file is left as it is: %w", err)
@@ -178,11 +183,11 @@ func (d *DaemonCmd) restore(ctx context.Context, log *slog.Logger) (*restored, e
 		}
 		log.Info("migrating the earlier natmap's state file; its iptables rules were removed", "state", d.State, "removed", n)
 	}
-	settings, err := loadHostSettings(hostSettingsPath(d.State))
+	settings, err := loadHostSettings(HostSettingsPath(d.State))
 	if err != nil {
 		return r, err
 	}
-	r.met = newMetrics(version(), r.be.backend.Name())
+	r.met = newMetrics(version, r.be.backend.Name())
 	r.svc = nat.NewService(nat.Deps{Backend: timed{r.be.backend, r.met}, Reserver: reserve.New(), Store: r.file, System: hostSystem{settings},
 		Router: route.Netlink{}, Docker: r.docker, Log: log})
 	restoring := fmt.Sprintf("restoring %d rules from %s", len(st.Dnats)+len(st.Hairpins)+len(st.Snats)+len(st.PolicyRoutes)+len(st.Mappings), d.State)
@@ -233,7 +238,7 @@ func serveMetrics(addr string, met *metrics, log *slog.Logger) (*http.Server, er
 }
 
 // handler is the socket's API, with GET /metrics.
-func (d *DaemonCmd) handler(r *restored, log *slog.Logger) (http.Handler, error) {
+func (d *Options) handler(r *restored, log *slog.Logger) (http.Handler, error) {
 	policy, err := d.policy()
 	if err != nil {
 		return nil, err
@@ -242,7 +247,7 @@ func (d *DaemonCmd) handler(r *restored, log *slog.Logger) (http.Handler, error)
 	api.Handle("GET /metrics", r.met.handler())
 	be := r.be
 	api.Handle("/", nat.NewHandler(r.svc, nat.Info{
-		Version: version(), BackendReason: be.reason, Started: time.Now(),
+		Version: r.version, BackendReason: be.reason, Started: time.Now(),
 		Render:         func(rs nat.Ruleset) []byte { return be.render(rs)[0].data },
 		Save:           func(rs nat.Ruleset) ([]nat.SavedFile, error) { return saveFiles(d.savePath(be.backend), be.render(rs)) },
 		DockerState:    r.docker.State,
@@ -255,7 +260,7 @@ func (d *DaemonCmd) handler(r *restored, log *slog.Logger) (http.Handler, error)
 // keepUp starts what runs beside the API until ctx ends: retrying
 // inactive forwards, following interface addresses, healing the rules,
 // compacting the state, following Docker, and the systemd watchdog.
-func (d *DaemonCmd) keepUp(ctx context.Context, r *restored, socket string, log *slog.Logger) {
+func (d *Options) keepUp(ctx context.Context, r *restored, socket string, log *slog.Logger) {
 	svc := r.svc
 	go every(ctx, d.RetryInterval, func() { svc.RetryInactive(ctx) })
 	go every(ctx, time.Second, func() { svc.RefreshInterfaces(ctx) })
@@ -357,7 +362,7 @@ func lockState(path string) (*os.File, error) {
 }
 
 // policy is what the socket group may add (--group-ext).
-func (d *DaemonCmd) policy() (nat.Policy, error) {
+func (d *Options) policy() (nat.Policy, error) {
 	p := nat.Policy{Addrs: hostAddrs}
 	for _, s := range d.GroupExt {
 		pfx, err := netip.ParsePrefix(s)
@@ -374,7 +379,7 @@ func (d *DaemonCmd) policy() (nat.Policy, error) {
 }
 
 // savePath is --save-path or the backend's usual place.
-func (d *DaemonCmd) savePath(b nat.Backend) string {
+func (d *Options) savePath(b nat.Backend) string {
 	switch {
 	case d.SavePath != "":
 		return d.SavePath
@@ -397,7 +402,7 @@ func saveFiles(path string, files []savedFile) ([]nat.SavedFile, error) {
 				p = path + ".v6"
 			}
 		}
-		saved, err := writeSaved(p, f.data, f.merge)
+		saved, err := WriteSaved(p, f.data, f.merge)
 		if err != nil {
 			return done, err
 		}
@@ -406,11 +411,11 @@ func saveFiles(path string, files []savedFile) ([]nat.SavedFile, error) {
 	return done, nil
 }
 
-// writeSaved writes a saved ruleset to path. With merge (an iptables boot
+// WriteSaved writes a saved ruleset to path. With merge (an iptables boot
 // file, which holds the host's own firewall too) natmap's lines are merged
 // into what the file holds, and the file keeps its mode; every other file
 // is natmap's own and is replaced.
-func writeSaved(path string, data []byte, merge bool) (nat.SavedFile, error) {
+func WriteSaved(path string, data []byte, merge bool) (nat.SavedFile, error) {
 	saved := nat.SavedFile{Path: path, Summary: "natmap's own file"}
 	perm := os.FileMode(0o644)
 	if merge {
