@@ -21,10 +21,8 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
 
-func fwd(ifname, proto, ext, in string) nat.Forward {
-	p, _ := nat.ParseProto(proto)
-	return nat.Forward{ExtIf: ifname, Proto: p, Ext: netip.MustParseAddrPort(ext), Int: netip.MustParseAddrPort(in)}
-}
+// fwd is a forward (as the shared sequence writes them).
+var fwd = sequence.Fwd
 
 var volatile = regexp.MustCompile(`(?m)^#.*\n|\[\d+:\d+\]`)
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -20,13 +19,8 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
 
-func fwd(ifname, proto, ext, in string) nat.Forward {
-	p, err := nat.ParseProto(proto)
-	if err != nil {
-		panic(err)
-	}
-	return nat.Forward{ExtIf: ifname, Proto: p, Ext: netip.MustParseAddrPort(ext), Int: netip.MustParseAddrPort(in)}
-}
+// fwd is a forward (as the shared sequence writes them).
+var fwd = sequence.Fwd
 
 // newBackend returns a backend bound to a fresh namespace.
 func newBackend(t *testing.T) (*Backend, *netnstest.NS) {
