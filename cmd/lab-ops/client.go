@@ -42,6 +42,9 @@ type apiError struct {
 	// code names the kind of error; rule the policy's rule that refused a
 	// forbidden request; field the flag (or argument) that is wrong.
 	code, rule, field string
+	// coded: the daemon named the code (one from before codes, or a route
+	// it does not have, leaves it to the status).
+	coded bool
 }
 
 // flagNames finds, in a message of the daemon's, each request key that
@@ -126,7 +129,7 @@ func (c *client) call(method, path string, body, reply any) (http.Header, error)
 			msg, field = strings.Replace(msg, field+":", flag+":", 1), flag
 		}
 		msg = flagNames().ReplaceAllStringFunc(msg, func(key string) string { return flagOf[key] })
-		return nil, &apiError{status: resp.StatusCode, msg: msg, problems: e.Problems, code: code, rule: e.Rule, field: field}
+		return nil, &apiError{status: resp.StatusCode, msg: msg, problems: e.Problems, code: code, rule: e.Rule, field: field, coded: e.Code != ""}
 	}
 	if raw, ok := reply.(*rawReply); ok {
 		*raw = b

@@ -128,11 +128,18 @@ func answer(out *output, err error, found any, format string, args ...any) error
 	case err == nil:
 		out.done(map[string]any{"present": true, "found": found}, format, args...)
 		return nil
-	case isNotFound(err):
+	case isNotFound(err) && said(err):
 		out.done(map[string]any{"present": false, "reason": err.Error()}, "absent: %s", err)
 		return exitStatus(exitAbsent)
 	}
 	return checkFailed{err}
+}
+
+// said reports whether the daemon named the error's code itself: a daemon
+// without the check's route answers 404 too, which is no answer.
+func said(err error) bool {
+	var ae *apiError
+	return errors.As(err, &ae) && ae.coded
 }
 
 // checkFailed is a check that could not be answered (exit 2, so that it
