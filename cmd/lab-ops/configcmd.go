@@ -45,10 +45,12 @@ func (c *ExportCmd) Run(g *Globals, out *output) error {
 	if _, err := newClient(g, out).call(http.MethodGet, "/config", nil, &cfg); err != nil {
 		return err
 	}
-	// JSON is a configuration file too: apply -f reads it back.
-	b, err := json.MarshalIndent(cfg, "", "  ")
-	b = append(b, '\n')
-	if !out.json {
+	var b []byte
+	var err error
+	if out.json { // JSON is a configuration file too: apply -f reads it back
+		b, err = json.MarshalIndent(cfg, "", "  ")
+		b = append(b, '\n')
+	} else {
 		b, err = config.Export(cfg)
 	}
 	if err != nil {
