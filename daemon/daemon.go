@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lab-ops/natmap/api"
 	"github.com/lab-ops/natmap/compat"
 	"github.com/lab-ops/natmap/config"
 	"github.com/lab-ops/natmap/dockermap"
@@ -243,10 +244,10 @@ func (d *Options) handler(r *restored, log *slog.Logger) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	api := http.NewServeMux()
-	api.Handle("GET /metrics", r.met.handler())
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", r.met.handler())
 	be := r.be
-	api.Handle("/", nat.NewHandler(r.svc, nat.Info{
+	mux.Handle("/", api.NewHandler(r.svc, api.Info{
 		Version: r.version, BackendReason: be.reason, Started: time.Now(),
 		Render:         func(rs nat.Ruleset) []byte { return be.render(rs)[0].data },
 		Save:           func(rs nat.Ruleset) ([]nat.SavedFile, error) { return saveFiles(d.savePath(be.backend), be.render(rs)) },
@@ -254,7 +255,7 @@ func (d *Options) handler(r *restored, log *slog.Logger) (http.Handler, error) {
 		ContainerNames: r.docker.Names,
 		Policy:         policy,
 	}, log))
-	return api, nil
+	return mux, nil
 }
 
 // keepUp starts what runs beside the API until ctx ends: retrying

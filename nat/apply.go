@@ -181,11 +181,11 @@ func parseConfig(c Config) parsed {
 	if c.Version != ConfigVersion {
 		p.problems = append(p.problems, Problem{Error: fmt.Sprintf("version %d is not supported (want version: %d)", c.Version, ConfigVersion)})
 	}
-	p.dnats = parseSection(&p, "dnat", c.Dnat, DnatConfig.toDNAT)
-	p.snats = parseSection(&p, "snat", c.Snat, SnatConfig.toSNAT)
-	p.hairpins = parseSection(&p, "hairpin", c.Hairpin, HairpinConfig.toHairpin)
-	p.routes = parseSection(&p, "policy_routes", c.PolicyRoutes, PolicyRouteConfig.toPolicyRoute)
-	p.mappings = parseSection(&p, "docker", c.Docker, MappingConfig.toRequest)
+	p.dnats = parseSection(&p, "dnat", c.Dnat, DnatConfig.ToDNAT)
+	p.snats = parseSection(&p, "snat", c.Snat, SnatConfig.ToSNAT)
+	p.hairpins = parseSection(&p, "hairpin", c.Hairpin, HairpinConfig.ToHairpin)
+	p.routes = parseSection(&p, "policy_routes", c.PolicyRoutes, PolicyRouteConfig.ToPolicyRoute)
+	p.mappings = parseSection(&p, "docker", c.Docker, MappingConfig.ToRequest)
 	return p
 }
 
@@ -227,9 +227,9 @@ func parseSection[C, R any](p *parsed, section string, entries []C, parse func(C
 	return out
 }
 
-// toRequest parses a configuration's mapping as the API's docker add does,
+// ToRequest parses a configuration's mapping as the API's docker add does,
 // but the host port is required.
-func (mc MappingConfig) toRequest() (MappingRequest, error) {
+func (mc MappingConfig) ToRequest() (MappingRequest, error) {
 	w := DockerAddMapRequest{HostPort: mc.HostPort, ContainerPort: mc.ContainerPort, Proto: mc.Proto}
 	if mc.HostIP != "" {
 		w.HostIP = &mc.HostIP
@@ -237,9 +237,9 @@ func (mc MappingConfig) toRequest() (MappingRequest, error) {
 	if mc.TargetIP != "" {
 		w.TargetIP = &mc.TargetIP
 	}
-	req, err := w.toRequest(mc.Container)
+	req, err := w.ToRequest(mc.Container)
 	if err == nil && req.HostPort == 0 {
-		err = fieldErr("host_port", "a configuration needs the host port (0 would pick a new one at every apply)")
+		err = FieldErr("host_port", "a configuration needs the host port (0 would pick a new one at every apply)")
 	}
 	if err == nil && req.ContainerPort == 0 {
 		req.ContainerPort = req.HostPort
@@ -491,7 +491,7 @@ func (m *merge) routes(rs []at[PolicyRoute], s *Service) {
 	for _, e := range rs {
 		i, r := e.i, e.v
 		if err := tableClash(r, maps.Values(m.tables)); err != nil {
-			m.problems = append(m.problems, Problem{Section: "policy_routes", Index: i, Error: errorText(err)})
+			m.problems = append(m.problems, Problem{Section: "policy_routes", Index: i, Error: ErrorText(err)})
 			continue
 		}
 		if _, installed := s.routes[r]; !installed {

@@ -53,8 +53,8 @@ func TestApplyPrune(t *testing.T) {
 	if err != nil || len(resp.Remove) != 1 || !strings.Contains(resp.Remove[0], "203.0.113.44") {
 		t.Fatalf("apply --prune: %+v %v, want the old rule removed", resp, err)
 	}
-	if strings.Contains(r.fake.Dump(), "203.0.113.44") || strings.Contains(r.res.dump(), "203.0.113.44") {
-		t.Errorf("pruned rule still in the kernel or reserved:\n%s\n%s", r.fake.Dump(), r.res.dump())
+	if strings.Contains(r.fake.Dump(), "203.0.113.44") || strings.Contains(r.res.Dump(), "203.0.113.44") {
+		t.Errorf("pruned rule still in the kernel or reserved:\n%s\n%s", r.fake.Dump(), r.res.Dump())
 	}
 }
 
@@ -104,11 +104,11 @@ func TestApplyPolicyRoutes(t *testing.T) {
 	if _, err := r.svc.Apply(ctx, c, false, false); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.router.dump(); got != "policy route from 10.0.0.101 via 10.0.0.1 table 100; table 100" {
+	if got := r.router.Dump(); got != "policy route from 10.0.0.101 via 10.0.0.1 table 100; table 100" {
 		t.Errorf("routes after apply: %s", got)
 	}
-	if resp, err := r.svc.Apply(ctx, Config{Version: ConfigVersion}, true, false); err != nil || len(resp.Remove) != 1 || r.router.dump() != "" {
-		t.Errorf("apply --prune of an empty file: %+v %v; routes %q", resp, err, r.router.dump())
+	if resp, err := r.svc.Apply(ctx, Config{Version: ConfigVersion}, true, false); err != nil || len(resp.Remove) != 1 || r.router.Dump() != "" {
+		t.Errorf("apply --prune of an empty file: %+v %v; routes %q", resp, err, r.router.Dump())
 	}
 }
 
@@ -123,8 +123,8 @@ func TestApplyWaitsForDocker(t *testing.T) {
 		t.Fatalf("apply without Docker: %+v %v", resp, err)
 	}
 	l := r.svc.List()
-	if len(l.Mappings) != 1 || l.Mappings[0].Status != "inactive" || !strings.Contains(r.res.dump(), ":8080") {
-		t.Errorf("mapping %+v, reserved %s; want it parked with its port reserved", l.Mappings, r.res.dump())
+	if len(l.Mappings) != 1 || l.Mappings[0].Status != "inactive" || !strings.Contains(r.res.Dump(), ":8080") {
+		t.Errorf("mapping %+v, reserved %s; want it parked with its port reserved", l.Mappings, r.res.Dump())
 	}
 	if strings.Contains(r.fake.Dump(), "8080") {
 		t.Errorf("a parked mapping is in the kernel:\n%s", r.fake.Dump())
@@ -160,7 +160,7 @@ func BenchmarkApplyUnchanged(b *testing.B) {
 			for i := range n {
 				in := netip.AddrFrom4([4]byte{10, 1, byte(i / 250), byte(1 + i%250)})
 				c := DnatConfig{ExtIP: "203.0.113.43", IntIP: in.String(), Ports: fmt.Sprint(1000 + i)}
-				d, err := c.toDNAT()
+				d, err := c.ToDNAT()
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -51,10 +51,10 @@ func privileged(ctx context.Context) bool {
 	return ok && p.UID == 0
 }
 
-// authorize refuses a rule the peer of ctx may not add (rule is a DNAT,
+// Authorize refuses a rule the peer of ctx may not add (rule is a DNAT,
 // Hairpin, SNAT, PolicyRoute or MappingRequest). Removals need no check:
 // they capture nothing.
-func (p Policy) authorize(ctx context.Context, rule any) error {
+func (p Policy) Authorize(ctx context.Context, rule any) error {
 	if privileged(ctx) {
 		return nil
 	}
@@ -150,30 +150,30 @@ func snatAllowed(s SNAT, addrs map[netip.Addr]string) error {
 	return nil
 }
 
-// authorizeConfig checks every rule a configuration adds, as if each were
+// AuthorizeConfig checks every rule a configuration adds, as if each were
 // its own request; entries that do not parse are left to Apply to report.
-func (p Policy) authorizeConfig(ctx context.Context, c Config) error {
+func (p Policy) AuthorizeConfig(ctx context.Context, c Config) error {
 	if privileged(ctx) {
 		return nil
 	}
 	var rules []any
 	for _, d := range c.Dnat {
-		if r, err := d.toDNAT(); err == nil {
+		if r, err := d.ToDNAT(); err == nil {
 			rules = append(rules, r)
 		}
 	}
 	for _, h := range c.Hairpin {
-		if r, err := h.toHairpin(); err == nil {
+		if r, err := h.ToHairpin(); err == nil {
 			rules = append(rules, r)
 		}
 	}
 	for _, s := range c.Snat {
-		if r, err := s.toSNAT(); err == nil {
+		if r, err := s.ToSNAT(); err == nil {
 			rules = append(rules, r)
 		}
 	}
 	for _, pr := range c.PolicyRoutes {
-		if r, err := pr.toPolicyRoute(); err == nil {
+		if r, err := pr.ToPolicyRoute(); err == nil {
 			rules = append(rules, r)
 		}
 	}
@@ -184,7 +184,7 @@ func (p Policy) authorizeConfig(ctx context.Context, c Config) error {
 		rules = append(rules, req)
 	}
 	for _, r := range rules {
-		if err := p.authorize(ctx, r); err != nil {
+		if err := p.Authorize(ctx, r); err != nil {
 			return err
 		}
 	}

@@ -3,32 +3,15 @@ package nat
 import (
 	"context"
 	"errors"
-	"net/http/httptest"
 	"net/netip"
-	"strings"
 	"testing"
 )
-
-// hostAddrs is a router: 203.0.113.43 and 203.0.113.1 on vmbr0, 10.0.0.1
-// on the LAN, 100.64.0.10 on tailscale0.
-func testPolicy() Policy {
-	return Policy{
-		ExtAllowed: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/28")},
-		Addrs: func() (map[netip.Addr]string, error) {
-			return map[netip.Addr]string{
-				netip.MustParseAddr("203.0.113.43"): "vmbr0", netip.MustParseAddr("203.0.113.1"): "vmbr0",
-				netip.MustParseAddr("10.0.0.1"): "br0", netip.MustParseAddr("10.0.1.1"): "lan0",
-				netip.MustParseAddr("100.64.0.10"): "tailscale0", netip.MustParseAddr("127.0.0.1"): "lo",
-			}, nil
-		},
-	}
-}
 
 func TestPolicy(t *testing.T) {
 	member := WithPeer(context.Background(), Peer{UID: 1000, PID: 2})
 	root := WithPeer(context.Background(), Peer{UID: 0, PID: 1})
 	unknown := context.Background()
-	p := testPolicy()
+	p := FakePolicy()
 	mapping := func(host, target string) MappingRequest {
 		var m MappingRequest
 		m.HostIP, _ = netip.ParseAddr(host)
@@ -66,7 +49,7 @@ func TestPolicy(t *testing.T) {
 		{"a policy route of another host", PolicyRoute{SrcIP: netip.MustParseAddr("10.0.0.101"), Via: netip.MustParseAddr("10.0.0.254"), Table: 100}, ""},
 		{"a policy route of the host's own address", PolicyRoute{SrcIP: netip.MustParseAddr("10.0.0.1"), Via: netip.MustParseAddr("10.0.0.254"), Table: 100}, "policy_route_host_addr"},
 	} {
-		err := p.authorize(member, c.rule)
+		err := p.Authorize(member, c.rule)
 		var fb *Forbidden
 		switch {
 		case c.want == "" && err != nil:
@@ -75,49 +58,12 @@ func TestPolicy(t *testing.T) {
 			t.Errorf("%s: %v, want refused by %s", c.name, err, c.want)
 		}
 		if c.want != "" {
-			if err := p.authorize(root, c.rule); err != nil {
+			if err := p.Authorize(root, c.rule); err != nil {
 				t.Errorf("%s: refused to root: %v", c.name, err)
 			}
-			if err := p.authorize(unknown, c.rule); err == nil {
+			if err := p.Authorize(unknown, c.rule); err == nil {
 				t.Errorf("%s: allowed to a peer of unknown credentials", c.name)
 			}
 		}
-	}
-}
-
-func TestAPIForbidsAndChangesNothing(t *testing.T) {
-	r := newRig(t, State{})
-	h := NewHandler(r.svc, Info{Version: "test", Policy: testPolicy()}, nil)
-	send := func(uid int, method, path, body string) (int, string) {
-		req := httptest.NewRequest(method, path, strings.NewReader(body))
-		req = req.WithContext(WithPeer(req.Context(), Peer{UID: uid, PID: 7}))
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, req)
-		return w.Code, w.Body.String()
-	}
-	if code, body := send(1000, "POST", "/dnat", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25"}`); code != 200 {
-		t.Fatalf("a member's forward of the host's address: %d %s", code, body)
-	}
-	before := r.snapshot()
-	for _, c := range []struct{ path, body, rule string }{
-		{"/dnat", `{"ext_ip":"169.254.169.254","int_ip":"10.0.0.101","ports":"80"}`, "ext_ip_special"},
-		{"/snat", `{"int_ip":"0.0.0.0/0","ext_if":"vmbr0","ext_ip":"203.0.113.43"}`, "snat_catches_host"},
-		{"/mapping/svc", `{"host_port":8080,"container_port":80,"target_ip":"127.0.0.1"}`, "target_loopback"},
-		{"/apply", `{"config":{"version":1,"dnat":[{"ext_ip":"192.0.2.53","int_ip":"10.0.0.101","ports":"53","proto":"udp"}]}}`, "ext_ip_not_local"},
-	} {
-		code, body := send(1000, "POST", c.path, c.body)
-		if code != 403 || !strings.Contains(body, `"code":"forbidden"`) || !strings.Contains(body, `"rule":"`+c.rule+`"`) {
-			t.Errorf("POST %s as a member: %d %s", c.path, code, body)
-		}
-	}
-	if after := r.snapshot(); after != before {
-		t.Errorf("refused requests changed things:\n%s\nwant\n%s", after, before)
-	}
-	if code, body := send(0, "POST", "/dnat", `{"ext_ip":"169.254.169.254","int_ip":"10.0.0.101","ports":"80"}`); code != 200 {
-		t.Errorf("root: %d %s", code, body)
-	}
-	// Removing is never forbidden.
-	if code, body := send(1000, "DELETE", "/dnat", `{"ext_ip":"169.254.169.254","int_ip":"10.0.0.101","ports":"80"}`); code != 200 {
-		t.Errorf("a member removing root's rule: %d %s", code, body)
 	}
 }

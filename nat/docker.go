@@ -77,8 +77,8 @@ type Mapping struct {
 // Local reports whether the mapping is to a local service, not a container.
 func (m Mapping) Local() bool { return m.TargetIP.IsValid() }
 
-// target is where traffic goes now.
-func (m Mapping) target() netip.Addr {
+// Target is where traffic goes now.
+func (m Mapping) Target() netip.Addr {
 	if m.Local() {
 		return m.TargetIP
 	}
@@ -89,7 +89,7 @@ func (m Mapping) target() netip.Addr {
 // container is not running (the forward is then parked: reserved, not
 // installed).
 func (m Mapping) forward() Forward {
-	return Forward{Proto: m.Proto, Ext: netip.AddrPortFrom(m.HostIP, m.HostPort), Int: netip.AddrPortFrom(m.target(), m.ContainerPort)}
+	return Forward{Proto: m.Proto, Ext: netip.AddrPortFrom(m.HostIP, m.HostPort), Int: netip.AddrPortFrom(m.Target(), m.ContainerPort)}
 }
 
 func (m Mapping) String() string {
@@ -102,10 +102,10 @@ var containerNameRE = regexp.MustCompile(`^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
 // spells them.
 func CheckContainerRef(ref string) error {
 	if ref == "" {
-		return fieldErr("container", "missing container name or ID")
+		return FieldErr("container", "missing container name or ID")
 	}
 	if len(ref) > 255 || !containerNameRE.MatchString(ref) {
-		return fieldErr("container", "%q is not a container name or ID", ref)
+		return FieldErr("container", "%q is not a container name or ID", ref)
 	}
 	return nil
 }
@@ -140,25 +140,25 @@ func (r *MappingRequest) normalize() error {
 		r.HostIP = netip.IPv4Unspecified()
 	}
 	if r.HostIP.Zone() != "" || r.HostIP.IsMulticast() {
-		return fieldErr("host_ip", "%s is not a host address", r.HostIP)
+		return FieldErr("host_ip", "%s is not a host address", r.HostIP)
 	}
 	if r.TargetIP.IsValid() {
 		if err := checkHostAddr("target_ip", r.TargetIP); err != nil {
 			return err
 		}
 		if r.TargetIP.Is4() != r.HostIP.Is4() {
-			return fieldErr("target_ip", "%s and host_ip %s are of different IP versions", r.TargetIP, r.HostIP)
+			return FieldErr("target_ip", "%s and host_ip %s are of different IP versions", r.TargetIP, r.HostIP)
 		}
 		if r.TargetIP == netip.IPv6Loopback() {
-			return fieldErr("target_ip", "::1 cannot be reached from other hosts: IPv6 has no route_localnet, so the kernel drops packets from the network to ::1 even after a DNAT; make the service listen on :: or the host's address, or map to 127.0.0.1")
+			return FieldErr("target_ip", "::1 cannot be reached from other hosts: IPv6 has no route_localnet, so the kernel drops packets from the network to ::1 even after a DNAT; make the service listen on :: or the host's address, or map to 127.0.0.1")
 		}
 	}
 	if r.Proto != ProtoTCP && r.Proto != ProtoUDP {
-		return fieldErr("proto", "unknown protocol %s (want tcp or udp)", r.Proto)
+		return FieldErr("proto", "unknown protocol %s (want tcp or udp)", r.Proto)
 	}
 	if r.ContainerPort == 0 {
 		if r.HostPort == 0 {
-			return fieldErr("container_port", "missing: with host_port 0 the container port must be given")
+			return FieldErr("container_port", "missing: with host_port 0 the container port must be given")
 		}
 		r.ContainerPort = r.HostPort
 	}
@@ -184,7 +184,7 @@ func (s *Service) AddMapping(ctx context.Context, req MappingRequest) (m Mapping
 		m.Container, m.ContainerID = c.Name, c.ID
 		m.ContainerIP = c.addrFor(m.HostIP)
 		if c.Running && !m.ContainerIP.IsValid() && m.HostIP.Is6() {
-			return Mapping{}, false, fieldErr("host_ip", "container %s has no IPv6 address: none of its networks has IPv6 (docker network create --ipv6), so a mapping on %s cannot reach it", c.Name, m.HostIP)
+			return Mapping{}, false, FieldErr("host_ip", "container %s has no IPv6 address: none of its networks has IPv6 (docker network create --ipv6), so a mapping on %s cannot reach it", c.Name, m.HostIP)
 		}
 		if req.BothFamilies && m.HostIP == netip.IPv4Unspecified() && c.IP6.IsValid() && m.HostPort != 0 {
 			// Like docker run -p 8080:80: both families when the
@@ -225,7 +225,7 @@ func (s *Service) AddMapping(ctx context.Context, req MappingRequest) (m Mapping
 			return Mapping{}, false, err
 		}
 		fresh = append(fresh, f...)
-		if !added[i].target().IsValid() {
+		if !added[i].Target().IsValid() {
 			put(tx, s.parked, added[i].forward().Endpoint(), fmt.Sprintf("container %s is not running", added[i].Container))
 		}
 		put(tx, s.mappings, added[i].ID, added[i])
@@ -234,7 +234,7 @@ func (s *Service) AddMapping(ctx context.Context, req MappingRequest) (m Mapping
 		return Mapping{}, false, fmt.Errorf("adding %s: %w", m, err)
 	}
 	for _, a := range added {
-		s.log.Info("mapping added", "mapping", a.String(), "target", a.target())
+		s.log.Info("mapping added", "mapping", a.String(), "target", a.Target())
 	}
 	return added[0], true, nil
 }
@@ -387,7 +387,7 @@ func (s *Service) Remap(ctx context.Context, container string, proto Proto, from
 		return nil, err
 	}
 	if to == 0 {
-		return nil, fieldErr("new_host_port", "port 0 is out of range 1-65535")
+		return nil, FieldErr("new_host_port", "port 0 is out of range 1-65535")
 	}
 	name := s.mappingOwner(ctx, container)
 	defer s.lock()()

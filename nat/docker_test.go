@@ -21,7 +21,7 @@ func (f fakeDocker) Container(_ context.Context, ref string) (Container, error) 
 
 func dockerRig(t *testing.T, containers fakeDocker) *rig {
 	t.Helper()
-	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
+	r := &rig{fake: NewFake(), res: NewFakeReserver(), store: &MemStore{}}
 	deps := r.deps()
 	deps.Docker = containers
 	r.svc = NewService(deps)
@@ -41,8 +41,8 @@ func TestMappingFollowsContainer(t *testing.T) {
 	if got := r.fake.Dump(); got != "" {
 		t.Fatalf("a stopped container's mapping was installed:\n%s", got)
 	}
-	if r.res.dump() != "0.0.0.0:8080/tcp" {
-		t.Fatalf("the port is not reserved: %q", r.res.dump())
+	if r.res.Dump() != "0.0.0.0:8080/tcp" {
+		t.Fatalf("the port is not reserved: %q", r.res.Dump())
 	}
 	if st := r.svc.List().Mappings[0]; st.Status != "inactive" || !strings.Contains(st.Reason, "not running") {
 		t.Fatalf("status %+v", st)
@@ -66,14 +66,14 @@ func TestMappingFollowsContainer(t *testing.T) {
 		t.Fatalf("after a new address:\n%s", got)
 	}
 	run("")
-	if got := r.fake.Dump(); got != "" || r.res.dump() != "0.0.0.0:8080/tcp" {
-		t.Fatalf("after stop: kernel %q, held %q", got, r.res.dump())
+	if got := r.fake.Dump(); got != "" || r.res.Dump() != "0.0.0.0:8080/tcp" {
+		t.Fatalf("after stop: kernel %q, held %q", got, r.res.Dump())
 	}
 	if _, err := r.svc.RemoveMappings(ctx, MappingSelector{ID: m.ID}); err != nil {
 		t.Fatal(err)
 	}
-	if r.res.dump() != "" || len(r.store.last.Mappings) != 0 {
-		t.Fatalf("after rm: held %q, stored %+v", r.res.dump(), r.store.last.Mappings)
+	if r.res.Dump() != "" || len(r.store.last.Mappings) != 0 {
+		t.Fatalf("after rm: held %q, stored %+v", r.res.Dump(), r.store.last.Mappings)
 	}
 }
 
@@ -92,7 +92,7 @@ func TestMappingWithoutDockerIsUnavailable(t *testing.T) {
 
 func TestDeletingUDPForwardsFlushesConntrack(t *testing.T) {
 	r := newRig(t, State{})
-	sys := r.svc.sys.(*noSystem)
+	sys := r.svc.sys.(*NoSystem)
 	d := dnat(t, "203.0.113.43", "10.0.0.53", "53", "udp", "")
 	if _, _, err := r.svc.AddDNAT(ctx, d); err != nil {
 		t.Fatal(err)
@@ -188,7 +188,7 @@ func FuzzMappingSpec(f *testing.F) {
 			}
 			return
 		}
-		if _, err := r.toRequest("web"); err != nil && ErrStatus(err) != 400 {
+		if _, err := r.ToRequest("web"); err != nil && ErrStatus(err) != 400 {
 			t.Fatalf("%q: %v is not a 400", spec, err)
 		}
 	})
@@ -198,7 +198,7 @@ func FuzzMappingSpec(f *testing.F) {
 // when the port frees, but not installed until the container runs.
 func TestParkedAndInactiveMapping(t *testing.T) {
 	m := Mapping{ID: 1, Container: "web", HostIP: netip.IPv4Unspecified(), HostPort: 8080, ContainerPort: 80, Proto: ProtoTCP}
-	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
+	r := &rig{fake: NewFake(), res: NewFakeReserver(), store: &MemStore{}}
 	ep := Endpoint{Addr: netip.MustParseAddrPort("0.0.0.0:8080"), Proto: ProtoTCP}
 	r.res.busy[ep] = true
 	deps := r.deps()
@@ -209,8 +209,8 @@ func TestParkedAndInactiveMapping(t *testing.T) {
 	}
 	delete(r.res.busy, ep)
 	r.svc.RetryInactive(ctx)
-	if r.fake.Dump() != "" || r.res.dump() != "0.0.0.0:8080/tcp" {
-		t.Fatalf("kernel %q, held %q", r.fake.Dump(), r.res.dump())
+	if r.fake.Dump() != "" || r.res.Dump() != "0.0.0.0:8080/tcp" {
+		t.Fatalf("kernel %q, held %q", r.fake.Dump(), r.res.Dump())
 	}
 	c := Container{ID: "x", Name: "web", Running: true, IP: netip.MustParseAddr("172.17.0.9")}
 	if err := r.svc.ContainerChanged(ctx, "web", c, true); err != nil {

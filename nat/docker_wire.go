@@ -2,7 +2,6 @@ package nat
 
 import (
 	"fmt"
-	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -75,20 +74,20 @@ func PortMapOf(m Mapping) DockerPortMap {
 		ContainerName: m.Container,
 		RuleComment:   fmt.Sprintf("natmap:%s:%d", m.Container, m.HostPort),
 	}
-	if t := m.target(); t.IsValid() {
+	if t := m.Target(); t.IsValid() {
 		pm.Request.ContainerAddr = netip.AddrPortFrom(t, m.ContainerPort).String()
 	}
 	return pm
 }
 
-func portField(field string, v int, zeroOK bool) (uint16, error) {
+func PortField(field string, v int, zeroOK bool) (uint16, error) {
 	if v < 0 || v > 65535 || (v == 0 && !zeroOK) {
-		return 0, fieldErr(field, "port %d is out of range 1-65535", v)
+		return 0, FieldErr(field, "port %d is out of range 1-65535", v)
 	}
 	return uint16(v), nil
 }
 
-func (r DockerAddMapRequest) toRequest(container string) (MappingRequest, error) {
+func (r DockerAddMapRequest) ToRequest(container string) (MappingRequest, error) {
 	req := MappingRequest{Container: container, BothFamilies: r.HostIP == nil || *r.HostIP == ""}
 	var err error
 	if r.HostIP != nil && *r.HostIP != "" {
@@ -101,10 +100,10 @@ func (r DockerAddMapRequest) toRequest(container string) (MappingRequest, error)
 			return req, err
 		}
 	}
-	if req.HostPort, err = portField("host_port", r.HostPort, true); err != nil {
+	if req.HostPort, err = PortField("host_port", r.HostPort, true); err != nil {
 		return req, err
 	}
-	if req.ContainerPort, err = portField("container_port", r.ContainerPort, true); err != nil {
+	if req.ContainerPort, err = PortField("container_port", r.ContainerPort, true); err != nil {
 		return req, err
 	}
 	if req.Proto, err = ParseProto(r.Proto); err != nil {
@@ -122,13 +121,13 @@ func ParseMappingSpec(spec string) (DockerAddMapRequest, error) {
 	body, proto, hasProto := strings.Cut(spec, "/")
 	if hasProto {
 		if _, err := ParseProto(proto); err != nil || proto == "" {
-			return r, fieldErr("mapping", "%q: unknown protocol %q (want tcp or udp)", spec, proto)
+			return r, FieldErr("mapping", "%q: unknown protocol %q (want tcp or udp)", spec, proto)
 		}
 		r.Proto = strings.ToLower(proto)
 	}
 	parts, ok := splitMappingSpec(body)
 	bad := func(format string, args ...any) (DockerAddMapRequest, error) {
-		return DockerAddMapRequest{}, fieldErr("mapping", "%q: "+format+" (want [HOST_IP:]HOST_PORT[:[TARGET_IP:]CONTAINER_PORT][/PROTO])", append([]any{spec}, args...)...)
+		return DockerAddMapRequest{}, FieldErr("mapping", "%q: "+format+" (want [HOST_IP:]HOST_PORT[:[TARGET_IP:]CONTAINER_PORT][/PROTO])", append([]any{spec}, args...)...)
 	}
 	isIP := func(s string) bool { _, err := netip.ParseAddr(s); return err == nil }
 	port := func(s string) (int, bool) {
@@ -212,138 +211,4 @@ func splitMappingSpec(body string) ([]string, bool) {
 		}
 		body = body[1:] // the colon
 	}
-}
-
-// mappingRoutes adds the Docker routes to mux.
-func (a *api) mappingRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("POST /mapping/{container}", a.addMapping)
-	mux.HandleFunc("DELETE /mapping/{container}/{port}", a.removeMappings)
-	// The same without the earlier API's ambiguity: /mapping/by-id/3 is
-	// mapping #3, never port 3 of a container named by-id.
-	mux.HandleFunc("DELETE /mapping/{container}/port/{port}", a.removeMappings)
-	mux.HandleFunc("DELETE /mapping/by-id/{id}", a.removeMappings)
-	mux.HandleFunc("DELETE /mapping/{container}", a.removeMappings)
-	mux.HandleFunc("PUT /remap/{container}", a.remap)
-	// What the DELETEs would remove, without removing it (404 when none).
-	mux.HandleFunc("GET /mapping/{container}", a.findMappings)
-	mux.HandleFunc("GET /mapping/{container}/port/{port}", a.findMappings)
-	mux.HandleFunc("GET /mapping/by-id/{id}", a.findMappings)
-}
-
-func (a *api) addMapping(w http.ResponseWriter, r *http.Request) {
-	var body DockerAddMapRequest
-	if err := decodeBody(w, r, &body, false); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	req, err := body.toRequest(r.PathValue("container"))
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	if err := a.info.Policy.authorize(r.Context(), req); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	m, changed, err := a.svc.AddMapping(r.Context(), req)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	w.Header().Set(ChangedHeader, fmt.Sprint(changed))
-	reply(w, http.StatusOK, PortMapOf(m))
-}
-
-// selectorOf reads the mappings a request's path names: by ID
-// (/mapping/by-id/ID), by container and host port (?proto=, tcp by
-// default), or every mapping of a container.
-func selectorOf(r *http.Request) (MappingSelector, error) {
-	if v := r.PathValue("id"); v != "" {
-		id, err := strconv.Atoi(v)
-		if err != nil || id < 1 {
-			return MappingSelector{}, fieldErr("id", "%q is not a mapping id", v)
-		}
-		return MappingSelector{ID: id}, nil
-	}
-	sel := MappingSelector{Container: r.PathValue("container")}
-	if v := r.PathValue("port"); v != "" {
-		port, err := strconv.Atoi(v)
-		if err != nil || port < 1 || port > 65535 {
-			return MappingSelector{}, fieldErr("port", "%q is not a port number", v)
-		}
-		proto, err := ParseProto(r.URL.Query().Get("proto"))
-		if err != nil {
-			return MappingSelector{}, &FieldError{Field: "proto", Msg: err.Error()}
-		}
-		sel.HostPort, sel.Proto = uint16(port), proto
-	}
-	return sel, nil
-}
-
-func (a *api) removeMappings(w http.ResponseWriter, r *http.Request) {
-	sel, err := selectorOf(r)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	if _, err := a.svc.RemoveMappings(r.Context(), sel); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	w.Header().Set(ChangedHeader, "true")
-	w.WriteHeader(http.StatusOK)
-}
-
-// findMappings answers with the mappings a DELETE of the same path would
-// remove, or not_found.
-func (a *api) findMappings(w http.ResponseWriter, r *http.Request) {
-	sel, err := selectorOf(r)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	found, err := a.svc.FindMappings(r.Context(), sel)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	out := make([]DockerPortMap, len(found))
-	for i, m := range found {
-		out[i] = PortMapOf(m)
-	}
-	reply(w, http.StatusOK, out)
-}
-
-func (a *api) remap(w http.ResponseWriter, r *http.Request) {
-	var body RemapRequest
-	if err := decodeBody(w, r, &body, false); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	from, err := portField("host_port", body.HostPort, false)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	to, err := portField("new_host_port", body.NewHostPort, false)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	proto, err := ParseProto(body.Proto)
-	if err != nil {
-		a.fail(w, r, &FieldError{Field: "proto", Msg: err.Error()})
-		return
-	}
-	moved, err := a.svc.Remap(r.Context(), r.PathValue("container"), proto, from, to)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	w.Header().Set(ChangedHeader, fmt.Sprint(from != to))
-	out := make([]DockerPortMap, len(moved))
-	for i, m := range moved {
-		out[i] = PortMapOf(m)
-	}
-	reply(w, http.StatusOK, out)
 }

@@ -21,11 +21,11 @@ func TestEphemeralRangeIsNotStarved(t *testing.T) {
 	}
 
 	// A small range inside it goes through, with a warning.
-	wctx, warned := withWarnings(ctx)
+	wctx, warned := WithWarnings(ctx)
 	if _, _, err := r.svc.AddDNAT(wctx, dnat(t, "203.0.113.43", "10.0.0.101", "40000-40009,40020", "udp", "")); err != nil {
 		t.Fatal(err)
 	}
-	got := warned.take()
+	got := warned.Take()
 	if len(got) != 1 || !strings.Contains(got[0], "udp ports 40000-40009, 40020 lie in the kernel's ephemeral port range 32768-60999") ||
 		!strings.Contains(got[0], "28221 of its 28232 ports stay free") {
 		t.Errorf("warnings %q", got)
@@ -35,16 +35,16 @@ func TestEphemeralRangeIsNotStarved(t *testing.T) {
 	if _, _, err := r.svc.AddDNAT(wctx, dnat(t, "203.0.113.43", "10.0.0.101", "25,61000", "udp", "")); err != nil {
 		t.Fatal(err)
 	}
-	if got := warned.take(); len(got) != 0 {
+	if got := warned.Take(); len(got) != 0 {
 		t.Errorf("warnings for ports outside the range: %q", got)
 	}
 	// What is held counts toward the limit, and the same port on another
 	// address takes no more of the range.
-	r.svc.sys.(*noSystem).ephemeral = [2]uint16{40000, 42047} // 2048 ports, 11 held: 1024 must stay free
+	r.svc.sys.(*NoSystem).ephemeral = [2]uint16{40000, 42047} // 2048 ports, 11 held: 1024 must stay free
 	if _, _, err := r.svc.AddDNAT(wctx, dnat(t, "203.0.113.44", "10.0.0.102", "41000-42012", "udp", "")); err != nil {
 		t.Fatalf("1013 ports of 2048 with 11 held: %v", err)
 	}
-	if got := warned.take(); len(got) != 1 || !strings.Contains(got[0], "1024 of its 2048 ports stay free") {
+	if got := warned.Take(); len(got) != 1 || !strings.Contains(got[0], "1024 of its 2048 ports stay free") {
 		t.Errorf("warnings %q", got)
 	}
 	if _, _, err := r.svc.AddDNAT(wctx, dnat(t, "203.0.113.45", "10.0.0.102", "40000-40009", "udp", "")); err != nil {

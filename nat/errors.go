@@ -3,6 +3,7 @@ package nat
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Sentinel errors, checked with errors.Is. The API maps them to HTTP status
@@ -35,7 +36,7 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
 // Unwrap makes every FieldError an ErrInvalid.
 func (e *FieldError) Unwrap() error { return ErrInvalid }
 
-func fieldErr(field, format string, args ...any) error {
+func FieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
@@ -89,4 +90,14 @@ func CodeOfStatus(status int) string {
 		}
 	}
 	return code
+}
+
+// ErrorText is err's message without the sentinel's name at its end
+// (": not found", ": conflict", ...): what a reply or a problem says.
+func ErrorText(err error) string {
+	msg := err.Error()
+	for _, s := range []error{ErrInvalid, ErrNotFound, ErrConflict, ErrPortInUse, ErrUnavailable, ErrTooLarge} {
+		msg = strings.TrimSuffix(msg, ": "+s.Error())
+	}
+	return msg
 }

@@ -18,7 +18,7 @@ func (b brokenFake) Check(ctx context.Context, _ Rules) error {
 }
 
 func TestHealRepairsButNotWhenStopping(t *testing.T) {
-	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
+	r := &rig{fake: NewFake(), res: NewFakeReserver(), store: &MemStore{}}
 	d := r.deps()
 	d.Backend = brokenFake{r.fake}
 	r.svc = NewService(d)

@@ -41,7 +41,7 @@ func (n HostNeeds) equal(o HostNeeds) bool {
 func (s *Service) hostNeeds() HostNeeds {
 	n := HostNeeds{LocalnetAll: s.loopbackTargets > 0, ForwardHole: len(s.forwards) > 0, Docker: s.dockerSeen}
 	for _, m := range s.mappings {
-		if t := m.target(); t.IsValid() && t.Is4() && !t.IsLoopback() && !slices.Contains(n.LocalnetTo, t) {
+		if t := m.Target(); t.IsValid() && t.Is4() && !t.IsLoopback() && !slices.Contains(n.LocalnetTo, t) {
 			n.LocalnetTo = append(n.LocalnetTo, t)
 		}
 	}

@@ -9,7 +9,7 @@ import (
 
 func TestHostNeedsFollowTheRules(t *testing.T) {
 	r := newRig(t, State{})
-	sys := r.svc.sys.(*noSystem)
+	sys := r.svc.sys.(*NoSystem)
 	last := func() HostNeeds {
 		t.Helper()
 		if len(sys.settled) == 0 {
@@ -80,7 +80,7 @@ func TestMappingToIPv6LoopbackIsRefused(t *testing.T) {
 func TestForwardByInterfaceAndOneAddressClash(t *testing.T) {
 	r := newRig(t, State{})
 	byIf := DnatConfig{IntIP: "10.0.0.101", Ports: "443", ExtIf: ptr("ext0")}
-	d, err := byIf.toDNAT()
+	d, err := byIf.ToDNAT()
 	if err != nil || !d.ByInterface() || d.ExtIP != netip.IPv4Unspecified() {
 		t.Fatalf("a dnat by interface: %+v %v", d, err)
 	}
@@ -107,7 +107,7 @@ func TestForwardByInterfaceAndOneAddressClash(t *testing.T) {
 	st.Dnats = append(st.Dnats, dnat(t, "203.0.113.43", "10.0.0.103", "443", "tcp", ""))
 	newRig(t, st)
 	// Without an interface there is no address.
-	if _, err := (DnatConfig{IntIP: "10.0.0.101", Ports: "443"}).toDNAT(); err == nil || !strings.Contains(err.Error(), "give ext_if alone") {
+	if _, err := (DnatConfig{IntIP: "10.0.0.101", Ports: "443"}).ToDNAT(); err == nil || !strings.Contains(err.Error(), "give ext_if alone") {
 		t.Errorf("a dnat with neither: %v", err)
 	}
 }
@@ -120,21 +120,21 @@ func ptr(s string) *string { return &s }
 func TestHairpinByInterfaceFollowsAddresses(t *testing.T) {
 	r := newRig(t, State{})
 	r.router.ifaddrs = map[string][]netip.Addr{"ext0": {netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("2001:db8::1")}}
-	d, err := (DnatConfig{IntIP: "10.0.0.101", Ports: "443", ExtIf: ptr("ext0")}).toDNAT()
+	d, err := (DnatConfig{IntIP: "10.0.0.101", Ports: "443", ExtIf: ptr("ext0")}).ToDNAT()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := r.svc.AddDNAT(ctx, d); err != nil {
 		t.Fatal(err)
 	}
-	h, err := (HairpinConfig{IntIP: "10.0.0.101", Ports: "443", ExtIf: ptr("ext0")}).toHairpin()
+	h, err := (HairpinConfig{IntIP: "10.0.0.101", Ports: "443", ExtIf: ptr("ext0")}).ToHairpin()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := r.svc.AddHairpin(ctx, h); err != nil {
 		t.Fatal(err)
 	}
-	held := r.res.dump()
+	held := r.res.Dump()
 	if kernel := r.fake.Dump(); !strings.Contains(kernel, "dnat tcp 203.0.113.1:443 -> 10.0.0.101:443") || strings.Contains(kernel, "2001:db8::1") {
 		t.Errorf("kernel with the hairpin by interface:\n%s", kernel)
 	}
@@ -144,8 +144,8 @@ func TestHairpinByInterfaceFollowsAddresses(t *testing.T) {
 	if !strings.Contains(kernel, "203.0.113.2:443 -> 10.0.0.101:443") || strings.Contains(kernel, "203.0.113.1:443") {
 		t.Errorf("kernel after the address changed:\n%s", kernel)
 	}
-	if r.res.dump() != held {
-		t.Errorf("derived forwards were reserved: %s, want %s", r.res.dump(), held)
+	if r.res.Dump() != held {
+		t.Errorf("derived forwards were reserved: %s, want %s", r.res.Dump(), held)
 	}
 	if st := r.svc.State(); len(st.Hairpins) != 1 || st.Hairpins[0].ExtIf != "ext0" || len(st.Dnats) != 1 {
 		t.Errorf("state: %+v", st)

@@ -29,7 +29,7 @@ func (e EarlierState) Migrate() (State, error) {
 	var st State
 	dnats := map[DNATID]int{}
 	for i, c := range e.Dnats {
-		d, err := c.toDNAT()
+		d, err := c.ToDNAT()
 		if err != nil {
 			return State{}, fmt.Errorf("dnats[%d]: %w", i, err)
 		}
@@ -41,7 +41,7 @@ func (e EarlierState) Migrate() (State, error) {
 		st.Dnats = append(st.Dnats, d)
 	}
 	for i, c := range e.Snats {
-		s, err := c.toSNAT()
+		s, err := c.ToSNAT()
 		if err != nil {
 			return State{}, fmt.Errorf("snats[%d]: %w", i, err)
 		}
@@ -49,7 +49,7 @@ func (e EarlierState) Migrate() (State, error) {
 	}
 	hairpins := map[HairpinID]int{}
 	for i, c := range e.Hairpins {
-		h, err := c.toHairpin()
+		h, err := c.ToHairpin()
 		if err != nil {
 			return State{}, fmt.Errorf("hairpins[%d]: %w", i, err)
 		}
@@ -61,7 +61,7 @@ func (e EarlierState) Migrate() (State, error) {
 		st.Hairpins = append(st.Hairpins, h)
 	}
 	for i, c := range e.PolicyRoutes {
-		p, err := c.toPolicyRoute()
+		p, err := c.ToPolicyRoute()
 		if err != nil {
 			return State{}, fmt.Errorf("policy_routes[%d]: %w", i, err)
 		}
@@ -85,11 +85,11 @@ func (e EarlierState) Migrate() (State, error) {
 func migrateMapping(pm DockerPortMap) (Mapping, error) {
 	host, err := netip.ParseAddrPort(pm.Request.HostAddr)
 	if err != nil {
-		return Mapping{}, fieldErr("host_addr", "%q is not ADDRESS:PORT", pm.Request.HostAddr)
+		return Mapping{}, FieldErr("host_addr", "%q is not ADDRESS:PORT", pm.Request.HostAddr)
 	}
 	target, err := netip.ParseAddrPort(pm.Request.ContainerAddr)
 	if err != nil {
-		return Mapping{}, fieldErr("container_addr", "%q is not ADDRESS:PORT", pm.Request.ContainerAddr)
+		return Mapping{}, FieldErr("container_addr", "%q is not ADDRESS:PORT", pm.Request.ContainerAddr)
 	}
 	proto, err := ParseProto(pm.Request.Proto)
 	if err != nil {
@@ -103,7 +103,7 @@ func migrateMapping(pm DockerPortMap) (Mapping, error) {
 		m.ContainerIP = target.Addr().Unmap()
 	}
 	if m.ID <= 0 {
-		return Mapping{}, fieldErr("id", "%d is not a mapping id", m.ID)
+		return Mapping{}, FieldErr("id", "%d is not a mapping id", m.ID)
 	}
 	return m, nil
 }

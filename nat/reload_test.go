@@ -47,10 +47,10 @@ func TestReloadReplacesEverythingInOneChange(t *testing.T) {
 	if got, w := r.fake.Dump(), want.fake.Dump(); got != w {
 		t.Errorf("kernel after reload:\n%s\nwant as after a fresh start:\n%s", got, w)
 	}
-	if got, w := r.res.dump(), want.res.dump(); got != w {
+	if got, w := r.res.Dump(), want.res.Dump(); got != w {
 		t.Errorf("reserved after reload: %s, want %s", got, w)
 	}
-	if got, w := r.router.dump(), want.router.dump(); got != w {
+	if got, w := r.router.Dump(), want.router.Dump(); got != w {
 		t.Errorf("routes after reload: %s, want %s", got, w)
 	}
 	if st := r.svc.Stats(); st.Inactive != 0 {

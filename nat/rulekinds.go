@@ -47,26 +47,26 @@ func (s SNAT) To() string {
 
 func (s SNAT) String() string {
 	if s.Masquerade() {
-		return fmt.Sprintf("masquerade from %s out %s", prefixString(s.IntNet), s.ExtIf)
+		return fmt.Sprintf("masquerade from %s out %s", PrefixString(s.IntNet), s.ExtIf)
 	}
-	return fmt.Sprintf("snat from %s out %s to %s", prefixString(s.IntNet), s.ExtIf, s.ExtIP)
+	return fmt.Sprintf("snat from %s out %s to %s", PrefixString(s.IntNet), s.ExtIf, s.ExtIP)
 }
 
 // Validate checks a SNAT rule; errors name the field.
 func (s SNAT) Validate() error {
 	if !s.IntNet.IsValid() {
-		return fieldErr("int_ip", "missing address")
+		return FieldErr("int_ip", "missing address")
 	}
 	if !s.Masquerade() {
 		if err := checkHostAddr("ext_ip", s.ExtIP); err != nil {
 			return err
 		}
 		if s.IntNet.Addr().Is4() != s.ExtIP.Is4() {
-			return fieldErr("ext_ip", "%s and int_ip %s are of different IP versions", s.ExtIP, prefixString(s.IntNet))
+			return FieldErr("ext_ip", "%s and int_ip %s are of different IP versions", s.ExtIP, PrefixString(s.IntNet))
 		}
 	}
 	if s.ExtIf == "" {
-		return fieldErr("ext_if", "missing: SNAT needs the interface the traffic leaves by")
+		return FieldErr("ext_if", "missing: SNAT needs the interface the traffic leaves by")
 	}
 	if err := CheckIfName(s.ExtIf); err != nil {
 		return &FieldError{Field: "ext_if", Msg: err.Error()}
@@ -74,8 +74,8 @@ func (s SNAT) Validate() error {
 	return nil
 }
 
-// prefixString writes a single address without its /32 or /128.
-func prefixString(p netip.Prefix) string {
+// PrefixString writes a single address without its /32 or /128.
+func PrefixString(p netip.Prefix) string {
 	if p.IsSingleIP() {
 		return p.Addr().String()
 	}
@@ -87,7 +87,7 @@ func prefixString(p netip.Prefix) string {
 func ParsePrefix(field, s string) (netip.Prefix, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return netip.Prefix{}, fieldErr(field, "missing address")
+		return netip.Prefix{}, FieldErr(field, "missing address")
 	}
 	if !strings.Contains(s, "/") {
 		a, err := ParseAddr(field, s)
@@ -98,10 +98,10 @@ func ParsePrefix(field, s string) (netip.Prefix, error) {
 	}
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		return netip.Prefix{}, fieldErr(field, "%q is not an address or CIDR", s)
+		return netip.Prefix{}, FieldErr(field, "%q is not an address or CIDR", s)
 	}
 	if p.Masked() != p {
-		return netip.Prefix{}, fieldErr(field, "%s has host bits set (did you mean %s?)", s, p.Masked())
+		return netip.Prefix{}, FieldErr(field, "%s has host bits set (did you mean %s?)", s, p.Masked())
 	}
 	return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p)), nil
 }
@@ -176,7 +176,7 @@ func (h Hairpin) Validate() error {
 		return err
 	}
 	if h.LanCIDR.IsValid() && h.LanCIDR.Addr().Is4() != h.IntIP.Is4() {
-		return fieldErr("lan_cidr", "%s and int_ip %s are of different IP versions", h.LanCIDR, h.IntIP)
+		return FieldErr("lan_cidr", "%s and int_ip %s are of different IP versions", h.LanCIDR, h.IntIP)
 	}
 	return nil
 }
@@ -289,13 +289,13 @@ func (p PolicyRoute) Validate() error {
 		return err
 	}
 	if p.SrcIP.Is4() != p.Via.Is4() {
-		return fieldErr("via", "%s and src_ip %s are of different IP versions", p.Via, p.SrcIP)
+		return FieldErr("via", "%s and src_ip %s are of different IP versions", p.Via, p.SrcIP)
 	}
 	switch p.Table {
 	case 0:
-		return fieldErr("table", "0 is not a routing table (use 1-252 or 256 and above)")
+		return FieldErr("table", "0 is not a routing table (use 1-252 or 256 and above)")
 	case 253, 254, 255:
-		return fieldErr("table", "%d is reserved (253 default, 254 main, 255 local); use 1-252 or 256 and above", p.Table)
+		return FieldErr("table", "%d is reserved (253 default, 254 main, 255 local); use 1-252 or 256 and above", p.Table)
 	}
 	return nil
 }

@@ -63,7 +63,7 @@ func (d DNAT) ByInterface() bool { return d.ExtIf != "" && d.ExtIP.IsUnspecified
 // Validate checks a rule as a whole; errors name the field at fault.
 func (d DNAT) Validate() error {
 	if d.ExtIP.IsUnspecified() && d.ExtIf == "" {
-		return fieldErr("ext_ip", "%s is not a specific address (give ext_if alone to forward every address of an interface)", d.ExtIP)
+		return FieldErr("ext_ip", "%s is not a specific address (give ext_if alone to forward every address of an interface)", d.ExtIP)
 	}
 	if !d.ByInterface() {
 		if err := checkHostAddr("ext_ip", d.ExtIP); err != nil {
@@ -74,13 +74,13 @@ func (d DNAT) Validate() error {
 		return err
 	}
 	if d.ExtIP.Is4() != d.IntIP.Is4() {
-		return fieldErr("int_ip", "%s and ext_ip %s are of different IP versions", d.IntIP, d.ExtIP)
+		return FieldErr("int_ip", "%s and ext_ip %s are of different IP versions", d.IntIP, d.ExtIP)
 	}
 	if len(d.Ports) == 0 {
-		return fieldErr("ports", "the list is empty")
+		return FieldErr("ports", "the list is empty")
 	}
 	if d.Proto != ProtoTCP && d.Proto != ProtoUDP {
-		return fieldErr("proto", "unknown protocol %s (want tcp or udp)", d.Proto)
+		return FieldErr("proto", "unknown protocol %s (want tcp or udp)", d.Proto)
 	}
 	if d.ExtIf != "" {
 		if err := CheckIfName(d.ExtIf); err != nil {
@@ -93,13 +93,13 @@ func (d DNAT) Validate() error {
 func checkHostAddr(field string, a netip.Addr) error {
 	switch {
 	case !a.IsValid():
-		return fieldErr(field, "missing address")
+		return FieldErr(field, "missing address")
 	case a.Zone() != "":
-		return fieldErr(field, "%s: zoned addresses are not supported", a)
+		return FieldErr(field, "%s: zoned addresses are not supported", a)
 	case a.IsUnspecified():
-		return fieldErr(field, "%s is not a specific address", a)
+		return FieldErr(field, "%s is not a specific address", a)
 	case a.IsMulticast():
-		return fieldErr(field, "%s is a multicast address", a)
+		return FieldErr(field, "%s is a multicast address", a)
 	}
 	return nil
 }
@@ -124,11 +124,11 @@ func CheckIfName(name string) error {
 // addresses are unmapped.
 func ParseAddr(field, s string) (netip.Addr, error) {
 	if strings.TrimSpace(s) == "" {
-		return netip.Addr{}, fieldErr(field, "missing address")
+		return netip.Addr{}, FieldErr(field, "missing address")
 	}
 	a, err := netip.ParseAddr(strings.TrimSpace(s))
 	if err != nil {
-		return netip.Addr{}, fieldErr(field, "%q is not an IP address", s)
+		return netip.Addr{}, FieldErr(field, "%q is not an IP address", s)
 	}
 	return a.Unmap(), nil
 }

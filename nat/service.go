@@ -259,7 +259,7 @@ func (s *Service) build(st State) error {
 		if _, err := s.own(tx, []Forward{m.forward()}); err != nil {
 			return err
 		}
-		if !m.target().IsValid() {
+		if !m.Target().IsValid() {
 			s.parked[m.forward().Endpoint()] = fmt.Sprintf("container %s is not running", m.Container)
 		}
 	}

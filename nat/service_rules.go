@@ -84,7 +84,7 @@ func (s *Service) checkHairpinProto(h Hairpin) error {
 	}
 	for _, p := range h.Ports.Pairs() {
 		if _, ok := d.Ports.Target(p.Ext); ok {
-			return fieldErr("proto", "the dnat %s forwards port %d over %s, not %s (add --proto %s)", d, p.Ext, other, h.Proto, other)
+			return FieldErr("proto", "the dnat %s forwards port %d over %s, not %s (add --proto %s)", d, p.Ext, other, h.Proto, other)
 		}
 	}
 	return nil
@@ -155,7 +155,7 @@ func (s *Service) AddSNAT(ctx context.Context, sn SNAT) (changed bool, err error
 		if old == sn {
 			return false, nil
 		}
-		return false, fmt.Errorf("traffic from %s out %s already gets source %s: %w", prefixString(sn.IntNet), sn.ExtIf, old.To(), ErrConflict)
+		return false, fmt.Errorf("traffic from %s out %s already gets source %s: %w", PrefixString(sn.IntNet), sn.ExtIf, old.To(), ErrConflict)
 	}
 	tx := &txn{}
 	put(tx, s.snats, sn.ID(), sn)

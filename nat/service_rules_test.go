@@ -16,7 +16,7 @@ func hairpin(t *testing.T, ext, in, ports, proto, lan string) Hairpin {
 	if lan != "" {
 		c.LanCIDR = &lan
 	}
-	h, err := c.toHairpin()
+	h, err := c.ToHairpin()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,7 +25,7 @@ func hairpin(t *testing.T, ext, in, ports, proto, lan string) Hairpin {
 
 func snat(t *testing.T, in, ifname, ext string) SNAT {
 	t.Helper()
-	s, err := SnatConfig{IntIP: in, ExtIP: ext, ExtIf: ifname}.toSNAT()
+	s, err := SnatConfig{IntIP: in, ExtIP: ext, ExtIf: ifname}.ToSNAT()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,13 +62,13 @@ masquerade tcp from 10.0.0.0/24 to 10.0.0.101 port 587
 	if got := r.fake.Dump(); got != want {
 		t.Fatalf("after deleting the dnat:\n%s", got)
 	}
-	if got := r.res.dump(); got != "203.0.113.43:25/tcp 203.0.113.43:465/tcp 203.0.113.43:587/tcp" {
+	if got := r.res.Dump(); got != "203.0.113.43:25/tcp 203.0.113.43:465/tcp 203.0.113.43:587/tcp" {
 		t.Fatalf("held: %s", got)
 	}
 	if err := r.svc.DeleteHairpin(ctx, hairpin(t, "203.0.113.43", "10.0.0.101", "25,465,587", "tcp", "")); err != nil {
 		t.Fatal(err)
 	}
-	if r.fake.Dump() != "" || r.res.dump() != "" {
+	if r.fake.Dump() != "" || r.res.Dump() != "" {
 		t.Fatalf("after deleting both:\n%s", r.snapshot())
 	}
 }
@@ -119,7 +119,7 @@ func TestSNATAndPolicyRoutes(t *testing.T) {
 	if err := r.svc.DeletePolicyRoute(p); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.router.dump(); got != "policy route from 10.0.0.102 via 10.0.0.1 table 100; table 100" {
+	if got := r.router.Dump(); got != "policy route from 10.0.0.102 via 10.0.0.1 table 100; table 100" {
 		t.Fatalf("routes: %s", got)
 	}
 	if len(r.store.last.PolicyRoutes) != 1 || len(r.store.last.Snats) != 2 {
@@ -128,7 +128,7 @@ func TestSNATAndPolicyRoutes(t *testing.T) {
 	if err := r.svc.Clear(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if r.fake.Dump() != "" || r.router.dump() != "" || len(r.store.last.Snats)+len(r.store.last.PolicyRoutes) != 0 {
+	if r.fake.Dump() != "" || r.router.Dump() != "" || len(r.store.last.Snats)+len(r.store.last.PolicyRoutes) != 0 {
 		t.Fatalf("after clear:\n%s", r.snapshot())
 	}
 }
@@ -200,7 +200,7 @@ func TestPolicyRouteValidation(t *testing.T) {
 		{PolicyRouteConfig{SrcIP: "10.0.0.1", Via: "fd00::1", Table: 100}, "different IP versions"},
 		{PolicyRouteConfig{SrcIP: "nope", Via: "10.0.0.254", Table: 100}, "src_ip"},
 	} {
-		if _, err := c.cfg.toPolicyRoute(); err == nil || !strings.Contains(err.Error(), c.want) || ErrStatus(err) != 400 {
+		if _, err := c.cfg.ToPolicyRoute(); err == nil || !strings.Contains(err.Error(), c.want) || ErrStatus(err) != 400 {
 			t.Errorf("%+v: %v, want 400 saying %q", c.cfg, err, c.want)
 		}
 	}
@@ -210,7 +210,7 @@ func TestPolicyRouteValidation(t *testing.T) {
 // rules to rebuild, and the elements always equal the model's hairpins; a
 // failed change takes its elements back.
 func TestHairpinChangesAreElementsOnly(t *testing.T) {
-	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
+	r := &rig{fake: NewFake(), res: NewFakeReserver(), store: &MemStore{}}
 	r.svc = NewService(r.deps())
 	start := State{Hairpins: []Hairpin{hairpin(t, "203.0.113.43", "10.0.0.101", "25", "tcp", "10.0.0.0/24")}}
 	if err := r.svc.Start(ctx, start); err != nil {

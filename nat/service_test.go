@@ -4,229 +4,29 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
-	"reflect"
-	"slices"
 	"strings"
 	"testing"
-	"time"
 )
-
-// fakeReserver holds endpoints in memory; busy ones fail like a port that
-// another program holds.
-type fakeReserver struct {
-	held map[Endpoint]bool
-	busy map[Endpoint]bool
-}
-
-func newFakeReserver() *fakeReserver {
-	return &fakeReserver{held: map[Endpoint]bool{}, busy: map[Endpoint]bool{}}
-}
-
-func (r *fakeReserver) Reserve(e Endpoint) (io.Closer, error) {
-	if r.busy[e] || r.held[e] || r.overlaps(e) {
-		return nil, fmt.Errorf("%s is in use by another program: %w", e, ErrPortInUse)
-	}
-	r.held[e] = true
-	return closer(func() error {
-		if !r.held[e] {
-			return fmt.Errorf("double release of %s", e)
-		}
-		delete(r.held, e)
-		return nil
-	}), nil
-}
-
-// overlaps is the kernel's rule without SO_REUSEADDR: a socket on the
-// wildcard address and one on a single address of the same family, port
-// and protocol exclude each other.
-func (r *fakeReserver) overlaps(e Endpoint) bool {
-	for h := range r.held {
-		if h.Proto == e.Proto && h.Addr.Port() == e.Addr.Port() && h.Addr.Addr().Is4() == e.Addr.Addr().Is4() &&
-			h.Addr.Addr().IsUnspecified() != e.Addr.Addr().IsUnspecified() {
-			return true
-		}
-	}
-	return false
-}
-
-type closer func() error
-
-func (c closer) Close() error { return c() }
-
-func (r *fakeReserver) dump() string {
-	var eps []string
-	for e := range r.held {
-		eps = append(eps, e.String())
-	}
-	slices.Sort(eps)
-	return strings.Join(eps, " ")
-}
-
-// memStore keeps the state in memory as a journalling store does: a whole
-// state at the first record, then each Delta replayed onto it. Every
-// record checks that the replay equals the service's whole state, so
-// every test that changes the state also tests its deltas.
-type memStore struct {
-	saves    int
-	last     State
-	based    bool
-	failNext error
-}
-
-func (m *memStore) Save(s State) error {
-	if err := m.failNext; err != nil {
-		m.failNext = nil
-		return err
-	}
-	m.saves++
-	m.last, m.based = s, true
-	return nil
-}
-
-func (m *memStore) Record(d Delta, whole func() State) error {
-	if !m.based {
-		return m.Save(whole())
-	}
-	if err := m.failNext; err != nil {
-		m.failNext = nil
-		return err
-	}
-	m.saves++
-	m.last = m.last.Replay(d)
-	if want := whole(); !reflect.DeepEqual(m.last, want) {
-		panic(fmt.Sprintf("replaying the delta %+v gave\n%+v\nthe whole state is\n%+v", d, m.last, want))
-	}
-	return nil
-}
-
-func (m *memStore) Compact(time.Duration, func() State) error { return nil }
-
-type noSystem struct {
-	enabled int
-	flushed []Forward
-	settled []HostNeeds // every Settle, in order
-	flushes int         // calls of FlushConntrack
-	onFlush func()      // called by FlushConntrack, when set
-	// ephemeral is the ephemeral port range; zero means Linux's default.
-	ephemeral [2]uint16
-}
-
-func (n *noSystem) EphemeralPorts() (uint16, uint16, error) {
-	if n.ephemeral == [2]uint16{} {
-		return 32768, 60999, nil
-	}
-	return n.ephemeral[0], n.ephemeral[1], nil
-}
-
-func (n *noSystem) EnableForwarding(bool) ([]string, error) { n.enabled++; return nil, nil }
-func (n *noSystem) Settle(need HostNeeds) error {
-	n.settled = append(n.settled, need)
-	return nil
-}
-func (n *noSystem) FlushConntrack(fs []Forward) error {
-	n.flushed = append(n.flushed, fs...)
-	n.flushes++
-	if n.onFlush != nil {
-		n.onFlush()
-	}
-	return nil
-}
 
 type rig struct {
 	svc    *Service
 	fake   *Fake
-	res    *fakeReserver
-	store  *memStore
-	router *fakeRouter
+	res    *FakeReserver
+	store  *MemStore
+	router *FakeRouter
 }
 
 func (r *rig) deps() Deps {
 	if r.router == nil {
-		r.router = newFakeRouter()
+		r.router = NewFakeRouter()
 	}
-	return Deps{Backend: r.fake, Reserver: r.res, Store: r.store, System: &noSystem{}, Router: r.router}
-}
-
-// fakeRouter keeps policy routes in memory; 10.0.0.0/24 and fd00::/64 are
-// its connected networks.
-type fakeRouter struct {
-	routes map[PolicyRoute]bool
-	tables map[uint32]bool
-	// ifaddrs are the interfaces' addresses.
-	ifaddrs map[string][]netip.Addr
-}
-
-func (f *fakeRouter) InterfaceAddrs(ifname string) ([]netip.Addr, error) {
-	return f.ifaddrs[ifname], nil
-}
-
-func (f *fakeRouter) PrunePolicyRoutes(keep []PolicyRoute) error {
-	for p := range f.routes {
-		if !slices.Contains(keep, p) {
-			delete(f.routes, p)
-		}
-	}
-	return nil
-}
-
-func newFakeRouter() *fakeRouter {
-	return &fakeRouter{routes: map[PolicyRoute]bool{}, tables: map[uint32]bool{}}
-}
-
-var connected = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("fd00::/64")}
-
-func (f *fakeRouter) CheckGateway(via netip.Addr) error {
-	for _, p := range connected {
-		if p.Contains(via) {
-			return nil
-		}
-	}
-	return fmt.Errorf("via %s is on no directly connected network: %w", via, ErrInvalid)
-}
-
-func (f *fakeRouter) ConnectedPrefix(ip netip.Addr) (netip.Prefix, error) {
-	for _, p := range connected {
-		if p.Contains(ip) {
-			return p, nil
-		}
-	}
-	return netip.PrefixFrom(ip, ip.BitLen()), nil
-}
-
-func (f *fakeRouter) AddPolicyRoute(p PolicyRoute) error {
-	f.routes[p] = true
-	f.tables[p.Table] = true
-	return nil
-}
-
-func (f *fakeRouter) DeletePolicyRoute(p PolicyRoute, last bool) error {
-	if !f.routes[p] {
-		return fmt.Errorf("deleting absent %s", p)
-	}
-	delete(f.routes, p)
-	if last {
-		delete(f.tables, p.Table)
-	}
-	return nil
-}
-
-func (f *fakeRouter) dump() string {
-	var out []string
-	for p := range f.routes {
-		out = append(out, p.String())
-	}
-	for t := range f.tables {
-		out = append(out, fmt.Sprint("table ", t))
-	}
-	slices.Sort(out)
-	return strings.Join(out, "; ")
+	return Deps{Backend: r.fake, Reserver: r.res, Store: r.store, System: &NoSystem{}, Router: r.router}
 }
 
 func newRig(t testing.TB, st State) *rig {
 	t.Helper()
-	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
+	r := &rig{fake: NewFake(), res: NewFakeReserver(), store: &MemStore{}}
 	r.svc = NewService(r.deps())
 	if err := r.svc.Start(context.Background(), st); err != nil {
 		t.Fatal(err)
@@ -236,7 +36,7 @@ func newRig(t testing.TB, st State) *rig {
 
 // snapshot is everything a failed request must leave as it was.
 func (r *rig) snapshot() string {
-	return fmt.Sprintf("kernel:\n%sheld: %s\nsaves: %d\nroutes: %s\nrules: %+v", r.fake.Dump(), r.res.dump(), r.store.saves, r.router.dump(), r.svc.List())
+	return fmt.Sprintf("kernel:\n%sheld: %s\nsaves: %d\nroutes: %s\nrules: %+v", r.fake.Dump(), r.res.Dump(), r.store.saves, r.router.Dump(), r.svc.List())
 }
 
 func dnat(t *testing.T, ext, in, ports, proto, ifname string) DNAT {
@@ -245,7 +45,7 @@ func dnat(t *testing.T, ext, in, ports, proto, ifname string) DNAT {
 	if ifname != "" {
 		c.ExtIf = &ifname
 	}
-	d, err := c.toDNAT()
+	d, err := c.ToDNAT()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +92,7 @@ dnat tcp 203.0.113.43:2525 -> 10.0.0.101:25
 	if err := r.svc.DeleteDNAT(ctx, dnat(t, "203.0.113.43", "10.0.0.101", "465,2525:25", "tcp", "")); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.res.dump(); got != "203.0.113.43:25/tcp 203.0.113.43:25/udp 203.0.113.43:587/tcp" {
+	if got := r.res.Dump(); got != "203.0.113.43:25/tcp 203.0.113.43:25/udp 203.0.113.43:587/tcp" {
 		t.Fatalf("held after partial delete: %s", got)
 	}
 	if got := r.store.last.Dnats[0].Ports.String(); got != "25,587" {
@@ -384,7 +184,7 @@ func TestStartWithTakenPortKeepsRuleInactiveAndRetries(t *testing.T) {
 		dnat(t, "203.0.113.43", "10.0.0.101", "25,465", "tcp", ""),
 		dnat(t, "203.0.113.43", "10.0.0.102", "80", "tcp", ""),
 	}}
-	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
+	r := &rig{fake: NewFake(), res: NewFakeReserver(), store: &MemStore{}}
 	busy := Endpoint{Addr: netip.MustParseAddrPort("203.0.113.43:465"), Proto: ProtoTCP}
 	busy80 := Endpoint{Addr: netip.MustParseAddrPort("203.0.113.43:80"), Proto: ProtoTCP}
 	r.res.busy[busy], r.res.busy[busy80] = true, true
@@ -416,7 +216,7 @@ func TestStartWithTakenPortKeepsRuleInactiveAndRetries(t *testing.T) {
 	if err := r.svc.DeleteDNAT(ctx, st.Dnats[1]); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.res.dump(); got != "203.0.113.43:25/tcp 203.0.113.43:465/tcp" {
+	if got := r.res.Dump(); got != "203.0.113.43:25/tcp 203.0.113.43:465/tcp" {
 		t.Fatalf("held: %s", got)
 	}
 	if r.store.saves != 1 || len(r.store.last.Dnats) != 1 {
@@ -429,7 +229,7 @@ func TestClear(t *testing.T) {
 	if err := r.svc.Clear(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if r.fake.Dump() != "" || r.res.dump() != "" || len(r.store.last.Dnats) != 0 || len(r.svc.List().Dnats) != 0 {
+	if r.fake.Dump() != "" || r.res.Dump() != "" || len(r.store.last.Dnats) != 0 || len(r.svc.List().Dnats) != 0 {
 		t.Fatalf("after clear:\n%s", r.snapshot())
 	}
 }
@@ -437,7 +237,7 @@ func TestClear(t *testing.T) {
 func TestStartRefusesInvalidState(t *testing.T) {
 	d := dnat(t, "203.0.113.43", "10.0.0.101", "25", "tcp", "")
 	other := dnat(t, "203.0.113.43", "10.0.0.102", "25", "tcp", "")
-	svc := NewService((&rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}).deps())
+	svc := NewService((&rig{fake: NewFake(), res: NewFakeReserver(), store: &MemStore{}}).deps())
 	if err := svc.Start(ctx, State{Dnats: []DNAT{d, other}}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("start with two rules on one port: %v", err)
 	}

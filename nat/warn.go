@@ -9,32 +9,32 @@ import (
 // header line each): the reply's body keeps its wire shape.
 const WarningHeader = "Natmap-Warning"
 
-// warnings collects what a request should be warned about.
-type warnings struct {
+// Warnings collects what a request should be warned about.
+type Warnings struct {
 	mu   sync.Mutex
 	list []string
 }
 
 type warningsKey struct{}
 
-// withWarnings returns ctx carrying a collector for the request's
+// WithWarnings returns ctx carrying a collector for the request's
 // warnings.
-func withWarnings(ctx context.Context) (context.Context, *warnings) {
-	w := &warnings{}
+func WithWarnings(ctx context.Context) (context.Context, *Warnings) {
+	w := &Warnings{}
 	return context.WithValue(ctx, warningsKey{}, w), w
 }
 
 // warn tells the requester of ctx, if any, about msg.
 func warn(ctx context.Context, msg string) {
-	if w, ok := ctx.Value(warningsKey{}).(*warnings); ok {
+	if w, ok := ctx.Value(warningsKey{}).(*Warnings); ok {
 		w.mu.Lock()
 		w.list = append(w.list, msg)
 		w.mu.Unlock()
 	}
 }
 
-// take returns the warnings so far and forgets them.
-func (w *warnings) take() []string {
+// take returns the Warnings so far and forgets them.
+func (w *Warnings) Take() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	l := w.list

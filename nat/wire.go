@@ -9,6 +9,13 @@ import (
 	"strings"
 )
 
+// MaxBodyBytes is the largest request body the API reads.
+const MaxBodyBytes = 1 << 20
+
+// ChangedHeader is set on replies of mutating requests: "true" when the
+// request changed something, "false" when it was already in place.
+const ChangedHeader = "Natmap-Changed"
+
 // DnatConfig is the body of POST and DELETE /dnat, and the reply of POST.
 type DnatConfig struct {
 	// ExtIP is the external address; empty with ExtIf forwards every
@@ -214,8 +221,8 @@ type ErrorResponse struct {
 	Field string `json:"field,omitempty"`
 }
 
-// toDNAT parses and validates a request body.
-func (c DnatConfig) toDNAT() (DNAT, error) {
+// ToDNAT parses and validates a request body.
+func (c DnatConfig) ToDNAT() (DNAT, error) {
 	in, err := ParseAddr("int_ip", c.IntIP)
 	if err != nil {
 		return DNAT{}, err
@@ -231,7 +238,7 @@ func (c DnatConfig) toDNAT() (DNAT, error) {
 	default:
 		if ext, err = ParseAddr("ext_ip", c.ExtIP); err != nil {
 			if strings.TrimSpace(c.ExtIP) == "" {
-				err = fieldErr("ext_ip", "missing address (or give ext_if alone to forward every address of an interface)")
+				err = FieldErr("ext_ip", "missing address (or give ext_if alone to forward every address of an interface)")
 			}
 			return DNAT{}, err
 		}
@@ -271,8 +278,8 @@ func ConfigOf(d DNAT) DnatConfig {
 	return c
 }
 
-// toSNAT parses and validates a request body.
-func (c SnatConfig) toSNAT() (SNAT, error) {
+// ToSNAT parses and validates a request body.
+func (c SnatConfig) ToSNAT() (SNAT, error) {
 	in, err := ParsePrefix("int_ip", c.IntIP)
 	if err != nil {
 		return SNAT{}, err
@@ -289,21 +296,21 @@ func (c SnatConfig) toSNAT() (SNAT, error) {
 
 // SnatConfigOf renders a rule in the wire shape.
 func SnatConfigOf(s SNAT) SnatConfig {
-	c := SnatConfig{IntIP: prefixString(s.IntNet), ExtIf: s.ExtIf}
+	c := SnatConfig{IntIP: PrefixString(s.IntNet), ExtIf: s.ExtIf}
 	if !s.Masquerade() {
 		c.ExtIP = s.ExtIP.String()
 	}
 	return c
 }
 
-// toHairpin parses and validates a request body.
-func (c HairpinConfig) toHairpin() (Hairpin, error) {
-	d, err := DnatConfig{ExtIP: c.ExtIP, IntIP: c.IntIP, Ports: c.Ports, Proto: c.Proto, ExtIf: c.ExtIf}.toDNAT()
+// ToHairpin parses and validates a request body.
+func (c HairpinConfig) ToHairpin() (Hairpin, error) {
+	d, err := DnatConfig{ExtIP: c.ExtIP, IntIP: c.IntIP, Ports: c.Ports, Proto: c.Proto, ExtIf: c.ExtIf}.ToDNAT()
 	if err != nil {
 		return Hairpin{}, err
 	}
 	if d.ExtIf != "" && !d.ByInterface() {
-		return Hairpin{}, fieldErr("ext_if", "goes without ext_ip: a hairpin is for an address, or for every address of an interface")
+		return Hairpin{}, FieldErr("ext_if", "goes without ext_ip: a hairpin is for an address, or for every address of an interface")
 	}
 	h := Hairpin{ExtIP: d.ExtIP, IntIP: d.IntIP, Ports: d.Ports, Proto: d.Proto, ExtIf: d.ExtIf}
 	if c.LanCIDR != nil && *c.LanCIDR != "" {
@@ -328,8 +335,8 @@ func HairpinConfigOf(h Hairpin) HairpinConfig {
 	return c
 }
 
-// toPolicyRoute parses and validates a request body.
-func (c PolicyRouteConfig) toPolicyRoute() (PolicyRoute, error) {
+// ToPolicyRoute parses and validates a request body.
+func (c PolicyRouteConfig) ToPolicyRoute() (PolicyRoute, error) {
 	src, err := ParseAddr("src_ip", c.SrcIP)
 	if err != nil {
 		return PolicyRoute{}, err

@@ -1,4 +1,4 @@
-package nat
+package api
 
 import (
 	"context"
@@ -8,13 +8,15 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/lab-ops/natmap/nat"
 )
 
 func serve(t *testing.T, r *rig, method, path, body string) (int, string, http.Header) {
 	t.Helper()
 	h := NewHandler(r.svc, Info{Version: "test"}, nil)
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
-	req = req.WithContext(WithPeer(req.Context(), Peer{UID: 0, PID: 1}))
+	req = req.WithContext(nat.WithPeer(req.Context(), nat.Peer{UID: 0, PID: 1}))
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, req)
 	b, _ := io.ReadAll(w.Result().Body)
@@ -22,7 +24,7 @@ func serve(t *testing.T, r *rig, method, path, body string) (int, string, http.H
 }
 
 func TestAPIBadInput(t *testing.T) {
-	r := newRig(t, State{})
+	r := newRig(t, nat.State{})
 	if code, body, _ := serve(t, r, "POST", "/dnat", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25","proto":"tcp","ext_if":null,"preserve_src_ip":false}`); code != 200 {
 		t.Fatalf("good request: %d %s", code, body)
 	}
@@ -46,14 +48,14 @@ func TestAPIBadInput(t *testing.T) {
 		{"unknown field", `{` + ok + `,"extra":1}`, `request body: unknown field "extra"`},
 		{"trailing data", `{` + ok + `}{}`, "unexpected data after the JSON object"},
 		{"empty body", ``, "request body: empty"},
-		{"body over 1 MiB", `{` + ok + `,"ext_if":"` + strings.Repeat("x", MaxBodyBytes) + `"}`, "larger than 1048576 bytes"},
+		{"body over 1 MiB", `{` + ok + `,"ext_if":"` + strings.Repeat("x", nat.MaxBodyBytes) + `"}`, "larger than 1048576 bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := r.snapshot()
 			for _, method := range []string{"POST", "DELETE"} {
 				code, body, _ := serve(t, r, method, "/dnat", tt.body)
-				var e ErrorResponse
+				var e nat.ErrorResponse
 				if err := json.Unmarshal([]byte(body), &e); err != nil {
 					t.Fatalf("%s: reply is not JSON: %q", method, body)
 				}
@@ -69,17 +71,17 @@ func TestAPIBadInput(t *testing.T) {
 }
 
 func TestAPIStatusCodesAndShapes(t *testing.T) {
-	r := newRig(t, State{})
+	r := newRig(t, nat.State{})
 	add := `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"465,25","proto":"tcp","ext_if":null,"preserve_src_ip":false}`
 	code, body, h := serve(t, r, "POST", "/dnat", add)
-	if code != 200 || h.Get(ChangedHeader) != "true" {
+	if code != 200 || h.Get(nat.ChangedHeader) != "true" {
 		t.Fatalf("add: %d %s %v", code, body, h)
 	}
-	var echo DnatConfig
+	var echo nat.DnatConfig
 	if err := json.Unmarshal([]byte(body), &echo); err != nil || echo.Ports != "25,465" || echo.Proto != "tcp" || echo.ExtIf != nil {
 		t.Fatalf("echo %s (%v)", body, err)
 	}
-	if code, _, h := serve(t, r, "POST", "/dnat", add); code != 200 || h.Get(ChangedHeader) != "false" {
+	if code, _, h := serve(t, r, "POST", "/dnat", add); code != 200 || h.Get(nat.ChangedHeader) != "false" {
 		t.Fatalf("second add: %d %v", code, h)
 	}
 	if code, body, _ := serve(t, r, "POST", "/dnat", strings.Replace(add, "10.0.0.101", "10.0.0.102", 1)); code != 409 || !strings.Contains(body, "already forwarded") {
@@ -114,8 +116,8 @@ func TestAPIStatusCodesAndShapes(t *testing.T) {
 	if code, body, _ := serve(t, r, "GET", "/status", ""); code != 200 || !strings.Contains(body, `"backend":"fake"`) {
 		t.Fatalf("status: %d %s", code, body)
 	}
-	if code, _, _ := serve(t, r, "POST", "/fwd", ""); code != 200 || !r.store.last.IPForward {
-		t.Fatalf("fwd: %d, stored %v", code, r.store.last.IPForward)
+	if code, _, _ := serve(t, r, "POST", "/fwd", ""); code != 200 || !r.store.Last().IPForward {
+		t.Fatalf("fwd: %d, stored %v", code, r.store.Last().IPForward)
 	}
 	if code, _, _ := serve(t, r, "DELETE", "/clear", ""); code != 200 {
 		t.Fatalf("clear: %d", code)
@@ -150,14 +152,14 @@ func FuzzAPIBodies(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, route uint8, body string) {
 		rt := apiRoutes[int(route)%len(apiRoutes)]
-		r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
-		r.svc = NewService(r.deps())
+		r := &rig{fake: nat.NewFake(), res: nat.NewFakeReserver(), store: &nat.MemStore{}}
+		r.svc = nat.NewService(r.deps())
 		code, reply, _ := serve(t, r, rt[0], rt[1], body)
 		if code >= 500 && !strings.Contains(reply, "Docker is not available") {
 			t.Fatalf("%s %s %q: %d %s", rt[0], rt[1], body, code, reply)
 		}
 		if code != 200 {
-			var e ErrorResponse
+			var e nat.ErrorResponse
 			if json.Unmarshal([]byte(reply), &e) != nil || e.Error == "" {
 				t.Fatalf("%s %s %q: %d with no JSON error: %s", rt[0], rt[1], body, code, reply)
 			}
@@ -168,12 +170,12 @@ func FuzzAPIBodies(f *testing.F) {
 // cancelCheck is a backend whose Apply waits for the test, then records
 // whether its context was cancelled.
 type cancelCheck struct {
-	*Fake
+	*nat.Fake
 	started, proceed chan struct{}
 	sawCancel        chan bool
 }
 
-func (c *cancelCheck) Apply(ctx context.Context, ch Change) error {
+func (c *cancelCheck) Apply(ctx context.Context, ch nat.Change) error {
 	close(c.started)
 	<-c.proceed
 	c.sawCancel <- ctx.Err() != nil
@@ -183,16 +185,16 @@ func (c *cancelCheck) Apply(ctx context.Context, ch Change) error {
 // A client that leaves in the middle of a change does not cut it short:
 // the backend's context is not cancelled, and the change is made whole.
 func TestClientLeavingDoesNotCancelAChange(t *testing.T) {
-	r := &rig{fake: NewFake(), res: newFakeReserver(), store: &memStore{}}
+	r := &rig{fake: nat.NewFake(), res: nat.NewFakeReserver(), store: &nat.MemStore{}}
 	cc := &cancelCheck{Fake: r.fake, started: make(chan struct{}), proceed: make(chan struct{}), sawCancel: make(chan bool, 1)}
 	deps := r.deps()
 	deps.Backend = cc
-	r.svc = NewService(deps)
-	if err := r.svc.Start(context.Background(), State{}); err != nil {
+	r.svc = nat.NewService(deps)
+	if err := r.svc.Start(context.Background(), nat.State{}); err != nil {
 		t.Fatal(err)
 	}
 	h := NewHandler(r.svc, Info{Version: "test"}, nil)
-	reqCtx, cancel := context.WithCancel(WithPeer(context.Background(), Peer{UID: 0, PID: 1}))
+	reqCtx, cancel := context.WithCancel(nat.WithPeer(context.Background(), nat.Peer{UID: 0, PID: 1}))
 	req := httptest.NewRequest("POST", "/dnat", strings.NewReader(`{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25"}`)).WithContext(reqCtx)
 	w := httptest.NewRecorder()
 	served := make(chan struct{})
@@ -212,7 +214,7 @@ func TestClientLeavingDoesNotCancelAChange(t *testing.T) {
 // A container named by-id has its ports removed by the unambiguous route;
 // the earlier API's /mapping/by-id/N stays the mapping with ID N.
 func TestMappingNamedByID(t *testing.T) {
-	r := newRig(t, State{})
+	r := newRig(t, nat.State{})
 	for _, body := range []string{
 		`{"host_port":8080,"container_port":80,"target_ip":"10.0.0.101"}`,
 		`{"host_port":3,"container_port":80,"target_ip":"10.0.0.102"}`,
@@ -245,7 +247,7 @@ func TestMappingNamedByID(t *testing.T) {
 // changes nothing: 200 with the rule that holds it, 404 not_found saying
 // what is missing, 400 for a wrong question.
 func TestAPIChecks(t *testing.T) {
-	r := newRig(t, State{})
+	r := newRig(t, nat.State{})
 	dnat := `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25,465"}`
 	for path, body := range map[string]string{
 		"/dnat":         dnat,

@@ -1,6 +1,8 @@
-package nat
+package api
 
 import (
+	"github.com/lab-ops/natmap/nat"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,13 +16,6 @@ import (
 	"time"
 )
 
-// MaxBodyBytes is the largest request body the API reads.
-const MaxBodyBytes = 1 << 20
-
-// ChangedHeader is set on replies of mutating requests: "true" when the
-// request changed something, "false" when it was already in place.
-const ChangedHeader = "Natmap-Changed"
-
 // Info describes the daemon for GET /status, and lends the API what it
 // needs beyond the Service.
 type Info struct {
@@ -33,57 +28,57 @@ type Info struct {
 	// Render writes a ruleset in the form the host reloads at boot without
 	// the daemon (for nftables, a file for `nft -f`; for iptables, the
 	// IPv4 iptables-save file).
-	Render func(Ruleset) []byte
+	Render func(nat.Ruleset) []byte
 	// Save writes a ruleset to the daemon's save path(s) and says what it
 	// wrote to each file.
-	Save func(Ruleset) ([]SavedFile, error)
+	Save func(nat.Ruleset) ([]nat.SavedFile, error)
 	// DockerState reports whether Docker answers, and why not.
 	DockerState func() (bool, error)
 	// ContainerNames lists Docker's containers; nil without Docker.
 	ContainerNames func(context.Context) ([]string, error)
 	// Policy is what a peer that is not root may add.
-	Policy Policy
+	Policy nat.Policy
 }
 
 type api struct {
-	svc  *Service
+	svc  *nat.Service
 	info Info
 	log  *slog.Logger
 }
 
 // NewHandler returns the HTTP handler of the socket API.
-func NewHandler(svc *Service, info Info, log *slog.Logger) http.Handler {
+func NewHandler(svc *nat.Service, info Info, log *slog.Logger) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &api{svc: svc, info: info, log: log}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /dnat", mutate(a, DnatConfig.toDNAT, func(ctx context.Context, d DNAT) (bool, error) {
+	mux.HandleFunc("POST /dnat", mutate(a, nat.DnatConfig.ToDNAT, func(ctx context.Context, d nat.DNAT) (bool, error) {
 		_, changed, err := svc.AddDNAT(ctx, d)
 		return changed, err
 	}))
-	mux.HandleFunc("DELETE /dnat", mutate(a, DnatConfig.toDNAT, deleted(svc.DeleteDNAT)))
-	mux.HandleFunc("POST /hairpin", mutate(a, HairpinConfig.toHairpin, func(ctx context.Context, h Hairpin) (bool, error) {
+	mux.HandleFunc("DELETE /dnat", mutate(a, nat.DnatConfig.ToDNAT, deleted(svc.DeleteDNAT)))
+	mux.HandleFunc("POST /hairpin", mutate(a, nat.HairpinConfig.ToHairpin, func(ctx context.Context, h nat.Hairpin) (bool, error) {
 		_, changed, err := svc.AddHairpin(ctx, h)
 		return changed, err
 	}))
-	mux.HandleFunc("DELETE /hairpin", mutate(a, HairpinConfig.toHairpin, deleted(svc.DeleteHairpin)))
-	mux.HandleFunc("POST /snat", mutate(a, SnatConfig.toSNAT, svc.AddSNAT))
-	mux.HandleFunc("DELETE /snat", mutate(a, SnatConfig.toSNAT, deleted(svc.DeleteSNAT)))
-	mux.HandleFunc("POST /policy-route", mutate(a, PolicyRouteConfig.toPolicyRoute, func(_ context.Context, p PolicyRoute) (bool, error) {
+	mux.HandleFunc("DELETE /hairpin", mutate(a, nat.HairpinConfig.ToHairpin, deleted(svc.DeleteHairpin)))
+	mux.HandleFunc("POST /snat", mutate(a, nat.SnatConfig.ToSNAT, svc.AddSNAT))
+	mux.HandleFunc("DELETE /snat", mutate(a, nat.SnatConfig.ToSNAT, deleted(svc.DeleteSNAT)))
+	mux.HandleFunc("POST /policy-route", mutate(a, nat.PolicyRouteConfig.ToPolicyRoute, func(_ context.Context, p nat.PolicyRoute) (bool, error) {
 		return svc.AddPolicyRoute(p)
 	}))
-	mux.HandleFunc("DELETE /policy-route", mutate(a, PolicyRouteConfig.toPolicyRoute, func(_ context.Context, p PolicyRoute) (bool, error) {
+	mux.HandleFunc("DELETE /policy-route", mutate(a, nat.PolicyRouteConfig.ToPolicyRoute, func(_ context.Context, p nat.PolicyRoute) (bool, error) {
 		return true, svc.DeletePolicyRoute(p)
 	}))
 	// Is this rule there? What a DELETE of the same body would find: the
 	// rule that holds it, or not_found.
-	mux.HandleFunc("POST /dnat/check", check(a, DnatConfig.toDNAT, svc.CheckDNAT))
-	mux.HandleFunc("POST /hairpin/check", check(a, HairpinConfig.toHairpin, svc.CheckHairpin))
-	mux.HandleFunc("POST /snat/check", check(a, SnatConfig.toSNAT, func(ctx context.Context, sn SNAT) (SNAT, error) {
+	mux.HandleFunc("POST /dnat/check", check(a, nat.DnatConfig.ToDNAT, svc.CheckDNAT))
+	mux.HandleFunc("POST /hairpin/check", check(a, nat.HairpinConfig.ToHairpin, svc.CheckHairpin))
+	mux.HandleFunc("POST /snat/check", check(a, nat.SnatConfig.ToSNAT, func(ctx context.Context, sn nat.SNAT) (nat.SNAT, error) {
 		return sn, svc.CheckSNAT(ctx, sn)
 	}))
-	mux.HandleFunc("POST /policy-route/check", check(a, PolicyRouteConfig.toPolicyRoute, func(_ context.Context, p PolicyRoute) (PolicyRoute, error) {
+	mux.HandleFunc("POST /policy-route/check", check(a, nat.PolicyRouteConfig.ToPolicyRoute, func(_ context.Context, p nat.PolicyRoute) (nat.PolicyRoute, error) {
 		return p, svc.CheckPolicyRoute(p)
 	}))
 	a.mappingRoutes(mux)
@@ -117,7 +112,7 @@ func mutate[C any, R any](a *api, parse func(C) (R, error), op func(context.Cont
 			return
 		}
 		if r.Method == http.MethodPost {
-			if err := a.info.Policy.authorize(r.Context(), rule); err != nil {
+			if err := a.info.Policy.Authorize(r.Context(), rule); err != nil {
 				a.fail(w, r, err)
 				return
 			}
@@ -127,7 +122,7 @@ func mutate[C any, R any](a *api, parse func(C) (R, error), op func(context.Cont
 			a.fail(w, r, err)
 			return
 		}
-		w.Header().Set(ChangedHeader, fmt.Sprint(changed))
+		w.Header().Set(nat.ChangedHeader, fmt.Sprint(changed))
 		if r.Method == http.MethodDelete {
 			w.WriteHeader(http.StatusOK)
 			return
@@ -160,14 +155,14 @@ func check[C any, R any](a *api, parse func(C) (R, error), find func(context.Con
 // echo renders a parsed rule back in its wire shape.
 func echo(rule any) any {
 	switch v := rule.(type) {
-	case DNAT:
-		return ConfigOf(v)
-	case Hairpin:
-		return HairpinConfigOf(v)
-	case SNAT:
-		return SnatConfigOf(v)
-	case PolicyRoute:
-		return PolicyRouteConfigOf(v)
+	case nat.DNAT:
+		return nat.ConfigOf(v)
+	case nat.Hairpin:
+		return nat.HairpinConfigOf(v)
+	case nat.SNAT:
+		return nat.SnatConfigOf(v)
+	case nat.PolicyRoute:
+		return nat.PolicyRouteConfigOf(v)
 	}
 	return rule
 }
@@ -185,31 +180,31 @@ func (a *api) mappings(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	resp := ListResponse{Docker: []DockerPortMap{}, Dnats: []DnatEntry{}, Snats: []SnatEntry{}, Hairpins: []HairpinEntry{}, PolicyRoutes: []PolicyRouteEntry{}}
+	resp := nat.ListResponse{Docker: []nat.DockerPortMap{}, Dnats: []nat.DnatEntry{}, Snats: []nat.SnatEntry{}, Hairpins: []nat.HairpinEntry{}, PolicyRoutes: []nat.PolicyRouteEntry{}}
 	for _, st := range l.Dnats {
-		resp.Dnats = append(resp.Dnats, DnatEntry{DnatConfig: ConfigOf(st.Rule), Status: st.Status, Reason: st.Reason, Counter: st.Counter})
+		resp.Dnats = append(resp.Dnats, nat.DnatEntry{DnatConfig: nat.ConfigOf(st.Rule), Status: st.Status, Reason: st.Reason, Counter: st.Counter})
 	}
 	for _, st := range l.Hairpins {
-		resp.Hairpins = append(resp.Hairpins, HairpinEntry{HairpinConfig: HairpinConfigOf(st.Rule), Status: st.Status, Reason: st.Reason, Counter: st.Counter})
+		resp.Hairpins = append(resp.Hairpins, nat.HairpinEntry{HairpinConfig: nat.HairpinConfigOf(st.Rule), Status: st.Status, Reason: st.Reason, Counter: st.Counter})
 	}
 	for _, sn := range l.Snats {
-		resp.Snats = append(resp.Snats, SnatEntry{SnatConfig: SnatConfigOf(sn), Status: "active"})
+		resp.Snats = append(resp.Snats, nat.SnatEntry{SnatConfig: nat.SnatConfigOf(sn), Status: "active"})
 	}
 	for _, st := range l.Mappings {
-		pm := PortMapOf(st.Rule)
+		pm := nat.PortMapOf(st.Rule)
 		pm.Status, pm.Reason, pm.Counter = st.Status, st.Reason, st.Counter
 		resp.Docker = append(resp.Docker, pm)
 	}
 	for _, st := range l.PolicyRoutes {
-		resp.PolicyRoutes = append(resp.PolicyRoutes, PolicyRouteEntry{PolicyRouteConfig: PolicyRouteConfigOf(st.Rule), Status: st.Status, Reason: st.Reason})
+		resp.PolicyRoutes = append(resp.PolicyRoutes, nat.PolicyRouteEntry{PolicyRouteConfig: nat.PolicyRouteConfigOf(st.Rule), Status: st.Status, Reason: st.Reason})
 	}
 	reply(w, http.StatusOK, resp)
 }
 
 func (a *api) rules(w http.ResponseWriter, r *http.Request) {
 	l := a.svc.List()
-	live := []LiveRule{}
-	add := func(kind string, ext, in netip.Addr, ports PortList, proto Proto, inactive []uint16) {
+	live := []nat.LiveRule{}
+	add := func(kind string, ext, in netip.Addr, ports nat.PortList, proto nat.Proto, inactive []uint16) {
 		var installed []uint16
 		for _, p := range ports.Pairs() {
 			if !slices.Contains(inactive, p.Ext) {
@@ -217,7 +212,7 @@ func (a *api) rules(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		if len(installed) > 0 {
-			live = append(live, LiveRule{Kind: kind, ExtIP: ext.String(), IntIP: in.String(), Ports: installed, Proto: proto.String()})
+			live = append(live, nat.LiveRule{Kind: kind, ExtIP: ext.String(), IntIP: in.String(), Ports: installed, Proto: proto.String()})
 		}
 	}
 	for _, st := range l.Dnats {
@@ -229,11 +224,11 @@ func (a *api) rules(w http.ResponseWriter, r *http.Request) {
 	for _, st := range l.Mappings {
 		if st.Status == "active" {
 			m := st.Rule
-			live = append(live, LiveRule{Kind: "mapping", ExtIP: m.HostIP.String(), IntIP: m.target().String(), Ports: []uint16{m.HostPort}, Proto: m.Proto.String()})
+			live = append(live, nat.LiveRule{Kind: "mapping", ExtIP: m.HostIP.String(), IntIP: m.Target().String(), Ports: []uint16{m.HostPort}, Proto: m.Proto.String()})
 		}
 	}
 	for _, sn := range l.Snats {
-		live = append(live, LiveRule{Kind: "snat", ExtIP: sn.To(), IntIP: prefixString(sn.IntNet), Ports: []uint16{}})
+		live = append(live, nat.LiveRule{Kind: "snat", ExtIP: sn.To(), IntIP: nat.PrefixString(sn.IntNet), Ports: []uint16{}})
 	}
 	reply(w, http.StatusOK, live)
 }
@@ -243,7 +238,7 @@ func (a *api) clear(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	w.Header().Set(ChangedHeader, "true")
+	w.Header().Set(nat.ChangedHeader, "true")
 	w.WriteHeader(http.StatusOK)
 }
 
@@ -255,7 +250,7 @@ func (a *api) status(w http.ResponseWriter, r *http.Request) {
 			docker = fmt.Sprintf("unavailable: %v", err)
 		}
 	}
-	reply(w, http.StatusOK, StatusResponse{
+	reply(w, http.StatusOK, nat.StatusResponse{
 		Version:       a.info.Version,
 		Backend:       a.svc.BackendName(),
 		BackendReason: a.info.BackendReason,
@@ -275,11 +270,11 @@ func (a *api) containers(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	slices.Sort(names)
-	reply(w, http.StatusOK, ContainersResponse{Containers: slices.Compact(names)})
+	reply(w, http.StatusOK, nat.ContainersResponse{Containers: slices.Compact(names)})
 }
 
 func (a *api) fwd(w http.ResponseWriter, r *http.Request) {
-	var req FwdRequest
+	var req nat.FwdRequest
 	if err := decodeBody(w, r, &req, true); err != nil {
 		a.fail(w, r, err)
 		return
@@ -289,7 +284,7 @@ func (a *api) fwd(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	reply(w, http.StatusOK, FwdResponse{IPv6: req.IPv6, Changed: changed})
+	reply(w, http.StatusOK, nat.FwdResponse{IPv6: req.IPv6, Changed: changed})
 }
 
 // save writes the active ruleset to the daemon's save path. The path is the
@@ -302,7 +297,7 @@ func (a *api) save(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if a.info.Render == nil || a.info.Save == nil {
-		a.fail(w, r, fmt.Errorf("saving is not available with this backend: %w", ErrUnavailable))
+		a.fail(w, r, fmt.Errorf("saving is not available with this backend: %w", nat.ErrUnavailable))
 		return
 	}
 	rs := a.svc.Ruleset()
@@ -311,7 +306,7 @@ func (a *api) save(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, fmt.Errorf("saving the ruleset: %w", err))
 		return
 	}
-	resp := SaveResponse{Forwards: len(rs.Forwards), Files: files}
+	resp := nat.SaveResponse{Forwards: len(rs.Forwards), Files: files}
 	for _, f := range files {
 		resp.Paths = append(resp.Paths, f.Path)
 		a.log.Info("ruleset saved", "path", f.Path, "written", f.Summary, "forwards", len(rs.Forwards))
@@ -323,7 +318,7 @@ func (a *api) save(w http.ResponseWriter, r *http.Request) {
 // ruleset returns the active ruleset as the backend's reload file.
 func (a *api) ruleset(w http.ResponseWriter, r *http.Request) {
 	if a.info.Render == nil {
-		a.fail(w, r, fmt.Errorf("rendering is not available with this backend: %w", ErrUnavailable))
+		a.fail(w, r, fmt.Errorf("rendering is not available with this backend: %w", nat.ErrUnavailable))
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -334,21 +329,21 @@ var knownPaths = []string{"/mapping", "/remap", "/dnat", "/hairpin", "/snat", "/
 
 func (a *api) noRoute(w http.ResponseWriter, r *http.Request) {
 	if slices.Contains(knownPaths, r.URL.Path) {
-		reply(w, http.StatusMethodNotAllowed, ErrorResponse{Error: fmt.Sprintf("method %s is not allowed on %s", r.Method, r.URL.Path)})
+		reply(w, http.StatusMethodNotAllowed, nat.ErrorResponse{Error: fmt.Sprintf("method %s is not allowed on %s", r.Method, r.URL.Path)})
 		return
 	}
-	reply(w, http.StatusNotFound, ErrorResponse{Error: fmt.Sprintf("no such route: %s %s", r.Method, r.URL.Path)})
+	reply(w, http.StatusNotFound, nat.ErrorResponse{Error: fmt.Sprintf("no such route: %s %s", r.Method, r.URL.Path)})
 }
 
 // fail replies with the error's status; the mapping lives in ErrStatus.
 // apply makes the configuration equal to the body's (POST /apply).
 func (a *api) apply(w http.ResponseWriter, r *http.Request) {
-	var req ApplyRequest
+	var req nat.ApplyRequest
 	if err := decodeBody(w, r, &req, false); err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	if err := a.info.Policy.authorizeConfig(r.Context(), req.Config); err != nil {
+	if err := a.info.Policy.AuthorizeConfig(r.Context(), req.Config); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -361,11 +356,11 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
-	code := ErrStatus(err)
-	var pe *ProblemsError
+	code := nat.ErrStatus(err)
+	var pe *nat.ProblemsError
 	if errors.As(err, &pe) {
 		a.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "status", code, "problems", len(pe.Problems))
-		reply(w, code, ErrorResponse{Error: errorText(err), Problems: pe.Problems, Code: ErrCode(err)})
+		reply(w, code, nat.ErrorResponse{Error: nat.ErrorText(err), Problems: pe.Problems, Code: nat.ErrCode(err)})
 		return
 	}
 	level := slog.LevelInfo
@@ -376,12 +371,12 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		level = slog.LevelDebug // an answer ("not there"), not a refusal
 	}
 	a.log.Log(r.Context(), level, "request refused", "method", r.Method, "path", r.URL.Path, "status", code, "err", err)
-	resp := ErrorResponse{Error: errorText(err), Code: ErrCode(err)}
-	var fb *Forbidden
+	resp := nat.ErrorResponse{Error: nat.ErrorText(err), Code: nat.ErrCode(err)}
+	var fb *nat.Forbidden
 	if errors.As(err, &fb) {
 		resp.Rule = fb.Rule
 	}
-	var fe *FieldError
+	var fe *nat.FieldError
 	if errors.As(err, &fe) {
 		resp.Field = fe.Field
 	}
@@ -392,7 +387,7 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 // classify the error.
 func errorText(err error) string {
 	msg := err.Error()
-	for _, s := range []error{ErrInvalid, ErrNotFound, ErrConflict, ErrPortInUse, ErrUnavailable, ErrTooLarge} {
+	for _, s := range []error{nat.ErrInvalid, nat.ErrNotFound, nat.ErrConflict, nat.ErrPortInUse, nat.ErrUnavailable, nat.ErrTooLarge} {
 		msg = strings.TrimSuffix(msg, ": "+s.Error())
 	}
 	return msg
@@ -405,17 +400,17 @@ func reply(w http.ResponseWriter, code int, v any) {
 	_ = enc.Encode(v) // the client went away; nothing to do
 }
 
-// decodeBody reads one JSON object of at most MaxBodyBytes into v. Unknown
+// decodeBody reads one JSON object of at most nat.MaxBodyBytes into v. Unknown
 // fields and trailing data are errors. An empty body is allowed only when
 // optional is set.
 func decodeBody(w http.ResponseWriter, r *http.Request, v any, optional bool) error {
-	body := http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	body := http.MaxBytesReader(w, r.Body, nat.MaxBodyBytes)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
 	if err == nil {
 		if _, extra := dec.Token(); extra != io.EOF {
-			return fmt.Errorf("request body: unexpected data after the JSON object: %w", ErrInvalid)
+			return fmt.Errorf("request body: unexpected data after the JSON object: %w", nat.ErrInvalid)
 		}
 		return nil
 	}
@@ -429,17 +424,17 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any, optional bool) er
 		if optional {
 			return nil
 		}
-		return fmt.Errorf("request body: empty, want a JSON object: %w", ErrInvalid)
+		return fmt.Errorf("request body: empty, want a JSON object: %w", nat.ErrInvalid)
 	case errors.As(err, &tooBig):
-		return fmt.Errorf("request body: larger than %d bytes: %w", MaxBodyBytes, ErrInvalid)
+		return fmt.Errorf("request body: larger than %d bytes: %w", nat.MaxBodyBytes, nat.ErrInvalid)
 	case errors.As(err, &syntax):
-		return fmt.Errorf("request body: malformed JSON at byte %d: %v: %w", syntax.Offset, err, ErrInvalid)
+		return fmt.Errorf("request body: malformed JSON at byte %d: %v: %w", syntax.Offset, err, nat.ErrInvalid)
 	case errors.As(err, &typ) && typ.Field == "":
-		return fmt.Errorf("request body: want a JSON object, got %s: %w", typ.Value, ErrInvalid)
+		return fmt.Errorf("request body: want a JSON object, got %s: %w", typ.Value, nat.ErrInvalid)
 	case errors.As(err, &typ):
-		return &FieldError{Field: typ.Field, Msg: fmt.Sprintf("want a JSON %s, got %s", typ.Type.Kind(), typ.Value)}
+		return &nat.FieldError{Field: typ.Field, Msg: fmt.Sprintf("want a JSON %s, got %s", typ.Type.Kind(), typ.Value)}
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return fmt.Errorf("request body: %s: %w", strings.TrimPrefix(err.Error(), "json: "), ErrInvalid)
+		return fmt.Errorf("request body: %s: %w", strings.TrimPrefix(err.Error(), "json: "), nat.ErrInvalid)
 	}
-	return fmt.Errorf("request body: %v: %w", err, ErrInvalid)
+	return fmt.Errorf("request body: %v: %w", err, nat.ErrInvalid)
 }
