@@ -325,7 +325,9 @@ func (a *api) ruleset(w http.ResponseWriter, r *http.Request) {
 	w.Write(a.info.Render(a.svc.Ruleset()))
 }
 
-var knownPaths = []string{"/mapping", "/remap", "/dnat", "/hairpin", "/snat", "/policy-route", "/mappings", "/rules", "/clear", "/status", "/fwd", "/save", "/ruleset"}
+// knownPaths are the routes whose other methods get 405, not 404.
+var knownPaths = []string{"/mapping", "/remap", "/dnat", "/hairpin", "/snat", "/policy-route", "/mappings", "/rules", "/clear", "/status", "/fwd", "/save", "/ruleset",
+	"/dnat/check", "/hairpin/check", "/snat/check", "/policy-route/check", "/config", "/apply", "/containers"}
 
 func (a *api) noRoute(w http.ResponseWriter, r *http.Request) {
 	if slices.Contains(knownPaths, r.URL.Path) {
@@ -335,7 +337,6 @@ func (a *api) noRoute(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusNotFound, nat.ErrorResponse{Error: fmt.Sprintf("no such route: %s %s", r.Method, r.URL.Path)})
 }
 
-// fail replies with the error's status; the mapping lives in ErrStatus.
 // apply makes the configuration equal to the body's (POST /apply).
 func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 	var req nat.ApplyRequest
@@ -355,6 +356,8 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusOK, resp)
 }
 
+// fail replies with the error's status and code (nat's error kinds say
+// which), and logs the refusal.
 func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 	code := nat.ErrStatus(err)
 	var pe *nat.ProblemsError
