@@ -101,14 +101,8 @@ func NewHandler(svc *nat.Service, info Info, log *slog.Logger) http.Handler {
 // (empty on DELETE), with the Natmap-Changed header.
 func mutate[C any, R any](a *api, parse func(C) (R, error), op func(context.Context, R) (bool, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		var c C
-		if err := decodeBody(w, r, &c, false); err != nil {
-			a.fail(w, r, err)
-			return
-		}
-		rule, err := parse(c)
-		if err != nil {
-			a.fail(w, r, err)
+		rule, ok := decodeRule(a, w, r, parse)
+		if !ok {
 			return
 		}
 		if r.Method == http.MethodPost {
@@ -131,19 +125,31 @@ func mutate[C any, R any](a *api, parse func(C) (R, error), op func(context.Cont
 	}
 }
 
+// decodeRule reads the body as the wire config C and parses it into the
+// rule R; a failure is replied to (false).
+func decodeRule[C any, R any](a *api, w http.ResponseWriter, r *http.Request, parse func(C) (R, error)) (R, bool) {
+	var c C
+	var rule R
+	err := decodeBody(w, r, &c, false)
+	if err == nil {
+		rule, err = parse(c)
+	}
+	if err != nil {
+		a.fail(w, r, err)
+		return rule, false
+	}
+	return rule, true
+}
+
 // check is the handler of a rule's query: decode and parse as mutate
 // does, and answer with the rule find returns, in its wire shape.
 func check[C any, R any](a *api, parse func(C) (R, error), find func(context.Context, R) (R, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		var c C
-		if err := decodeBody(w, r, &c, false); err != nil {
-			a.fail(w, r, err)
+		rule, ok := decodeRule(a, w, r, parse)
+		if !ok {
 			return
 		}
-		rule, err := parse(c)
-		if err == nil {
-			rule, err = find(r.Context(), rule)
-		}
+		rule, err := find(r.Context(), rule)
 		if err != nil {
 			a.fail(w, r, err)
 			return
