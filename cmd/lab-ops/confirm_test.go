@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,5 +77,24 @@ func TestDestructiveCommandsAsk(t *testing.T) {
 	}
 	if out, code := lab(&no, "uninstall", "--root", root, "--dry-run"); code != 0 || strings.Contains(out, "Go on?") {
 		t.Errorf("uninstall without --purge asked or failed: exit %d:\n%s", code, out)
+	}
+
+	// install and uninstall --json: one report on stdout, nothing else.
+	for _, args := range [][]string{{"install", "--root", root, "--dry-run"}, {"uninstall", "--root", root, "--dry-run"}} {
+		cmd := exec.Command(bin, append([]string{"--json", "natmap"}, args...)...)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%v --json: %v\n%s%s", args, err, stdout.String(), stderr.String())
+		}
+		var report stepsReport
+		if err := json.Unmarshal(stdout.Bytes(), &report); err != nil || !report.DryRun || len(report.Steps) == 0 {
+			t.Errorf("%v --json printed %q (%v)", args, stdout.String(), err)
+		}
+		for _, step := range report.Steps {
+			if step.Result != "would" && step.Result != "unchanged" {
+				t.Errorf("%v --json, a dry run: step %+v", args, step)
+			}
+		}
 	}
 }
