@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,19 +25,20 @@ import (
 var debianPackages = []string{"systemd", "systemd-sysv", "dbus", "netbase", "iproute2", "nftables", "iptables",
 	"init-system-helpers", "procps", "sudo"}
 
-// debianTree returns a Debian 12 tree made by debootstrap, kept in
-// /var/cache/natmap-test between runs (keyed by its package list), and a
-// copy of it for this test to boot.
-func debianTree(t *testing.T) string {
+// debianTree returns a Debian 12 tree made by debootstrap with
+// debianPackages and extra, kept in /var/cache/natmap-test between runs
+// (keyed by its package list), and a copy of it for this test to boot.
+func debianTree(t *testing.T, extra ...string) string {
 	t.Helper()
+	packages := append(slices.Clone(debianPackages), extra...)
 	key := fnv.New32a()
-	key.Write([]byte(strings.Join(debianPackages, ",")))
+	key.Write([]byte(strings.Join(packages, ",")))
 	cache := filepath.Join("/var/cache/natmap-test", fmt.Sprintf("bookworm-%08x", key.Sum32()))
 	if _, err := os.Stat(filepath.Join(cache, "etc/debian_version")); err != nil {
 		tmp := cache + ".tmp"
 		os.RemoveAll(tmp)
 		start := time.Now()
-		out, err := exec.Command("debootstrap", "--variant=minbase", "--include="+strings.Join(debianPackages, ","),
+		out, err := exec.Command("debootstrap", "--variant=minbase", "--include="+strings.Join(packages, ","),
 			"bookworm", tmp, "http://deb.debian.org/debian").CombinedOutput()
 		if err != nil {
 			t.Fatalf("debootstrap: %v\n%s", err, out)
