@@ -33,8 +33,8 @@
 //     dockerd in its own namespace (dockerlab_test.go starts it).
 //   - unit_test.go: the systemd unit's sandbox, with the daemon under it.
 //   - systemd_test.go: the Debian package in a booted Debian 12 system.
-//   - firewalls_test.go: natmap beside Debian 12's firewalld, booted the
-//     same way.
+//   - firewalls_test.go: natmap beside Debian 12's firewalld, ufw,
+//     nftables.service and netfilter-persistent, booted the same way.
 //   - bench_test.go: the benchmark table (just bench, -natmap.bench=10000);
 //     CI runs it at a small size to prove it works.
 package integration

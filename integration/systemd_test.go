@@ -61,6 +61,23 @@ type machine struct {
 	t    *testing.T
 	pid  int // its systemd, PID 1 inside
 	boot *exec.Cmd
+	done chan struct{} // closed when systemd-nspawn exits
+	// what it was booted with, to boot it again (reboot)
+	root, dist string
+	ns         *netnstest.NS
+}
+
+// reboot shuts the system down and boots it again from the same tree, in
+// the same network namespace.
+func (m *machine) reboot() {
+	m.t.Helper()
+	m.boot.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-m.done:
+	case <-time.After(60 * time.Second):
+		m.t.Fatal("the container did not shut down within 60s")
+	}
+	*m = *bootDebian(m.t, m.root, m.ns, m.dist)
 }
 
 // bootDebian boots root in the network namespace ns, with dist bound
@@ -75,8 +92,8 @@ func bootDebian(t *testing.T, root string, ns *netnstest.NS, dist string) *machi
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	m := &machine{t: t, boot: cmd}
 	done := make(chan struct{})
+	m := &machine{t: t, boot: cmd, done: done, root: root, dist: dist, ns: ns}
 	go func() { cmd.Wait(); close(done) }()
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM) // systemd-nspawn shuts the container down
@@ -88,17 +105,21 @@ func bootDebian(t *testing.T, root string, ns *netnstest.NS, dist string) *machi
 		}
 	})
 	deadline := time.Now().Add(60 * time.Second)
-	for m.pid == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the container did not start:\n%s", log)
-		}
+	for {
+		// The container's init is systemd-nspawn's child; read it again
+		// each time, as a first child may be a helper that exits.
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+		m.pid = 0
 		if f := strings.Fields(string(b)); len(f) > 0 {
 			m.pid, _ = strconv.Atoi(f[0])
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	for {
+		if m.pid == 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("the container did not start:\n%s", log)
+			}
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
 		state, _ := m.run("systemctl", "is-system-running")
 		if s := strings.TrimSpace(state); s == "running" || s == "degraded" {
 			break
