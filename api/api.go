@@ -1,8 +1,6 @@
 package api
 
 import (
-	"github.com/lab-ops/natmap/nat"
-
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/lab-ops/natmap/nat"
 )
 
 // Info describes the daemon for GET /status, and lends the API what it

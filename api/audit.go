@@ -1,13 +1,13 @@
 package api
 
 import (
-	"github.com/lab-ops/natmap/nat"
-
 	"context"
 	"log/slog"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/lab-ops/natmap/nat"
 )
 
 // statusRecorder remembers the status a handler replied with, and puts the

@@ -1,11 +1,11 @@
 package api
 
 import (
-	"github.com/lab-ops/natmap/nat"
-
 	"fmt"
 	"net/http"
 	"strconv"
+
+	"github.com/lab-ops/natmap/nat"
 )
 
 // mappingRoutes adds the Docker routes to mux.

@@ -80,6 +80,8 @@ func PortMapOf(m Mapping) DockerPortMap {
 	return pm
 }
 
+// PortField reads a port of a request: 1-65535 (0 too when zeroOK), or
+// an error naming field.
 func PortField(field string, v int, zeroOK bool) (uint16, error) {
 	if v < 0 || v > 65535 || (v == 0 && !zeroOK) {
 		return 0, FieldErr(field, "port %d is out of range 1-65535", v)
@@ -87,6 +89,8 @@ func PortField(field string, v int, zeroOK bool) (uint16, error) {
 	return uint16(v), nil
 }
 
+// ToRequest is the request for container, its addresses parsed and the
+// defaults filled in; errors name the field.
 func (r DockerAddMapRequest) ToRequest(container string) (MappingRequest, error) {
 	req := MappingRequest{Container: container, BothFamilies: r.HostIP == nil || *r.HostIP == ""}
 	var err error

@@ -36,6 +36,7 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
 // Unwrap makes every FieldError an ErrInvalid.
 func (e *FieldError) Unwrap() error { return ErrInvalid }
 
+// FieldErr is a FieldError of field, its message formatted.
 func FieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }

@@ -26,6 +26,7 @@ func NewFakeReserver() *FakeReserver {
 	return &FakeReserver{held: map[Endpoint]bool{}, busy: map[Endpoint]bool{}}
 }
 
+// Reserve implements Reserver.
 func (r *FakeReserver) Reserve(e Endpoint) (io.Closer, error) {
 	if r.busy[e] || r.held[e] || r.overlaps(e) {
 		return nil, fmt.Errorf("%s is in use by another program: %w", e, ErrPortInUse)
@@ -55,6 +56,7 @@ func (r *FakeReserver) overlaps(e Endpoint) bool {
 
 type closer func() error
 
+// Close implements io.Closer.
 func (c closer) Close() error { return c() }
 
 // Dump lists the endpoints held.
@@ -78,6 +80,7 @@ type MemStore struct {
 	failNext error
 }
 
+// Save implements Store.
 func (m *MemStore) Save(s State) error {
 	if err := m.failNext; err != nil {
 		m.failNext = nil
@@ -88,6 +91,7 @@ func (m *MemStore) Save(s State) error {
 	return nil
 }
 
+// Record implements Store.
 func (m *MemStore) Record(d Delta, whole func() State) error {
 	if !m.based {
 		return m.Save(whole())
@@ -104,6 +108,7 @@ func (m *MemStore) Record(d Delta, whole func() State) error {
 	return nil
 }
 
+// Compact implements Store.
 func (m *MemStore) Compact(time.Duration, func() State) error { return nil }
 
 // Saves counts the states and deltas stored.
@@ -123,6 +128,7 @@ type NoSystem struct {
 	ephemeral [2]uint16
 }
 
+// EphemeralPorts implements System.
 func (n *NoSystem) EphemeralPorts() (uint16, uint16, error) {
 	if n.ephemeral == [2]uint16{} {
 		return 32768, 60999, nil
@@ -130,11 +136,16 @@ func (n *NoSystem) EphemeralPorts() (uint16, uint16, error) {
 	return n.ephemeral[0], n.ephemeral[1], nil
 }
 
+// EnableForwarding implements System.
 func (n *NoSystem) EnableForwarding(bool) ([]string, error) { n.enabled++; return nil, nil }
+
+// Settle implements System.
 func (n *NoSystem) Settle(need HostNeeds) error {
 	n.settled = append(n.settled, need)
 	return nil
 }
+
+// FlushConntrack implements System.
 func (n *NoSystem) FlushConntrack(fs []Forward) error {
 	n.flushed = append(n.flushed, fs...)
 	n.flushes++
@@ -153,10 +164,12 @@ type FakeRouter struct {
 	ifaddrs map[string][]netip.Addr
 }
 
+// InterfaceAddrs implements Router.
 func (f *FakeRouter) InterfaceAddrs(ifname string) ([]netip.Addr, error) {
 	return f.ifaddrs[ifname], nil
 }
 
+// PrunePolicyRoutes implements Router.
 func (f *FakeRouter) PrunePolicyRoutes(keep []PolicyRoute) error {
 	for p := range f.routes {
 		if !slices.Contains(keep, p) {
@@ -173,6 +186,7 @@ func NewFakeRouter() *FakeRouter {
 
 var connected = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("fd00::/64")}
 
+// CheckGateway implements Router.
 func (f *FakeRouter) CheckGateway(via netip.Addr) error {
 	for _, p := range connected {
 		if p.Contains(via) {
@@ -182,6 +196,7 @@ func (f *FakeRouter) CheckGateway(via netip.Addr) error {
 	return fmt.Errorf("via %s is on no directly connected network: %w", via, ErrInvalid)
 }
 
+// ConnectedPrefix implements Router.
 func (f *FakeRouter) ConnectedPrefix(ip netip.Addr) (netip.Prefix, error) {
 	for _, p := range connected {
 		if p.Contains(ip) {
@@ -191,12 +206,14 @@ func (f *FakeRouter) ConnectedPrefix(ip netip.Addr) (netip.Prefix, error) {
 	return netip.PrefixFrom(ip, ip.BitLen()), nil
 }
 
+// AddPolicyRoute implements Router.
 func (f *FakeRouter) AddPolicyRoute(p PolicyRoute) error {
 	f.routes[p] = true
 	f.tables[p.Table] = true
 	return nil
 }
 
+// DeletePolicyRoute implements Router.
 func (f *FakeRouter) DeletePolicyRoute(p PolicyRoute, last bool) error {
 	if !f.routes[p] {
 		return fmt.Errorf("deleting absent %s", p)
