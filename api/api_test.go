@@ -14,11 +14,7 @@ import (
 
 func serve(t *testing.T, r *rig, method, path, body string) (int, string, http.Header) {
 	t.Helper()
-	h := NewHandler(r.svc, Info{Version: "test"}, nil)
-	req := httptest.NewRequest(method, path, strings.NewReader(body))
-	req = req.WithContext(nat.WithPeer(req.Context(), nat.Peer{UID: 0, PID: 1}))
-	w := httptest.NewRecorder()
-	h.ServeHTTP(w, req)
+	w := as(NewHandler(r.svc, Info{Version: "test"}, nil), 0, method, path, body)
 	b, _ := io.ReadAll(w.Result().Body)
 	return w.Code, string(b), w.Result().Header
 }

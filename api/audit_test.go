@@ -3,7 +3,6 @@ package api
 import (
 	"bytes"
 	"log/slog"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -16,13 +15,7 @@ func TestAuditLogsChangesNotQueries(t *testing.T) {
 	r := newRig(t, nat.State{})
 	var logged bytes.Buffer
 	h := NewHandler(r.svc, Info{Version: "test"}, slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	send := func(method, path, body string) int {
-		req := httptest.NewRequest(method, path, strings.NewReader(body))
-		req = req.WithContext(nat.WithPeer(req.Context(), nat.Peer{UID: 0, PID: 1}))
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, req)
-		return w.Code
-	}
+	send := func(method, path, body string) int { return as(h, 0, method, path, body).Code }
 	rule := `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25"}`
 	if code := send("POST", "/dnat/check", rule); code != 404 {
 		t.Fatalf("check of an absent rule: %d", code)

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -12,10 +11,7 @@ func TestAPIForbidsAndChangesNothing(t *testing.T) {
 	r := newRig(t, nat.State{})
 	h := NewHandler(r.svc, Info{Version: "test", Policy: nat.FakePolicy()}, nil)
 	send := func(uid int, method, path, body string) (int, string) {
-		req := httptest.NewRequest(method, path, strings.NewReader(body))
-		req = req.WithContext(nat.WithPeer(req.Context(), nat.Peer{UID: uid, PID: 7}))
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, req)
+		w := as(h, uid, method, path, body)
 		return w.Code, w.Body.String()
 	}
 	if code, body := send(1000, "POST", "/dnat", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.101","ports":"25"}`); code != 200 {

@@ -3,6 +3,9 @@ package api
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/lab-ops/natmap/nat"
@@ -37,4 +40,14 @@ func newRig(t testing.TB, st nat.State) *rig {
 // snapshot is everything a failed request must leave as it was.
 func (r *rig) snapshot() string {
 	return fmt.Sprintf("kernel:\n%sheld: %s\nsaves: %d\nroutes: %s\nrules: %+v", r.fake.Dump(), r.res.Dump(), r.store.Saves(), r.router.Dump(), r.svc.List())
+}
+
+// as sends a request to h as the user uid (the peer the daemon would
+// have read from the socket) and records the reply.
+func as(h http.Handler, uid int, method, path, body string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	req = req.WithContext(nat.WithPeer(req.Context(), nat.Peer{UID: uid, PID: 1}))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	return w
 }

@@ -107,7 +107,7 @@ func TestEveryExampleParses(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err = p.Parse(args)
-			named := !strings.Contains(ex, " -") && strings.Contains(errString(err), "missing flags")
+			named := err != nil && !strings.Contains(ex, " -") && strings.Contains(err.Error(), "missing flags")
 			if err != nil && exited != 0 && !named { // named: prose naming a command, such as `lab-ops natmap dnat`
 				t.Errorf("%s: %q does not parse: %v", source, ex, err)
 			}
@@ -117,11 +117,4 @@ func TestEveryExampleParses(t *testing.T) {
 		t.Errorf("only %d examples found", total)
 	}
 	t.Logf("%d examples parsed", total)
-}
-
-func errString(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }
