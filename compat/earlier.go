@@ -3,7 +3,6 @@ package compat
 import (
 	"fmt"
 	"os/exec"
-	"regexp"
 	"slices"
 	"strings"
 )
@@ -11,7 +10,11 @@ import (
 // builtins are the chains whose natmap rules the earlier natmap appended.
 var builtins = []string{"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD"}
 
-var earlierComment = regexp.MustCompile(`--comment "?natmap:`)
+// earlierComment is true of a rule an earlier natmap wrote with its
+// comment (--comment natmap:... or --comment "natmap: ...").
+func earlierComment(line string) bool {
+	return strings.Contains(line, "--comment natmap:") || strings.Contains(line, `--comment "natmap:`)
+}
 
 // RemoveEarlier removes what the earlier, iptables-based natmap left, in
 // every iptables variant and family on the host: its NATMAP chain (with the
@@ -85,7 +88,7 @@ func earlierRemoval(save string) (string, int) {
 					jumpsToOld = true
 				}
 			}
-			if jumpsToOld || earlierComment.MatchString(line) {
+			if jumpsToOld || earlierComment(line) {
 				dels = append(dels, "-D"+strings.TrimPrefix(line, "-A"))
 			}
 		}

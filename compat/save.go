@@ -53,7 +53,7 @@ func ownLine(line string) bool {
 		return false
 	case len(f) > 1 && ownChain(f[1]):
 		return true
-	case len(f) > 1 && slices.Contains(builtins, f[1]) && earlierComment.MatchString(line):
+	case len(f) > 1 && slices.Contains(builtins, f[1]) && earlierComment(line):
 		return true
 	}
 	for i := 2; i+1 < len(f); i++ {

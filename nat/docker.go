@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strings"
 )
@@ -96,18 +95,35 @@ func (m Mapping) String() string {
 	return fmt.Sprintf("mapping %d: %s %s -> %s:%d", m.ID, m.Proto, netip.AddrPortFrom(m.HostIP, m.HostPort), m.Container, m.ContainerPort)
 }
 
-var containerNameRE = regexp.MustCompile(`^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
-
 // CheckContainerRef accepts a container name or ID (prefix) as Docker
 // spells them.
 func CheckContainerRef(ref string) error {
 	if ref == "" {
 		return FieldErr("container", "missing container name or ID")
 	}
-	if len(ref) > 255 || !containerNameRE.MatchString(ref) {
+	if len(ref) > 255 || !containerName(ref) {
 		return FieldErr("container", "%q is not a container name or ID", ref)
 	}
 	return nil
+}
+
+// containerName is Docker's form of a name (or ID): /?[a-zA-Z0-9][a-zA-Z0-9_.-]*.
+func containerName(s string) bool {
+	s = strings.TrimPrefix(s, "/")
+	return s != "" && alnum(s[0]) && nameChars(s)
+}
+
+// alnum is an ASCII letter or digit.
+func alnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' }
+
+// nameChars is true when s has only ASCII letters, digits and "_.-".
+func nameChars(s string) bool {
+	for i := range len(s) {
+		if c := s[i]; !alnum(c) && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 // MappingRequest asks for a mapping.

@@ -272,3 +272,22 @@ dnat tcp [2001:db8::1]:8081 -> [fd00:d0c::2]:80
 		t.Errorf("kernel after the container moved:\n%s", got)
 	}
 }
+
+func TestNames(t *testing.T) {
+	for ref, ok := range map[string]bool{
+		"web": true, "/web": true, "mail-1.example_x": true, "3f2a9c": true,
+		"": false, "/": false, "-web": false, ".web": false, "web app": false, "wéb": false, "web/x": false,
+	} {
+		if err := CheckContainerRef(ref); (err == nil) != ok {
+			t.Errorf("CheckContainerRef(%q) = %v, want ok %v", ref, err, ok)
+		}
+	}
+	for name, ok := range map[string]bool{
+		"eth0": true, "vmbr0.100": true, "wg_home-1": true, "abcdefghijklmno": true,
+		"abcdefghijklmnop": false, "": false, ".": false, "..": false, "eth+": false, "eth 0": false, "eth/0": false,
+	} {
+		if err := CheckIfName(name); (err == nil) != ok {
+			t.Errorf("CheckIfName(%q) = %v, want ok %v", name, err, ok)
+		}
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"regexp"
 	"strings"
 )
 
@@ -104,8 +103,6 @@ func checkHostAddr(field string, a netip.Addr) error {
 	return nil
 }
 
-var ifNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
-
 // CheckIfName accepts a Linux interface name: 1-15 bytes of letters, digits
 // and "_.-", not "." or "..". Wildcards such as iptables' "eth+" are refused.
 func CheckIfName(name string) error {
@@ -114,7 +111,7 @@ func CheckIfName(name string) error {
 		return fmt.Errorf("interface name %q is %d bytes long (the kernel allows 15)", name, len(name))
 	case name == "" || name == "." || name == "..":
 		return fmt.Errorf("%q is not an interface name", name)
-	case !ifNameRE.MatchString(name):
+	case !nameChars(name):
 		return fmt.Errorf("interface name %q has characters other than letters, digits and _.-", name)
 	}
 	return nil

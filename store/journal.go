@@ -66,9 +66,6 @@ type journal struct {
 // JournalPath is where the journal of the state file is.
 func (f *File) JournalPath() string { return f.Path + ".journal" }
 
-// headerLen is the length of every header.
-var headerLen = len(header(nil))
-
 func header(content []byte) []byte {
 	sum := sha256.Sum256(content)
 	b, _ := json.Marshal(journalHeader{Journal: journalVersion, Base: "sha256:" + hex.EncodeToString(sum[:])})
@@ -114,7 +111,8 @@ func (f *File) Compact(quiet time.Duration, whole func() nat.State) error {
 		if j.clean {
 			return nil
 		}
-		if fi, err := os.Stat(f.JournalPath()); err != nil || fi.Size() <= int64(headerLen) {
+		// Every header is as long as that of no content.
+		if fi, err := os.Stat(f.JournalPath()); err != nil || fi.Size() <= int64(len(header(nil))) {
 			j.clean = true
 			return nil
 		}
