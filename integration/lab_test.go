@@ -38,9 +38,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "lab-ops")
-	build := exec.Command("go", "build", "-o", binary, "github.com/lab-ops/natmap/cmd/lab-ops")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
+	if err := buildLabOps(binary); err != nil {
 		fmt.Fprintln(os.Stderr, "building lab-ops:", err)
 		os.Exit(1)
 	}
@@ -48,6 +46,17 @@ func TestMain(m *testing.M) {
 	stopEngine()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// buildLabOps builds lab-ops as scripts/release builds the release
+// binary (static, without cgo, stripped), with extra go build flags
+// (scripts/package adds -buildmode=pie).
+func buildLabOps(out string, flags ...string) error {
+	args := append([]string{"build", "-trimpath", "-ldflags=-s -w"}, flags...)
+	build := exec.Command("go", append(args, "-o", out, "github.com/lab-ops/natmap/cmd/lab-ops")...)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	return build.Run()
 }
 
 // holdConnections is a helper process (the test binary run again, as
