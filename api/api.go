@@ -186,16 +186,7 @@ func (a *api) mappings(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	resp := nat.ListResponse{Docker: []nat.DockerPortMap{}, Dnats: []nat.DnatEntry{}, Snats: []nat.SnatEntry{}, Hairpins: []nat.HairpinEntry{}, PolicyRoutes: []nat.PolicyRouteEntry{}}
-	for _, st := range l.Dnats {
-		resp.Dnats = append(resp.Dnats, nat.DnatEntry{DnatConfig: nat.ConfigOf(st.Rule), Status: st.Status, Reason: st.Reason, Counter: st.Counter})
-	}
-	for _, st := range l.Hairpins {
-		resp.Hairpins = append(resp.Hairpins, nat.HairpinEntry{HairpinConfig: nat.HairpinConfigOf(st.Rule), Status: st.Status, Reason: st.Reason, Counter: st.Counter})
-	}
-	for _, sn := range l.Snats {
-		resp.Snats = append(resp.Snats, nat.SnatEntry{SnatConfig: nat.SnatConfigOf(sn), Status: "active"})
-	}
+	resp := a.listed(l)
 	for _, st := range l.Mappings {
 		pm := nat.PortMapOf(st.Rule)
 		pm.Status, pm.Reason, pm.Counter = st.Status, st.Reason, st.Counter
@@ -205,6 +196,44 @@ func (a *api) mappings(w http.ResponseWriter, r *http.Request) {
 		resp.PolicyRoutes = append(resp.PolicyRoutes, nat.PolicyRouteEntry{PolicyRouteConfig: nat.PolicyRouteConfigOf(st.Rule), Status: st.Status, Reason: st.Reason})
 	}
 	reply(w, http.StatusOK, resp)
+}
+
+// listed is the reply's dnat, hairpin and snat entries of l, each marked
+// standby when its ext_ip is not an address of this host now.
+func (a *api) listed(l nat.Listing) nat.ListResponse {
+	elsewhere := a.elsewhere()
+	resp := nat.ListResponse{Docker: []nat.DockerPortMap{}, Dnats: []nat.DnatEntry{}, Snats: []nat.SnatEntry{}, Hairpins: []nat.HairpinEntry{}, PolicyRoutes: []nat.PolicyRouteEntry{}}
+	for _, st := range l.Dnats {
+		resp.Dnats = append(resp.Dnats, nat.DnatEntry{DnatConfig: nat.ConfigOf(st.Rule), Status: st.Status, Reason: st.Reason, Counter: st.Counter, Standby: elsewhere(st.Rule.ExtIP)})
+	}
+	for _, st := range l.Hairpins {
+		resp.Hairpins = append(resp.Hairpins, nat.HairpinEntry{HairpinConfig: nat.HairpinConfigOf(st.Rule), Status: st.Status, Reason: st.Reason, Counter: st.Counter, Standby: elsewhere(st.Rule.ExtIP)})
+	}
+	for _, sn := range l.Snats {
+		resp.Snats = append(resp.Snats, nat.SnatEntry{SnatConfig: nat.SnatConfigOf(sn), Status: "active", Standby: elsewhere(sn.ExtIP)})
+	}
+	return resp
+}
+
+// elsewhere reports whether a rule's external address is not one of this
+// host's now (another router of a pair holds it). A rule without one (by
+// interface, a masquerade) is never elsewhere, nor is any when the
+// daemon cannot list the host's addresses: a listing only says so, and
+// refuses nothing.
+func (a *api) elsewhere() func(netip.Addr) bool {
+	no := func(netip.Addr) bool { return false }
+	if a.info.Policy.Addrs == nil {
+		return no
+	}
+	addrs, err := a.info.Policy.Addrs()
+	if err != nil {
+		a.log.Debug("listing the host's addresses", "err", err)
+		return no
+	}
+	return func(ip netip.Addr) bool {
+		_, here := addrs[ip]
+		return ip.IsValid() && !ip.IsUnspecified() && !here
+	}
 }
 
 func (a *api) rules(w http.ResponseWriter, r *http.Request) {
@@ -256,14 +285,33 @@ func (a *api) status(w http.ResponseWriter, r *http.Request) {
 			docker = fmt.Sprintf("unavailable: %v", err)
 		}
 	}
+	standby := 0
+	l := a.listed(a.svc.List())
+	for _, d := range l.Dnats {
+		standby += count(d.Standby)
+	}
+	for _, h := range l.Hairpins {
+		standby += count(h.Standby)
+	}
+	for _, s := range l.Snats {
+		standby += count(s.Standby)
+	}
 	reply(w, http.StatusOK, nat.StatusResponse{
 		Version:       a.info.Version,
 		Backend:       a.svc.BackendName(),
 		BackendReason: a.info.BackendReason,
 		Docker:        docker,
 		Rules:         a.svc.Stats(),
+		Standby:       standby,
 		UptimeSeconds: int64(time.Since(a.info.Started).Seconds()),
 	})
+}
+
+func count(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // containers lists the names of the containers natmap maps and, when

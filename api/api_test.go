@@ -3,9 +3,11 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 
@@ -288,4 +290,62 @@ func TestAPIChecks(t *testing.T) {
 	if after := r.snapshot(); after != before {
 		t.Errorf("checks changed the state:\n%s", after)
 	}
+}
+
+// A rule on an address the host does not have now (the shared address a
+// keepalived pair's other router holds) is listed as standby, and the
+// status counts it; the host's own addresses, and rules without one, are
+// not.
+func TestStandbyRules(t *testing.T) {
+	r := newRig(t, nat.State{})
+	h := NewHandler(r.svc, Info{Version: "test", Policy: nat.FakePolicy()}, nil)
+	for _, req := range []struct{ path, body string }{
+		{"/dnat", `{"ext_ip":"203.0.113.10","int_ip":"10.0.0.5","ports":"25"}`},
+		{"/dnat", `{"ext_ip":"203.0.113.43","int_ip":"10.0.0.6","ports":"25"}`},
+		{"/dnat", `{"ext_ip":"","ext_if":"vmbr0","int_ip":"10.0.0.7","ports":"80"}`},
+		{"/hairpin", `{"ext_ip":"203.0.113.10","int_ip":"10.0.0.5","ports":"25"}`},
+		{"/snat", `{"int_ip":"10.0.0.0/24","ext_ip":"203.0.113.10","ext_if":"vmbr0"}`},
+		{"/snat", `{"int_ip":"10.0.1.0/24","ext_if":"vmbr0"}`},
+	} {
+		if w := as(h, 0, "POST", req.path, req.body); w.Code != 200 {
+			t.Fatalf("POST %s %s: %d %s", req.path, req.body, w.Code, w.Body)
+		}
+	}
+	w := as(h, 0, "GET", "/mappings", "")
+	var l nat.ListResponse
+	if err := json.Unmarshal(w.Body.Bytes(), &l); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range l.Dnats {
+		got = append(got, fmt.Sprintf("dnat %s%s %s %v", d.ExtIP, ifName(d.ExtIf), d.Status, d.Standby))
+	}
+	for _, hp := range l.Hairpins {
+		got = append(got, fmt.Sprintf("hairpin %s %s %v", hp.ExtIP, hp.Status, hp.Standby))
+	}
+	for _, s := range l.Snats {
+		got = append(got, fmt.Sprintf("snat %s %s %v", s.ExtIP, s.Status, s.Standby))
+	}
+	want := []string{
+		"dnat vmbr0 active false", "dnat 203.0.113.10 active true", "dnat 203.0.113.43 active false",
+		"hairpin 203.0.113.10 active true",
+		"snat 203.0.113.10 active true", "snat  active false",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("listed:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	var st nat.StatusResponse
+	if err := json.Unmarshal(as(h, 0, "GET", "/status", "").Body.Bytes(), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Standby != 3 {
+		t.Errorf("status counts %d standby rules, want 3", st.Standby)
+	}
+}
+
+func ifName(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }

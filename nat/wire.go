@@ -40,6 +40,11 @@ type DnatEntry struct {
 	Status string `json:"status"`
 	// Reason says why some forwards are not installed.
 	Reason string `json:"reason,omitempty"`
+	// Standby is set when ext_ip is not an address of this host now: the
+	// rule is installed (and its ports reserved) all the same, and takes
+	// the address's traffic when it comes, as on the standby router of a
+	// keepalived pair.
+	Standby bool `json:"standby,omitempty"`
 	// Counter is what the kernel counted (GET /mappings?counters=1).
 	*Counter `json:",omitempty"`
 }
@@ -60,6 +65,11 @@ type SnatEntry struct {
 	SnatConfig
 	// Status is always "active".
 	Status string `json:"status"`
+	// Standby is set when ext_ip is not an address of this host now: the
+	// rule is installed (and its ports reserved) all the same, and takes
+	// the address's traffic when it comes, as on the standby router of a
+	// keepalived pair.
+	Standby bool `json:"standby,omitempty"`
 }
 
 // HairpinConfig is the body of POST and DELETE /hairpin.
@@ -87,6 +97,11 @@ type HairpinEntry struct {
 	Status string `json:"status"`
 	// Reason says why some forwards are not installed.
 	Reason string `json:"reason,omitempty"`
+	// Standby is set when ext_ip is not an address of this host now: the
+	// rule is installed (and its ports reserved) all the same, and takes
+	// the address's traffic when it comes, as on the standby router of a
+	// keepalived pair.
+	Standby bool `json:"standby,omitempty"`
 	// Counter is what the kernel counted (GET /mappings?counters=1).
 	*Counter `json:",omitempty"`
 }
@@ -194,6 +209,9 @@ type StatusResponse struct {
 	Docker string `json:"docker"`
 	// Rules counts what the daemon holds.
 	Rules Stats `json:"rules"`
+	// Standby counts the dnat, hairpin and snat rules whose ext_ip is not
+	// an address of this host now (see DnatEntry.Standby).
+	Standby int `json:"standby,omitempty"`
 	// UptimeSeconds is how long the daemon has been serving.
 	UptimeSeconds int64 `json:"uptime_seconds"`
 }

@@ -100,6 +100,16 @@ func withReason(status, reason string) string {
 	return status + " (" + reason + ")"
 }
 
+// standby is how ls shows the status of a rule whose external address
+// is not on this host now: "standby" for an active one (installed, its
+// ports reserved: ready for the address), the status otherwise.
+func standby(status string, elsewhere bool) string {
+	if elsewhere && status == "active" {
+		return "standby"
+	}
+	return status
+}
+
 func listRows(l nat.ListResponse, counters bool) [][]string {
 	var rows [][]string
 	count := func(c *nat.Counter) []string {
@@ -119,21 +129,21 @@ func listRows(l nat.ListResponse, counters bool) [][]string {
 		if ext == "" && d.ExtIf != nil {
 			ext = *d.ExtIf + "'s addresses"
 		}
-		rows = append(rows, append([]string{"dnat", ext, d.Ports, d.Proto, d.IntIP, detail, withReason(d.Status, d.Reason)}, count(d.Counter)...))
+		rows = append(rows, append([]string{"dnat", ext, d.Ports, d.Proto, d.IntIP, detail, withReason(standby(d.Status, d.Standby), d.Reason)}, count(d.Counter)...))
 	}
 	for _, h := range l.Hairpins {
 		lan := ""
 		if h.LanCIDR != nil {
 			lan = "lan " + *h.LanCIDR
 		}
-		rows = append(rows, append([]string{"hairpin", h.ExtIP, h.Ports, h.Proto, h.IntIP, lan, withReason(h.Status, h.Reason)}, count(h.Counter)...))
+		rows = append(rows, append([]string{"hairpin", h.ExtIP, h.Ports, h.Proto, h.IntIP, lan, withReason(standby(h.Status, h.Standby), h.Reason)}, count(h.Counter)...))
 	}
 	for _, s := range l.Snats {
 		to := s.ExtIP
 		if to == "" {
 			to = "masquerade"
 		}
-		rows = append(rows, append([]string{"snat", to, "-", "-", s.IntIP, "out " + s.ExtIf, s.Status}, count(nil)...))
+		rows = append(rows, append([]string{"snat", to, "-", "-", s.IntIP, "out " + s.ExtIf, standby(s.Status, s.Standby)}, count(nil)...))
 	}
 	for _, m := range l.Docker {
 		target := m.Request.ContainerAddr
@@ -221,6 +231,9 @@ func (c *StatusCmd) Run(g *Globals, out *output) error {
 			fmt.Fprintf(out.stdout, " (%d active, %d partial, %d inactive)", by["active"], by["partial"], by["inactive"])
 		}
 		fmt.Fprintln(out.stdout)
+	}
+	if st.Standby > 0 {
+		fmt.Fprintf(out.stdout, "standby: %d of these rules are for an address this host does not have now (installed, ports reserved)\n", st.Standby)
 	}
 	fmt.Fprintf(out.stdout, "forwarded ports: %d (%d inactive), reserved ports: %d\n",
 		st.Rules.Forwards, st.Rules.Inactive, st.Rules.Reservations)
