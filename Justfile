@@ -17,6 +17,11 @@ lint:
 demo: build
     bash scripts/demo
 
+# Two routers, one public address (keepalived, conntrackd): a connection
+# through a forward survives failovers and failbacks (docs/ha.md; root).
+demo-ha:
+    bash scripts/demo-ha
+
 # The benchmark table at 10,000 forwards (a few minutes; root).
 bench:
     go test -count=1 -run TestIntegrationBenchTable -v -timeout 30m ./integration -args -natmap.bench=10000

@@ -35,6 +35,9 @@
 //   - systemd_test.go: the Debian package in a booted Debian 12 system.
 //   - firewalls_test.go: natmap beside Debian 12's firewalld, ufw,
 //     nftables.service and netfilter-persistent, booted the same way.
+//   - ha_test.go: two routers with one public address (keepalived and
+//     conntrackd, docs/ha.md's files as written): flows through failovers
+//     and failbacks, natmap on the standby.
 //   - bench_test.go: the benchmark table (just bench, -natmap.bench=10000);
 //     CI runs it at a small size to prove it works.
 package integration
