@@ -488,53 +488,34 @@ func (p *haPair) startProbe() *haFlow {
 // with "SOURCE LINE", SOURCE being the peer as the server sees it.
 func serveLines(t *testing.T, ns *netnstest.NS, addrs ...string) {
 	t.Helper()
-	for _, addr := range addrs {
-		err := ns.Do(func() error {
-			ln, err := net.Listen("tcp", addr)
+	listen(t, ns, addrs, func(ln net.Listener) {
+		for {
+			c, err := ln.Accept()
 			if err != nil {
-				return err
+				return
 			}
-			pc, err := net.ListenPacket("udp", addr)
-			if err != nil {
-				ln.Close()
-				return err
-			}
-			t.Cleanup(func() { ln.Close(); pc.Close() })
 			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
 				for {
-					c, err := ln.Accept()
+					line, err := r.ReadString('\n')
 					if err != nil {
 						return
 					}
-					go func() {
-						defer c.Close()
-						r := bufio.NewReader(c)
-						for {
-							line, err := r.ReadString('\n')
-							if err != nil {
-								return
-							}
-							fmt.Fprintf(c, "%s %s", c.RemoteAddr(), line)
-						}
-					}()
+					fmt.Fprintf(c, "%s %s", c.RemoteAddr(), line)
 				}
 			}()
-			go func() {
-				buf := make([]byte, 1500)
-				for {
-					n, from, err := pc.ReadFrom(buf)
-					if err != nil {
-						return
-					}
-					pc.WriteTo([]byte(fmt.Sprintf("%s %s", from, buf[:n])), from)
-				}
-			}()
-			return nil
-		})
-		if err != nil {
-			t.Fatalf("serving %s in %s: %v", addr, ns.Name, err)
 		}
-	}
+	}, func(pc net.PacketConn) {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(fmt.Sprintf("%s %s", from, buf[:n])), from)
+		}
+	})
 }
 
 // exchange sends one line from ns (from the local address from, if set)

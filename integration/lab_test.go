@@ -298,6 +298,13 @@ func (l *lab) mustCLI(args ...string) string {
 // the client's address as the server sees it.
 func serve(t *testing.T, ns *netnstest.NS, name string, addrs ...string) {
 	t.Helper()
+	listen(t, ns, addrs, func(ln net.Listener) { acceptLoop(ln, name) }, func(pc net.PacketConn) { packetLoop(pc, name) })
+}
+
+// listen starts a TCP and a UDP server in ns on each address: tcp serves
+// the listener, udp the packet socket, each in a goroutine of its own.
+func listen(t *testing.T, ns *netnstest.NS, addrs []string, tcp func(net.Listener), udp func(net.PacketConn)) {
+	t.Helper()
 	for _, addr := range addrs {
 		err := ns.Do(func() error {
 			ln, err := net.Listen("tcp", addr)
@@ -310,8 +317,8 @@ func serve(t *testing.T, ns *netnstest.NS, name string, addrs ...string) {
 				return err
 			}
 			t.Cleanup(func() { ln.Close(); pc.Close() })
-			go acceptLoop(ln, name)
-			go packetLoop(pc, name)
+			go tcp(ln)
+			go udp(pc)
 			return nil
 		})
 		if err != nil {
