@@ -285,29 +285,33 @@ func (a *api) status(w http.ResponseWriter, r *http.Request) {
 			docker = fmt.Sprintf("unavailable: %v", err)
 		}
 	}
-	standby := 0
-	l := a.listed(a.svc.List())
-	for _, d := range l.Dnats {
-		standby += count(d.Standby)
-	}
-	for _, h := range l.Hairpins {
-		standby += count(h.Standby)
-	}
-	for _, s := range l.Snats {
-		standby += count(s.Standby)
-	}
 	reply(w, http.StatusOK, nat.StatusResponse{
 		Version:       a.info.Version,
 		Backend:       a.svc.BackendName(),
 		BackendReason: a.info.BackendReason,
 		Docker:        docker,
 		Rules:         a.svc.Stats(),
-		Standby:       standby,
+		Standby:       standbyRules(a.listed(a.svc.List())),
 		UptimeSeconds: int64(time.Since(a.info.Started).Seconds()),
 	})
 }
 
-func count(b bool) int {
+// standbyRules counts the rules of l listed as standby.
+func standbyRules(l nat.ListResponse) int {
+	n := 0
+	for _, d := range l.Dnats {
+		n += ones(d.Standby)
+	}
+	for _, h := range l.Hairpins {
+		n += ones(h.Standby)
+	}
+	for _, s := range l.Snats {
+		n += ones(s.Standby)
+	}
+	return n
+}
+
+func ones(b bool) int {
 	if b {
 		return 1
 	}
