@@ -249,7 +249,10 @@ func (r *haRouter) writeFiles(t *testing.T) {
 			// loaded machine might: packets of flows it does not know
 			// yet arrive first (docs/ha/guard.nft keeps them from
 			// being answered with a reset).
-			b = []byte(strings.Replace(string(b), "primary)\n", "primary)\n    sleep 1\n", 1))
+			if !strings.Contains(string(b), "\nprimary)\n") {
+				t.Fatalf("docs/ha/%s has no primary) case to slow down", f.from)
+			}
+			b = []byte(strings.Replace(string(b), "\nprimary)\n", "\nprimary)\n    sleep 1\n", 1))
 		}
 		mode := os.FileMode(0o644) // keepalived reads no executable configuration
 		if strings.HasSuffix(f.to, ".sh") {
