@@ -291,22 +291,23 @@ func (a *api) status(w http.ResponseWriter, r *http.Request) {
 		BackendReason: a.info.BackendReason,
 		Docker:        docker,
 		Rules:         a.svc.Stats(),
-		Standby:       standbyRules(a.listed(a.svc.List())),
+		Standby:       a.standbyRules(a.svc.List()),
 		UptimeSeconds: int64(time.Since(a.info.Started).Seconds()),
 	})
 }
 
-// standbyRules counts the rules of l listed as standby.
-func standbyRules(l nat.ListResponse) int {
-	n := 0
+// standbyRules counts the rules of l that ls lists as standby, from the
+// rules themselves (status need not build the listing's entries).
+func (a *api) standbyRules(l nat.Listing) int {
+	elsewhere, n := a.elsewhere(), 0
 	for _, d := range l.Dnats {
-		n += ones(d.Standby)
+		n += ones(elsewhere(d.Rule.ExtIP))
 	}
 	for _, h := range l.Hairpins {
-		n += ones(h.Standby)
+		n += ones(elsewhere(h.Rule.ExtIP))
 	}
-	for _, s := range l.Snats {
-		n += ones(s.Standby)
+	for _, sn := range l.Snats {
+		n += ones(elsewhere(sn.ExtIP))
 	}
 	return n
 }
