@@ -1,8 +1,8 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,19 +19,57 @@ import (
 
 // client speaks the daemon's HTTP/JSON API over its Unix socket.
 type client struct {
-	socket string
-	http   *http.Client
-	out    *output
+	socket  string
+	timeout time.Duration // of one exchange, from the dial to the reply's last byte
+	out     *output
 }
 
 func newClient(g *Globals, out *output) *client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", g.Socket)
-		},
+	return &client{socket: g.Socket, timeout: 2 * time.Minute, out: out}
+}
+
+// exchange sends req on a connection of its own and returns the reply;
+// closing the reply's body closes the connection. A CLI run sends one
+// request or a few, so it keeps no connection pool: http.Transport's
+// pool would start a dialing, a reading and a writing goroutine for each
+// run, and their stacks and the second processor they wake cost more than
+// the daemon's whole answer.
+func (c *client) exchange(req *http.Request) (*http.Response, error) {
+	d := net.Dialer{Timeout: c.timeout}
+	conn, err := d.Dial("unix", c.socket)
+	if err != nil {
+		return nil, err
 	}
-	return &client{socket: g.Socket, http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}, out: out}
+	if err := conn.SetDeadline(time.Now().Add(c.timeout)); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	req.Close = true // the daemon closes its end after the reply
+	if err := req.Write(conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	resp.Body = closeBoth{resp.Body, conn}
+	return resp, nil
+}
+
+// closeBoth is a reply's body that closes its connection too.
+type closeBoth struct {
+	io.ReadCloser
+	conn net.Conn
+}
+
+func (b closeBoth) Close() error {
+	err := b.ReadCloser.Close()
+	if cerr := b.conn.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // apiError is an error reply of the daemon.
@@ -101,7 +139,7 @@ func (c *client) call(method, path string, body, reply any) (http.Header, error)
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.http.Do(req)
+	resp, err := c.exchange(req)
 	if err != nil {
 		return nil, c.explain(err)
 	}

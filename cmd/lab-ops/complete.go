@@ -241,7 +241,7 @@ func daemonContainers() []string {
 	}
 	var res nat.ContainersResponse
 	c := newClient(g, &output{stdout: os.Stdout, stderr: os.Stderr})
-	c.http.Timeout = 500 * time.Millisecond
+	c.timeout = 500 * time.Millisecond
 	if _, err := c.call(http.MethodGet, "/containers", nil, &res); err != nil {
 		return nil
 	}
