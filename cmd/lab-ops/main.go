@@ -72,6 +72,17 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if _, _, completing := completionRequest(); !completing {
+		if cmd, globals, ok := quickParse(args); ok {
+			out := newOutput(globals, stdout, stderr)
+			return exitOf(cmd.Run(globals, out), out)
+		}
+	}
+	return runKong(args, stdout, stderr)
+}
+
+// runKong runs args through kong's model of the command line.
+func runKong(args []string, stdout, stderr io.Writer) int {
 	var cli CLI
 	exitCode := -1
 	exit := func(code int) { exitCode = code }
@@ -101,24 +112,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	out = newOutput(globals, stdout, stderr)
-	if err := ctx.Run(globals, out, parser); err != nil {
-		var status exitStatus
-		if errors.As(err, &status) {
-			return int(status)
-		}
-		out.fail(err)
-		var ue usageError
-		var ur *unreachableError
-		var cf checkFailed
-		switch {
-		case errors.As(err, &ur):
-			return exitUnreachable
-		case errors.As(err, &ue), errors.As(err, &cf):
-			return exitUsage
-		}
-		return exitFailed
+	return exitOf(ctx.Run(globals, out, parser), out)
+}
+
+// exitOf reports a command's error and returns its exit status.
+func exitOf(err error, out *output) int {
+	if err == nil {
+		return exitOK
 	}
-	return exitOK
+	var status exitStatus
+	if errors.As(err, &status) {
+		return int(status)
+	}
+	out.fail(err)
+	var ue usageError
+	var ur *unreachableError
+	var cf checkFailed
+	switch {
+	case errors.As(err, &ur):
+		return exitUnreachable
+	case errors.As(err, &ue), errors.As(err, &cf):
+		return exitUsage
+	}
+	return exitFailed
 }
 
 // newParser builds the command line's model.
