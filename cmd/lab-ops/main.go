@@ -14,6 +14,7 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/lab-ops/natmap/cmd/lab-ops/internal/oneproc"
 	"github.com/lab-ops/natmap/daemon"
 )
 
@@ -34,6 +35,7 @@ type DaemonCmd struct {
 
 // Run runs the daemon until SIGTERM or SIGINT.
 func (c *DaemonCmd) Run(g *Globals, out *output) error {
+	oneproc.Restore()
 	return c.Options.Run(g.Socket, g.Verbose, out.stderr, version())
 }
 
