@@ -129,13 +129,7 @@ func TestIntegrationBenchTable(t *testing.T) {
 	// The CLI against the process floor: a hello-world Go binary's start,
 	// measured now, on this machine, in the same loop and the same way (a
 	// process started, its output collected). The lab's binary is built as
-	// the release binary is; the Debian package's is a position-independent
-	// executable, whose start applies its relocations (it is timed on the
-	// same add).
-	pie := filepath.Join(t.TempDir(), "lab-ops-pie")
-	if err := buildLabOps(pie, "-buildmode=pie"); err != nil {
-		t.Fatal(err)
-	}
+	// the release binary and the Debian package's are.
 	hello := helloWorld(t)
 	timed := func(name string, args ...string) time.Duration {
 		start := time.Now()
@@ -144,27 +138,15 @@ func TestIntegrationBenchTable(t *testing.T) {
 		}
 		return time.Since(start)
 	}
-	var release, pieAdd, floor []time.Duration
+	var adds, floor []time.Duration
 	for i := 0; i < changes; i++ {
-		for _, b := range []string{binary, pie} {
-			took := timed(b, append([]string{"natmap", "--socket", l.socket}, dnat...)...)
-			l.mustCLI(append(slices.Clone(dnat), "--delete")...)
-			if b == pie {
-				pieAdd = append(pieAdd, took)
-			} else {
-				release = append(release, took)
-			}
-		}
+		adds = append(adds, timed(binary, append([]string{"natmap", "--socket", l.socket}, dnat...)...))
+		l.mustCLI(append(slices.Clone(dnat), "--delete")...)
 		floor = append(floor, timed(hello))
 	}
 	median := func(ds []time.Duration) time.Duration { return slices.Sorted(slices.Values(ds))[len(ds)/2] }
-	for _, c := range []struct {
-		build string
-		adds  []time.Duration
-	}{{"release binary", release}, {"Debian package's PIE", pieAdd}} {
-		add(fmt.Sprintf("CLI round trip of one add with %d present (%s) vs a hello-world Go binary's start", n, c.build), pct(c.adds),
-			"hello world "+pct(floor), fmt.Sprintf("ratio of p50s %.2f (target <= 2.5)", float64(median(c.adds))/float64(median(floor))))
-	}
+	add(fmt.Sprintf("CLI round trip of one add with %d present vs a hello-world Go binary's start", n), pct(adds),
+		"hello world "+pct(floor), fmt.Sprintf("ratio of p50s %.2f (target <= 2.5)", float64(median(adds))/float64(median(floor))))
 	l.stopDaemon()
 
 	// One change on the iptables backend with n present: the backend's

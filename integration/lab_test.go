@@ -49,11 +49,10 @@ func TestMain(m *testing.M) {
 }
 
 // buildLabOps builds lab-ops as scripts/release builds the release
-// binary (static, without cgo, stripped), with extra go build flags
-// (scripts/package adds -buildmode=pie).
-func buildLabOps(out string, flags ...string) error {
-	args := append([]string{"build", "-trimpath", "-ldflags=-s -w"}, flags...)
-	build := exec.Command("go", append(args, "-o", out, "github.com/lab-ops/natmap/cmd/lab-ops")...)
+// binary and scripts/package the Debian package's (static, without cgo,
+// stripped).
+func buildLabOps(out string) error {
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "github.com/lab-ops/natmap/cmd/lab-ops")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	return build.Run()
