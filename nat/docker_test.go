@@ -207,10 +207,15 @@ func TestParkedAndInactiveMapping(t *testing.T) {
 	if err := r.svc.Start(ctx, State{Mappings: []Mapping{m}}); err != nil {
 		t.Fatal(err)
 	}
+	countsAgree(t, r.svc, nil)
 	delete(r.res.busy, ep)
 	r.svc.RetryInactive(ctx)
 	if r.fake.Dump() != "" || r.res.Dump() != "0.0.0.0:8080/tcp" {
 		t.Fatalf("kernel %q, held %q", r.fake.Dump(), r.res.Dump())
+	}
+	countsAgree(t, r.svc, nil) // parked: reserved, the container down
+	if got := r.svc.Stats().ByState["mapping"]; got["inactive"] != 1 {
+		t.Errorf("a parked mapping counted %v", got)
 	}
 	c := Container{ID: "x", Name: "web", Running: true, IP: netip.MustParseAddr("172.17.0.9")}
 	if err := r.svc.ContainerChanged(ctx, "web", c, true); err != nil {
@@ -218,6 +223,10 @@ func TestParkedAndInactiveMapping(t *testing.T) {
 	}
 	if got := r.fake.Dump(); !strings.HasPrefix(got, "dnat tcp 0.0.0.0:8080 -> 172.17.0.9:80\n") {
 		t.Fatalf("after start:\n%s", got)
+	}
+	countsAgree(t, r.svc, nil)
+	if got := r.svc.Stats().ByState["mapping"]; got["active"] != 1 {
+		t.Errorf("a running mapping counted %v", got)
 	}
 }
 

@@ -568,7 +568,7 @@ func (s *Service) stats() Stats {
 		lastRepair = &t
 	}
 	return Stats{
-		ByState:         s.list().byState(),
+		ByState:         s.byState(),
 		Dnats:           len(s.dnats),
 		Hairpins:        len(s.hairpins),
 		Snats:           len(s.snats),
@@ -585,8 +585,11 @@ func (s *Service) stats() Stats {
 	}
 }
 
-// byState counts the rules of each kind by status.
-func (l Listing) byState() map[string]map[string]int {
+// byState counts the rules of each kind by status, as a listing shows
+// them, from the rules themselves: the counting runs under the lock after
+// changes (PublishStats) and on every status request, and building the
+// sorted listing of 10,000 rules for it held up the changes behind it.
+func (s *Service) byState() map[string]map[string]int {
 	out := map[string]map[string]int{}
 	count := func(kind, status string) {
 		if out[kind] == nil {
@@ -594,20 +597,53 @@ func (l Listing) byState() map[string]map[string]int {
 		}
 		out[kind][status]++
 	}
-	for _, d := range l.Dnats {
-		count("dnat", d.Status)
+	// statusOf is forwardStatus's Status, without its reasons and ports.
+	statusOf := func(forwards func() []Forward) string {
+		fs, off := forwards(), 0
+		for _, f := range fs {
+			if _, ok := s.inactive[f.Endpoint()]; ok {
+				off++
+			}
+		}
+		switch {
+		case off == len(fs):
+			return "inactive"
+		case off > 0:
+			return "partial"
+		}
+		return "active"
 	}
-	for _, h := range l.Hairpins {
-		count("hairpin", h.Status)
+	if len(s.inactive) == 0 && len(s.parked) == 0 {
+		// Every forward is installed: every rule that has one is active.
+		for kind, n := range map[string]int{"dnat": len(s.dnats), "hairpin": len(s.hairpins), "snat": len(s.snats), "mapping": len(s.mappings)} {
+			if n > 0 {
+				out[kind] = map[string]int{"active": n}
+			}
+		}
+	} else {
+		for _, d := range s.dnats {
+			count("dnat", statusOf(d.Forwards))
+		}
+		for _, h := range s.hairpins {
+			count("hairpin", statusOf(h.dnat().Forwards))
+		}
+		for range s.snats {
+			count("snat", "active")
+		}
+		for _, m := range s.mappings {
+			status := statusOf(func() []Forward { return []Forward{m.forward()} })
+			if _, down := s.parked[m.forward().Endpoint()]; down {
+				status = "inactive"
+			}
+			count("mapping", status)
+		}
 	}
-	for range l.Snats {
-		count("snat", "active")
-	}
-	for _, p := range l.PolicyRoutes {
-		count("policy_route", p.Status)
-	}
-	for _, m := range l.Mappings {
-		count("mapping", m.Status)
+	for _, reason := range s.routes {
+		status := "active"
+		if reason != "" {
+			status = "inactive"
+		}
+		count("policy_route", status)
 	}
 	return out
 }

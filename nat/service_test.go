@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -195,6 +196,7 @@ func TestStartWithTakenPortKeepsRuleInactiveAndRetries(t *testing.T) {
 	if got := r.fake.Dump(); got != "dnat tcp 203.0.113.43:25 -> 10.0.0.101:25\n" {
 		t.Fatalf("kernel after start:\n%s", got)
 	}
+	countsAgree(t, r.svc, map[string]int{"partial": 1, "inactive": 1})
 	list := r.svc.List().Dnats
 	if list[0].Status != "partial" || !strings.Contains(list[0].Reason, "203.0.113.43:465/tcp is in use") {
 		t.Fatalf("first rule: %+v", list[0])
@@ -212,10 +214,12 @@ func TestStartWithTakenPortKeepsRuleInactiveAndRetries(t *testing.T) {
 	if list := r.svc.List().Dnats; list[0].Status != "active" || list[1].Status != "inactive" {
 		t.Fatalf("after retry: %+v", list)
 	}
+	countsAgree(t, r.svc, map[string]int{"active": 1, "inactive": 1})
 	// Deleting an inactive rule releases nothing (it holds nothing).
 	if err := r.svc.DeleteDNAT(ctx, st.Dnats[1]); err != nil {
 		t.Fatal(err)
 	}
+	countsAgree(t, r.svc, map[string]int{"active": 1}) // nothing inactive now
 	if got := r.res.Dump(); got != "203.0.113.43:25/tcp 203.0.113.43:465/tcp" {
 		t.Fatalf("held: %s", got)
 	}
@@ -240,5 +244,41 @@ func TestStartRefusesInvalidState(t *testing.T) {
 	svc := NewService((&rig{fake: NewFake(), res: NewFakeReserver(), store: &MemStore{}}).deps())
 	if err := svc.Start(ctx, State{Dnats: []DNAT{d, other}}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("start with two rules on one port: %v", err)
+	}
+}
+
+// countsAgree checks the status counts (Stats.ByState, counted from the
+// rules) against the listing's statuses, and the dnats' against want.
+func countsAgree(t *testing.T, svc *Service, want map[string]int) {
+	t.Helper()
+	l := svc.List()
+	listed := map[string]map[string]int{}
+	count := func(kind, status string) {
+		if listed[kind] == nil {
+			listed[kind] = map[string]int{}
+		}
+		listed[kind][status]++
+	}
+	for _, d := range l.Dnats {
+		count("dnat", d.Status)
+	}
+	for _, h := range l.Hairpins {
+		count("hairpin", h.Status)
+	}
+	for range l.Snats {
+		count("snat", "active")
+	}
+	for _, p := range l.PolicyRoutes {
+		count("policy_route", p.Status)
+	}
+	for _, m := range l.Mappings {
+		count("mapping", m.Status)
+	}
+	got := svc.Stats().ByState
+	if !reflect.DeepEqual(got, listed) {
+		t.Errorf("counted by state %v, the listing says %v", got, listed)
+	}
+	if want != nil && !reflect.DeepEqual(got["dnat"], want) {
+		t.Errorf("dnats by state %v, want %v", got["dnat"], want)
 	}
 }
