@@ -291,24 +291,16 @@ func (a *api) status(w http.ResponseWriter, r *http.Request) {
 		BackendReason: a.info.BackendReason,
 		Docker:        docker,
 		Rules:         a.svc.Stats(),
-		Standby:       a.standbyRules(a.svc.List()),
+		Standby:       a.standbyRules(),
 		UptimeSeconds: int64(time.Since(a.info.Started).Seconds()),
 	})
 }
 
-// standbyRules counts the rules of l that ls lists as standby, from the
-// rules themselves (status need not build the listing's entries).
-func (a *api) standbyRules(l nat.Listing) int {
+// standbyRules counts the rules that ls lists as standby, from the rules
+// themselves (status need not build the sorted listing).
+func (a *api) standbyRules() int {
 	elsewhere, n := a.elsewhere(), 0
-	for _, d := range l.Dnats {
-		n += ones(elsewhere(d.Rule.ExtIP))
-	}
-	for _, h := range l.Hairpins {
-		n += ones(elsewhere(h.Rule.ExtIP))
-	}
-	for _, sn := range l.Snats {
-		n += ones(elsewhere(sn.ExtIP))
-	}
+	a.svc.EachExtAddr(func(ip netip.Addr) { n += ones(elsewhere(ip)) })
 	return n
 }
 

@@ -402,6 +402,23 @@ func (s *Service) List() Listing {
 	return s.list()
 }
 
+// EachExtAddr calls f with the external address of every dnat, hairpin
+// and snat rule (the zero Addr for one by interface, or a masquerade), in
+// no order, under the lock: a count over them (status's standby rules)
+// needs no sorted listing.
+func (s *Service) EachExtAddr(f func(netip.Addr)) {
+	defer s.lock()()
+	for _, d := range s.dnats {
+		f(d.ExtIP)
+	}
+	for _, h := range s.hairpins {
+		f(h.ExtIP)
+	}
+	for _, sn := range s.snats {
+		f(sn.ExtIP)
+	}
+}
+
 // ListCounted is List with each forwarding rule's kernel counters: the
 // packets and bytes its clients sent, summed over its forwards (a dnat
 // and a hairpin of the same forward share them). It reads every counter
