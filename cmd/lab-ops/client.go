@@ -31,9 +31,7 @@ func newClient(g *Globals, out *output) *client {
 // exchange sends req on a connection of its own and returns the reply;
 // closing the reply's body closes the connection. A CLI run sends one
 // request or a few, so it keeps no connection pool: http.Transport's
-// pool would start a dialing, a reading and a writing goroutine for each
-// run, and their stacks and the second processor they wake cost more than
-// the daemon's whole answer.
+// would only start a dialing, a reading and a writing goroutine per run.
 func (c *client) exchange(req *http.Request) (*http.Response, error) {
 	d := net.Dialer{Timeout: c.timeout}
 	conn, err := d.Dial("unix", c.socket)
