@@ -60,17 +60,7 @@ var (
 // user's script. Shell variables stand for a value; a file the command
 // reads (-f, --config) is a file that exists.
 func TestEveryExampleParses(t *testing.T) {
-	sources := map[string]string{}
-	for _, pattern := range []string{"../../README.md", "../../docs/*.md", "testdata/spec-examples.sh"} {
-		files, _ := filepath.Glob(pattern)
-		for _, f := range files {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sources[f] = string(b)
-		}
-	}
+	sources := exampleSources(t)
 	var cli CLI
 	parser, err := newParser(&cli, os.Stdout, os.Stderr, func(int) {})
 	if err != nil {
@@ -117,4 +107,22 @@ func TestEveryExampleParses(t *testing.T) {
 		t.Errorf("only %d examples found", total)
 	}
 	t.Logf("%d examples parsed", total)
+}
+
+// exampleSources are the texts that show lab-ops natmap commands: the
+// README, docs/ and the usage spec's examples, by file name.
+func exampleSources(t *testing.T) map[string]string {
+	t.Helper()
+	sources := map[string]string{}
+	for _, pattern := range []string{"../../README.md", "../../docs/*.md", "testdata/spec-examples.sh"} {
+		files, _ := filepath.Glob(pattern)
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sources[f] = string(b)
+		}
+	}
+	return sources
 }

@@ -175,21 +175,12 @@ func TestQuickParseRandomLines(t *testing.T) {
 func documentedExamples(t *testing.T) [][]string {
 	t.Helper()
 	var out [][]string
-	for _, pattern := range []string{"../../README.md", "../../docs/*.md", "testdata/spec-examples.sh"} {
-		files, _ := filepath.Glob(pattern)
-		for _, f := range files {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, ex := range examples(string(b)) {
-				out = append(out, strings.Fields(shellVar.ReplaceAllString(ex, "1"))[1:])
-			}
+	for _, text := range exampleSources(t) {
+		for _, ex := range examples(text) {
+			out = append(out, strings.Fields(shellVar.ReplaceAllString(ex, "1"))[1:])
 		}
 	}
-	for _, line := range exampleLines(t) {
-		out = append(out, line)
-	}
+	out = append(out, exampleLines(t)...)
 	if len(out) < 100 {
 		t.Fatalf("only %d documented examples", len(out))
 	}
