@@ -172,9 +172,15 @@ func TestIntegrationBenchTable(t *testing.T) {
 	// many as this machine's open-file limit lets the daemon reserve: one
 	// descriptor a forward); 5, listing.
 	coldStart(t, l, n, add)
-	start := time.Now()
-	l.mustCLI("--json", "ls")
-	add(fmt.Sprintf("ls --json with %d forwards", n), time.Since(start).Round(100*time.Microsecond).String(), "-", "target <= 200ms")
+	// The listing five times: the first, just after the cold start, is the
+	// daemon's first encoding of it.
+	var lists []time.Duration
+	for range 5 {
+		start := time.Now()
+		l.mustCLI("--json", "ls")
+		lists = append(lists, time.Since(start))
+	}
+	add(fmt.Sprintf("ls --json with %d forwards (dnats and hairpins), 5 runs", n), fmt.Sprintf("p50 %v, first %v", median(lists).Round(100*time.Microsecond), lists[0].Round(100*time.Microsecond)), "-", "target <= 200ms")
 	l.stopDaemon()
 	if large, limit := 100000, reservable(t); n >= 1000 && large > n { // not in the smoke run
 		note := ""
