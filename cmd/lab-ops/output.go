@@ -71,14 +71,79 @@ func (o *output) printJSON(v any) {
 }
 
 // printRawJSON writes JSON as printJSON does (indented, a newline after).
+// It checks b first and then indents it straight onto stdout: a listing
+// of 10,000 dnats and hairpins is megabytes, and a second, indented copy
+// of it cost more than indenting.
 func (o *output) printRawJSON(b []byte) error {
-	var buf bytes.Buffer
-	if err := json.Indent(&buf, bytes.TrimSpace(b), "", "  "); err != nil {
-		return fmt.Errorf("the daemon's reply is not JSON: %w", err)
+	b = bytes.TrimSpace(b)
+	if !json.Valid(b) {
+		var v any
+		return fmt.Errorf("the daemon's reply is not JSON: %w", json.Unmarshal(b, &v))
 	}
-	buf.WriteByte('\n')
-	_, err := o.stdout.Write(buf.Bytes())
-	return err
+	w := bufio.NewWriterSize(o.stdout, 64<<10)
+	indentJSON(w, b)
+	w.WriteByte('\n')
+	return w.Flush()
+}
+
+// indentJSON writes valid JSON src to w as json.Indent(dst, src, "", "  ")
+// would: a line an element or member, ": " after a key, and {} and []
+// for empty objects and arrays.
+func indentJSON(w *bufio.Writer, src []byte) {
+	depth, inString, escaped, open := 0, false, false, false
+	newline := func() {
+		w.WriteByte('\n')
+		for range depth {
+			w.WriteString("  ")
+		}
+	}
+	for _, c := range src {
+		if inString {
+			w.WriteByte(c)
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
+		}
+		if open && c != '}' && c != ']' {
+			// The first element of an object or array opened just before.
+			open = false
+			depth++
+			newline()
+		}
+		switch c {
+		case '{', '[':
+			open = true // {} and [] stay on one line
+			w.WriteByte(c)
+		case ',':
+			w.WriteByte(c)
+			newline()
+		case ':':
+			w.WriteString(": ")
+		case '}', ']':
+			if open {
+				open = false
+			} else {
+				depth--
+				newline()
+			}
+			w.WriteByte(c)
+		case '"':
+			inString = true
+			w.WriteByte(c)
+		default:
+			w.WriteByte(c)
+		}
+	}
 }
 
 // fail reports an error: on stderr, or as {"error": ...} on stdout with

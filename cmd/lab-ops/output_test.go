@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"testing"
@@ -43,4 +44,32 @@ func TestFlagNames(t *testing.T) {
 	if got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
+}
+
+// indentJSON writes what json.Indent writes, for any valid JSON.
+func FuzzIndentJSON(f *testing.F) {
+	for _, seed := range []string{
+		`{}`, `[]`, `{"a":{},"b":[],"c":[{}],"d":[[],[1,2]]}`, ` { "a" : [ 1 , 2.5e3 , -0 ] , "b" : null } `,
+		`"a \"quoted\" {[,:]} \\ back\\slash \u00e9 \n"`, `[true,false,null,"",{"":""}]`,
+		"{\"k\":\"v\"}\n", `{"dnats":[{"ext_ip":"203.0.113.43","ports":"25,2222:22","reason":"port 25 \u003cheld\u003e \u0026 busy"}]}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, src []byte) {
+		src = bytes.TrimSpace(src)
+		if !json.Valid(src) {
+			return
+		}
+		var want bytes.Buffer
+		if err := json.Indent(&want, src, "", "  "); err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		w := bufio.NewWriter(&got)
+		indentJSON(w, src)
+		w.Flush()
+		if got.String() != want.String() {
+			t.Errorf("%q:\ngot  %q\nwant %q", src, got.String(), want.String())
+		}
+	})
 }
