@@ -25,7 +25,7 @@ func narrowParser(args []string, stdout, stderr io.Writer, exit func(int)) (*kon
 	found := false
 	for i := range natmap.NumField() {
 		f := natmap.Field(i)
-		if cmdName(f) == name || slices.Contains(strings.Split(f.Tag.Get("aliases"), ","), name) {
+		if flagName(f) == name || slices.Contains(strings.Split(f.Tag.Get("aliases"), ","), name) {
 			field, found = f, true
 			break
 		}
@@ -53,21 +53,6 @@ var narrowable = map[string]bool{
 	"Ls": true, "Status": true, "Fwd": true, "Clear": true, "Export": true, "Diff": true, "Apply": true,
 }
 
-// cmdName is a command's name on the command line, as kong names it.
-func cmdName(f reflect.StructField) string {
-	if n := f.Tag.Get("name"); n != "" {
-		return n
-	}
-	var b strings.Builder
-	for i, r := range f.Name {
-		if i > 0 && r >= 'A' && r <= 'Z' {
-			b.WriteByte('-')
-		}
-		b.WriteRune(r)
-	}
-	return strings.ToLower(b.String())
-}
-
 // globalsWithValue are the global flags that take a value as the next
 // argument: every field of Globals but the booleans and counters.
 func globalsWithValue() []string {
@@ -76,7 +61,7 @@ func globalsWithValue() []string {
 	for i := range g.NumField() {
 		f := g.Field(i)
 		if f.Type.Kind() != reflect.Bool && f.Tag.Get("type") != "counter" {
-			out = append(out, "--"+cmdName(f))
+			out = append(out, "--"+flagName(f))
 		}
 	}
 	return out

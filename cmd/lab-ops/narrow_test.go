@@ -100,7 +100,7 @@ func TestNarrowParserAgreesWithTheWholeModel(t *testing.T) {
 func fieldByCmdName(v reflect.Value, name string) any {
 	for i := range v.NumField() {
 		f := v.Type().Field(i)
-		if cmdName(f) == name || strings.Contains(","+f.Tag.Get("aliases")+",", ","+name+",") {
+		if flagName(f) == name || strings.Contains(","+f.Tag.Get("aliases")+",", ","+name+",") {
 			return v.Field(i).Interface()
 		}
 	}

@@ -223,9 +223,10 @@ func (f quickField) apply(value string, given bool) bool {
 	return true
 }
 
-// flagName is a field's flag name as kong names it: its name tag, or its
-// Go name split into words where the case changes (a run of capitals is
-// one word: JSON is json, ExtIP ext-ip), dashed, in lower case.
+// flagName is a field's flag or command name as kong names it: its name
+// tag, or its Go name split into words where the case changes (a run of
+// capitals is one word: JSON is json, ExtIP ext-ip, PolicyRoute
+// policy-route), dashed, in lower case.
 func flagName(f reflect.StructField) string {
 	if n := f.Tag.Get("name"); n != "" {
 		return n
