@@ -144,7 +144,6 @@ func TestIntegrationBenchTable(t *testing.T) {
 		l.mustCLI(append(slices.Clone(dnat), "--delete")...)
 		floor = append(floor, timed(hello))
 	}
-	median := func(ds []time.Duration) time.Duration { return slices.Sorted(slices.Values(ds))[len(ds)/2] }
 	add(fmt.Sprintf("CLI round trip of one add with %d present vs a hello-world Go binary's start", n), pct(adds),
 		"hello world "+pct(floor), fmt.Sprintf("ratio of p50s %.2f (target <= 2.5)", float64(median(adds))/float64(median(floor))))
 	l.stopDaemon()
@@ -366,8 +365,12 @@ func medianRun(t *testing.T, ns *netnstest.NS, args func(i int) []string) time.D
 		ns.MustRun(t, a[0], a[1:]...)
 		ds = append(ds, time.Since(start))
 	}
-	slices.Sort(ds)
-	return ds[len(ds)/2]
+	return median(ds)
+}
+
+// median is the middle of ds (the upper one of an even count).
+func median(ds []time.Duration) time.Duration {
+	return slices.Sorted(slices.Values(ds))[len(ds)/2]
 }
 
 // oneRuleBaseline is the wall time of `iptables -t nat -A` of one rule
